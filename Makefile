@@ -1,0 +1,56 @@
+# One entry point for everything a developer or CI does. `make install` needs
+# only Python 3.11 on the machine; every other target installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
+
+.DEFAULT_GOAL := help
+.PHONY: help install protos check-protos lint fmt test bench run-cache clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+protos: $(STAMP)  ## regenerate gen/ from protos/ (never edit gen/ by hand)
+	rm -rf gen/imageservice
+	mkdir -p gen/imageservice/v1
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=gen --grpc_python_out=gen \
+		--mypy_out=gen --mypy_grpc_out=gen \
+		$(PROTO_FILES)
+	touch gen/imageservice/__init__.py gen/imageservice/v1/__init__.py gen/imageservice/py.typed
+
+check-protos: protos  ## fail when the committed gen/ differs from what `make protos` makes
+	git diff --exit-code --stat -- gen
+	test -z "$$(git status --porcelain -- gen)"
+
+lint: $(STAMP)  ## ruff, mypy and buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy cache common processor gateway tests bench
+	cd protos && ../$(BIN)/buf lint
+
+fmt: $(STAMP)  ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/pytest
+
+bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run
+	$(BIN)/python -m bench
+
+run-cache: $(STAMP)  ## the cache service alone, on embedded defaults
+	$(BIN)/python -m cache
+
+clean:  ## remove the venv, data and caches
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info
