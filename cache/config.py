@@ -1,0 +1,66 @@
+"""The cache service's settings, read once from IMAGESVC_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.env import ConfigError, Env
+
+MiB = 1024 * 1024
+
+# Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
+DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "ICO")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the cache service reads from the environment."""
+
+    listen: str
+    data_dir: Path
+    blob_url: str
+    metadata_url: str
+    variant_url: str
+    variant_memory_bytes: int
+    variant_disk_bytes: int
+    max_upload_bytes: int
+    max_variant_bytes: int
+    max_pixels: int
+    max_frames: int
+    allowed_formats: frozenset[str]
+    chunk_bytes: int
+    validation_workers: int
+    shutdown_grace_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        env = env or Env()
+        data_dir = Path(env.text("DATA_DIR", "./data")).resolve()
+        formats = frozenset(f.upper() for f in env.items("ALLOWED_FORMATS", DEFAULT_FORMATS))
+        unknown = formats - set(DEFAULT_FORMATS)
+        if unknown:
+            raise ConfigError(f"IMAGESVC_ALLOWED_FORMATS names unknown formats: {sorted(unknown)}")
+        return cls(
+            listen=env.text("CACHE_LISTEN", "127.0.0.1:50051"),
+            data_dir=data_dir,
+            blob_url=env.text("BLOB_URL", f"file://{data_dir / 'blobs'}"),
+            metadata_url=env.text("METADATA_URL", f"sqlite://{data_dir / 'metadata.db'}"),
+            variant_url=env.text("VARIANT_CACHE_URL", f"memory://{data_dir / 'variants'}"),
+            variant_memory_bytes=env.size("VARIANT_MEMORY_BYTES", 256 * MiB),
+            variant_disk_bytes=env.size("VARIANT_DISK_BYTES", 2048 * MiB),
+            max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
+            max_variant_bytes=env.size("MAX_VARIANT_BYTES", 50 * MiB, minimum=1),
+            max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
+            max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
+            allowed_formats=formats,
+            chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
+            validation_workers=env.integer(
+                "VALIDATION_WORKERS", os.cpu_count() or 2, minimum=1, maximum=256
+            ),
+            shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=env.text("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,61 @@
+"""Wires the cache service: backends from config, the servicer, health, reflection, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imageservice.v1 import cache_service_pb2, cache_service_pb2_grpc
+
+from cache.backends import open_blob_store, open_metadata_store, open_variant_cache
+from cache.blobs import BlobStore
+from cache.config import Settings
+from cache.metadata import MetadataStore
+from cache.service import CacheService
+from common import jsonlog
+from common.grpcserver import create_server, enable_reflection, serve_until_signalled
+
+log = logging.getLogger("cache")
+
+SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+
+
+async def reconcile(blobs: BlobStore, metadata: MetadataStore) -> tuple[int, int]:
+    """Drop what a crash left: staged files, and blobs whose metadata never committed."""
+    staged = await asyncio.to_thread(blobs.recover)
+    keys = await asyncio.to_thread(lambda: list(blobs.keys()))
+    orphans = await metadata.missing(keys)
+    for key in orphans:
+        await asyncio.to_thread(blobs.delete, key)
+    return staged, len(orphans)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the cache service until SIGTERM or SIGINT."""
+    jsonlog.configure("cache", settings.log_level)
+    blobs = open_blob_store(settings.blob_url)
+    metadata = open_metadata_store(settings.metadata_url)
+    variants = await asyncio.to_thread(open_variant_cache, settings)
+    staged, orphans = await reconcile(blobs, metadata)
+    if staged or orphans:
+        log.info("recovered after a crash", extra={"staged": staged, "orphans": orphans})
+
+    service = CacheService(settings, blobs, metadata, variants)
+    # Chunks are at most 3 MiB; a little headroom over that for the envelope.
+    message_limit = settings.chunk_bytes + 64 * 1024
+    server, health = create_server(
+        options=[
+            ("grpc.max_receive_message_length", max(message_limit, 4 * 1024 * 1024)),
+            ("grpc.max_send_message_length", max(message_limit, 4 * 1024 * 1024)),
+        ]
+    )
+    cache_service_pb2_grpc.add_CacheServiceServicer_to_server(service, server)
+    enable_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.listen)
+    await server.start()
+    log.info("listening", extra={"address": settings.listen, "port": port})
+    try:
+        await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
+    finally:
+        service.close()
+        await metadata.close()

@@ -1,0 +1,321 @@
+"""The CacheService RPCs: originals in, originals out, metadata, and the variant cache."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import image_pb2
+
+from cache.blobs import BlobStore
+from cache.config import Settings
+from cache.inspection import ImageInfo, Limits, inspect_image
+from cache.metadata import ImageRecord, InvalidPageToken, MetadataStore
+from cache.variants import Variant, VariantCache, VariantRecord, valid_key
+from common.errors import Reason, ServiceError, invalid_argument
+from common.ids import ImageId, new_image_id, parse_image_id
+
+log = logging.getLogger("cache")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_FILENAME = 255
+MAX_OWNER = 128
+
+
+def _image_id(value: str, field_name: str = "id") -> ImageId:
+    try:
+        return parse_image_id(value)
+    except ValueError:
+        raise invalid_argument(field_name, "not a valid image id") from None
+
+
+def _not_found(image_id: str) -> ServiceError:
+    return ServiceError(Reason.IMAGE_NOT_FOUND, "no such image", {"id": image_id})
+
+
+def image_proto(record: ImageRecord) -> image_pb2.ImageMetadata:
+    created = Timestamp(
+        seconds=record.created_ns // 1_000_000_000, nanos=record.created_ns % 1_000_000_000
+    )
+    return image_pb2.ImageMetadata(
+        id=record.id,
+        original_filename=record.original_filename,
+        media_type=record.media_type,
+        format=record.format,
+        width=record.width,
+        height=record.height,
+        frames=record.frames,
+        byte_size=record.byte_size,
+        sha256=record.sha256,
+        created_time=created,
+        owner=record.owner,
+        visibility=image_pb2.Visibility.ValueType(record.visibility),
+    )
+
+
+def variant_proto(record: VariantRecord) -> image_pb2.VariantMetadata:
+    return image_pb2.VariantMetadata(
+        image_id=record.image_id,
+        key=record.key,
+        media_type=record.media_type,
+        width=record.width,
+        height=record.height,
+        byte_size=record.byte_size,
+        sha256=record.sha256,
+    )
+
+
+def _check_header(header: pb.PutImageHeader) -> int:
+    if len(header.original_filename) > MAX_FILENAME:
+        raise invalid_argument("original_filename", f"longer than {MAX_FILENAME} characters")
+    if len(header.owner) > MAX_OWNER:
+        raise invalid_argument("owner", f"longer than {MAX_OWNER} characters")
+    if header.visibility not in image_pb2.Visibility.values():
+        raise invalid_argument("visibility", "unknown visibility")
+    if header.visibility == image_pb2.VISIBILITY_UNSPECIFIED:
+        return image_pb2.VISIBILITY_PRIVATE  # safe by default
+    return int(header.visibility)
+
+
+class CacheService(pb_grpc.CacheServiceServicer):
+    """Owns originals, their metadata and the variant cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        blobs: BlobStore,
+        metadata: MetadataStore,
+        variants: VariantCache,
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.metadata = metadata
+        self.variants = variants
+        self.limits = Limits(settings.allowed_formats, settings.max_pixels, settings.max_frames)
+        # Full decodes are CPU- and memory-heavy: at most this many at once, in threads
+        # (Pillow releases the GIL while decoding).
+        self._decoders = ThreadPoolExecutor(
+            max_workers=settings.validation_workers, thread_name_prefix="inspect"
+        )
+
+    def close(self) -> None:
+        self._decoders.shutdown(wait=True, cancel_futures=True)
+
+    async def PutImage(
+        self, request_iterator: AsyncIterator[pb.PutImageRequest], context: Context
+    ) -> pb.PutImageResponse:
+        header: pb.PutImageHeader | None = None
+        temp: Path | None = None
+        out: IO[bytes] | None = None
+        size = 0
+        digest = hashlib.sha256()
+        limit = self.settings.max_upload_bytes
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("payload")
+                if header is None:
+                    if kind != "header":
+                        raise invalid_argument("header", "the first message must be the header")
+                    header = message.header
+                    _check_header(header)
+                    temp = self.blobs.new_temp()
+                    out = temp.open("wb")
+                    continue
+                if kind != "chunk":
+                    raise invalid_argument("header", "only the first message may be a header")
+                size += len(message.chunk)
+                if size > limit:
+                    raise ServiceError(
+                        Reason.PAYLOAD_TOO_LARGE,
+                        f"the upload is larger than the limit of {limit} bytes",
+                        {"limit": str(limit)},
+                    )
+                digest.update(message.chunk)
+                assert out is not None
+                out.write(message.chunk)
+            if header is None or temp is None or out is None:
+                raise invalid_argument("header", "the stream carried no header")
+            if size == 0:
+                raise invalid_argument("chunk", "the upload holds no bytes")
+            out.close()
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._decoders, inspect_image, temp, self.limits
+            )
+            record = ImageRecord(
+                id=new_image_id(),
+                original_filename=header.original_filename,
+                media_type=info.media_type,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                frames=info.frames,
+                byte_size=size,
+                sha256=digest.hexdigest(),
+                created_ns=time.time_ns(),
+                owner=header.owner,
+                visibility=_check_header(header),
+            )
+            staged, temp = temp, None
+            # Shielded: once the bytes are committing, a client hanging up must not
+            # leave a blob without metadata or metadata without a blob.
+            await asyncio.shield(self._store(staged, record, info))
+            return pb.PutImageResponse(image=image_proto(record))
+        finally:
+            if out is not None:
+                out.close()
+            if temp is not None:
+                self.blobs.discard(temp)
+
+    async def _store(self, staged: Path, record: ImageRecord, info: ImageInfo) -> None:
+        try:
+            await asyncio.to_thread(self.blobs.commit, staged, record.id)
+        except BaseException:
+            self.blobs.discard(staged)
+            raise
+        try:
+            await self.metadata.insert(record)
+        except BaseException:
+            await asyncio.to_thread(self.blobs.delete, record.id)
+            raise
+        log.info(
+            "stored image",
+            extra={"id": record.id, "format": info.format, "bytes": record.byte_size},
+        )
+
+    async def GetImage(
+        self, request: pb.GetImageRequest, context: Context
+    ) -> AsyncIterator[pb.GetImageResponse]:
+        image_id = _image_id(request.id)
+        record = await self.metadata.get(image_id)
+        if record is None:
+            raise _not_found(image_id)
+        try:
+            reader = await asyncio.to_thread(self.blobs.open, image_id)
+        except FileNotFoundError:
+            raise _not_found(image_id) from None
+        try:
+            yield pb.GetImageResponse(image=image_proto(record))
+            chunk_size = self.settings.chunk_bytes
+            while chunk := await asyncio.to_thread(reader.read, chunk_size):
+                yield pb.GetImageResponse(chunk=chunk)
+        finally:
+            reader.close()
+
+    async def StatImage(
+        self, request: pb.StatImageRequest, context: Context
+    ) -> pb.StatImageResponse:
+        image_id = _image_id(request.id)
+        record = await self.metadata.get(image_id)
+        if record is None:
+            raise _not_found(image_id)
+        return pb.StatImageResponse(image=image_proto(record))
+
+    async def ListImages(
+        self, request: pb.ListImagesRequest, context: Context
+    ) -> pb.ListImagesResponse:
+        if len(request.owner) > MAX_OWNER:
+            raise invalid_argument("owner", f"longer than {MAX_OWNER} characters")
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise invalid_argument("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        try:
+            page = await self.metadata.list(request.owner, page_size, request.page_token)
+        except InvalidPageToken:
+            raise invalid_argument("page_token", "not a page token this service issued") from None
+        return pb.ListImagesResponse(
+            images=[image_proto(r) for r in page.records], next_page_token=page.next_token
+        )
+
+    async def DeleteImage(
+        self, request: pb.DeleteImageRequest, context: Context
+    ) -> pb.DeleteImageResponse:
+        image_id = _image_id(request.id)
+        # Metadata first: from this moment the image is not listed nor served.
+        if not await self.metadata.delete(image_id):
+            raise _not_found(image_id)
+        await asyncio.to_thread(self.blobs.delete, image_id)
+        purged = await self.variants.purge(image_id)
+        log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
+        return pb.DeleteImageResponse(purged_variants=purged)
+
+    async def GetVariant(
+        self, request: pb.GetVariantRequest, context: Context
+    ) -> AsyncIterator[pb.GetVariantResponse]:
+        image_id = _image_id(request.image_id, "image_id")
+        if not valid_key(request.key):
+            raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
+        variant = await self.variants.get(image_id, request.key)
+        if variant is None:
+            raise ServiceError(
+                Reason.VARIANT_NOT_FOUND, "no cached variant", {"image_id": image_id}
+            )
+        yield pb.GetVariantResponse(variant=variant_proto(variant.record))
+        view = memoryview(variant.data)
+        step = self.settings.chunk_bytes
+        for start in range(0, len(view), step):
+            yield pb.GetVariantResponse(chunk=bytes(view[start : start + step]))
+
+    async def PutVariant(
+        self, request_iterator: AsyncIterator[pb.PutVariantRequest], context: Context
+    ) -> pb.PutVariantResponse:
+        header: pb.PutVariantHeader | None = None
+        data = bytearray()
+        limit = self.settings.max_variant_bytes
+        async for message in request_iterator:
+            kind = message.WhichOneof("payload")
+            if header is None:
+                if kind != "header":
+                    raise invalid_argument("header", "the first message must be the header")
+                header = message.header
+                continue
+            if kind != "chunk":
+                raise invalid_argument("header", "only the first message may be a header")
+            if len(data) + len(message.chunk) > limit:
+                raise ServiceError(
+                    Reason.PAYLOAD_TOO_LARGE,
+                    f"the variant is larger than the limit of {limit} bytes",
+                    {"limit": str(limit)},
+                )
+            data += message.chunk
+        if header is None:
+            raise invalid_argument("header", "the stream carried no header")
+        image_id = _image_id(header.image_id, "image_id")
+        if not valid_key(header.key):
+            raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
+        if not header.media_type.startswith("image/") or len(header.media_type) > 64:
+            raise invalid_argument("media_type", "must be an image/* media type")
+        if header.width < 0 or header.height < 0:
+            raise invalid_argument("width", "dimensions cannot be negative")
+        if not data:
+            raise invalid_argument("chunk", "the variant holds no bytes")
+        if await self.metadata.get(image_id) is None:
+            raise _not_found(image_id)
+        payload = bytes(data)
+        record = VariantRecord(
+            image_id=image_id,
+            key=header.key,
+            media_type=header.media_type,
+            width=header.width,
+            height=header.height,
+            byte_size=len(payload),
+            sha256=hashlib.sha256(payload).hexdigest(),
+        )
+        await self.variants.put(Variant(record, payload))
+        # A delete may have run while we stored: it must win, so purge what we added.
+        if await self.metadata.get(image_id) is None:
+            await self.variants.purge(image_id)
+            raise _not_found(image_id)
+        return pb.PutVariantResponse(variant=variant_proto(record))

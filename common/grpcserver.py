@@ -1,0 +1,168 @@
+"""gRPC server wiring shared by the services: interceptor, health, reflection, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.errors import ServiceError
+from common.jsonlog import request_id
+
+log = logging.getLogger("grpc")
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def _incoming_request_id(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Per call: binds the request id, turns ServiceError into a rich status, logs one line."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        rid = _incoming_request_id(handler_call_details)
+        method = handler_call_details.method
+        ser, deser = handler.response_serializer, handler.request_deserializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method, rid), deser, ser
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, rid), deser, ser
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method, rid), deser, ser
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method, rid), deser, ser
+        )
+
+
+class _Call:
+    """Binds the request id for the life of one call and logs how it ended."""
+
+    def __init__(self, method: str, rid: str, context: grpc.aio.ServicerContext[Any, Any]):
+        self.method, self.rid, self.context = method, rid, context
+        self.code = grpc.StatusCode.OK
+        self.error = ""
+
+    def __enter__(self) -> _Call:
+        self.token = request_id.set(self.rid)
+        self.start = time.perf_counter()
+        return self
+
+    async def fail(self, exc: Exception) -> None:
+        if isinstance(exc, ServiceError):
+            self.code, self.error = exc.code, exc.reason.value
+            status = exc.to_status()
+            await self.context.abort(status.code, status.details, status.trailing_metadata)
+        self.code, self.error = grpc.StatusCode.INTERNAL, type(exc).__name__
+        log.exception("unhandled error in %s", self.method)
+        await self.context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is asyncio.CancelledError:
+            self.code = grpc.StatusCode.CANCELLED
+        elif exc[0] is not None and self.code == grpc.StatusCode.OK:
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+        log.info(
+            "rpc",
+            extra={
+                "method": self.method,
+                "code": self.code.name,
+                "reason": self.error,
+                "ms": round((time.perf_counter() - self.start) * 1000, 2),
+            },
+        )
+        request_id.reset(self.token)
+
+
+def _wrap_unary(
+    behavior: Callable[[Any, Any], Awaitable[Any]], method: str, rid: str
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with _Call(method, rid, context) as call:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await call.fail(exc)
+
+    return wrapper
+
+
+def _wrap_stream(
+    behavior: Callable[[Any, Any], AsyncIterator[Any]], method: str, rid: str
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with _Call(method, rid, context) as call:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await call.fail(exc)
+
+    return wrapper
+
+
+def create_server(
+    options: Sequence[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, Any]:
+    """A grpc.aio server with the call interceptor and the standard health service."""
+    server = grpc.aio.server(interceptors=[CallInterceptor()], options=list(options))
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    """Serve grpc.reflection for the given services and the health service."""
+    names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+
+
+async def serve_until_signalled(
+    server: grpc.aio.Server,
+    health_servicer: Any,
+    service_names: Iterable[str],
+    grace_seconds: float,
+) -> None:
+    """Mark SERVING, wait for SIGTERM/SIGINT, go NOT_SERVING, then let calls finish."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+    log.info("stopped")

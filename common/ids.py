@@ -1,0 +1,24 @@
+"""Image ids: opaque, URL-safe, 128 random bits, validated at every boundary."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import NewType
+
+ImageId = NewType("ImageId", str)
+
+# 16 random bytes in unpadded URL-safe base64 are exactly 22 characters.
+_IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def new_image_id() -> ImageId:
+    """A fresh random id."""
+    return ImageId(secrets.token_urlsafe(16))
+
+
+def parse_image_id(value: str) -> ImageId:
+    """Return value as an ImageId, or raise ValueError if it cannot be one."""
+    if not _IMAGE_ID.match(value):
+        raise ValueError("not a valid image id")
+    return ImageId(value)

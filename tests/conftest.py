@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+
+from tests.support import ServiceProcess, channel
+
+
+@pytest.fixture(scope="session")
+def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One cache service on embedded defaults for the whole session."""
+    server = ServiceProcess("cache", tmp_path_factory.mktemp("cache") / "data").start()
+    yield server
+    assert server.terminate() == 0
+
+
+@pytest.fixture(scope="session")
+def cache_channel(cache_server: ServiceProcess) -> Iterator[grpc.Channel]:
+    with channel(cache_server.address) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(cache_channel: grpc.Channel) -> pb_grpc.CacheServiceStub:
+    return pb_grpc.CacheServiceStub(cache_channel)
+
+
+@pytest.fixture
+def data_dir(cache_server: ServiceProcess) -> Path:
+    return cache_server.data_dir

@@ -1,0 +1,174 @@
+"""Real servers as subprocesses on ephemeral loopback ports, and small gRPC client helpers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import image_pb2
+from PIL import Image
+
+from common.errors import RemoteError, remote_error
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+CHUNK = 256 * 1024
+
+
+class ServiceProcess:
+    """`python -m <module>` with IMAGESVC_* settings, listening on a port it picks itself."""
+
+    def __init__(self, module: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.module = module
+        self.data_dir = data_dir
+        self.env = env or {}
+        self.log_path = data_dir.parent / f"{data_dir.name}-{module}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
+        env = {
+            **os.environ,
+            "IMAGESVC_DATA_DIR": str(self.data_dir),
+            "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",
+            **self.env,
+        }
+        log = self.log_path.open("ab")
+        offset = log.tell()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited early:\n{self.log_text()}")
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                for line in f:
+                    if line.startswith(b"{"):
+                        entry = json.loads(line)
+                        if entry.get("msg") == "listening":
+                            self.port = int(entry["port"])
+                            return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{self.module} did not start:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def log_entries(self) -> list[dict[str, object]]:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address)
+
+
+def upload_requests(
+    data: bytes,
+    filename: str = "image",
+    owner: str = "",
+    visibility: image_pb2.Visibility.ValueType = image_pb2.VISIBILITY_PUBLIC,
+    pause: float = 0.0,
+) -> Iterator[pb.PutImageRequest]:
+    header = pb.PutImageHeader(original_filename=filename, owner=owner, visibility=visibility)
+    yield pb.PutImageRequest(header=header)
+    for start in range(0, len(data), CHUNK):
+        if pause:
+            time.sleep(pause)
+        yield pb.PutImageRequest(chunk=data[start : start + CHUNK])
+
+
+def upload(
+    stub: pb_grpc.CacheServiceStub, data: bytes, **header: object
+) -> image_pb2.ImageMetadata:
+    response: pb.PutImageResponse = stub.PutImage(upload_requests(data, **header), timeout=60)  # type: ignore[arg-type]
+    return response.image
+
+
+def download(
+    stub: pb_grpc.CacheServiceStub, image_id: str
+) -> tuple[image_pb2.ImageMetadata, bytes]:
+    meta = image_pb2.ImageMetadata()
+    body = bytearray()
+    for message in stub.GetImage(pb.GetImageRequest(id=image_id), timeout=60):
+        if message.WhichOneof("payload") == "image":
+            meta = message.image
+        else:
+            body += message.chunk
+    return meta, bytes(body)
+
+
+def failure(call: object, *args: object, **kwargs: object) -> RemoteError:
+    """Call and return the decoded error; fail if the call succeeds."""
+    try:
+        result = call(*args, **kwargs)  # type: ignore[operator]
+        if hasattr(result, "__iter__") and not isinstance(result, bytes):
+            list(result)
+    except grpc.RpcError as exc:
+        return remote_error(exc)
+    raise AssertionError("the call succeeded")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def png_bytes(width: int, height: int, seed: int = 0, noise: bool = False) -> bytes:
+    """A distinct PNG; noise makes it incompressible (big files)."""
+    if noise:
+        image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    else:
+        image = Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 99))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: Path
+    format: str
+    expected: str
+    note: str
+
+    @property
+    def name(self) -> str:
+        return str(self.path.relative_to(CORPUS))
+
+
+def corpus() -> list[CorpusFile]:
+    with (CORPUS / "MANIFEST.tsv").open() as f:
+        return [
+            CorpusFile(CORPUS / row["path"], row["format"], row["expected"], row["note"])
+            for row in csv.DictReader(f, delimiter="\t")
+        ]
