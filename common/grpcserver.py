@@ -38,10 +38,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
         ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler: Any = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None  # type: ignore[return-value]  # unknown method: grpc says UNIMPLEMENTED
         rid = _incoming_request_id(handler_call_details)
         method = handler_call_details.method
         ser, deser = handler.response_serializer, handler.request_deserializer
