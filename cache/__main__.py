@@ -1,9 +1,14 @@
 """`python -m cache`: run the cache service."""
 
 import asyncio
+import sys
 
 from cache.config import Settings
 from cache.server import serve
+from common.env import ConfigError
 
 if __name__ == "__main__":
-    asyncio.run(serve(Settings.from_env()))
+    try:
+        asyncio.run(serve(Settings.from_env()))
+    except ConfigError as exc:
+        sys.exit(f"cache: bad configuration: {exc}")

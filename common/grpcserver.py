@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -45,21 +46,25 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         rid = _incoming_request_id(handler_call_details)
         method = handler_call_details.method
         ser, deser = handler.response_serializer, handler.request_deserializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, rid), deser, ser
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, rid), deser, ser
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, rid), deser, ser
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, rid), deser, ser
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
         )
+        # Streaming handlers are either async generators or coroutines that call
+        # context.write() (as the health service's Watch does); wrap each as it is.
+        if inspect.isasyncgenfunction(behavior):
+            wrapped: Any = _wrap_stream(behavior, method, rid)
+        else:
+            wrapped = _wrap_unary(behavior, method, rid)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return make(wrapped, deser, ser)
 
 
 class _Call:

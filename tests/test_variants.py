@@ -1,0 +1,181 @@
+"""The variant cache: LRU within byte budgets, survival across restarts, purge on delete."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+
+from cache.variants import DiskLRU, MemoryLRU, TieredVariantCache, Variant, VariantRecord
+from common.errors import Reason
+from tests.support import ServiceProcess, channel, failure, png_bytes, upload
+
+IMAGE = "I" * 22
+
+
+def variant(key: str, size: int, image_id: str = IMAGE) -> Variant:
+    data = key.encode()[:1] * size
+    record = VariantRecord(
+        image_id, key, "image/webp", 10, 10, size, hashlib.sha256(data).hexdigest()
+    )
+    return Variant(record, data)
+
+
+def test_memory_lru_evicts_least_recently_used_within_budget() -> None:
+    lru = MemoryLRU(budget=3000)
+    for key in "abc":
+        lru.put(variant(key, 1000))
+    assert lru.get(IMAGE, "a") is not None  # a is now the most recent
+    lru.put(variant("d", 1000))
+    assert lru.get(IMAGE, "b") is None
+    assert {k for k in "acd" if lru.get(IMAGE, k)} == set("acd")
+    assert lru.used == 3000
+    lru.put(variant("huge", 3001))  # larger than the whole budget: not kept
+    assert lru.get(IMAGE, "huge") is None and lru.used == 3000
+    assert lru.purge(IMAGE) == set("acd") and lru.used == 0
+
+
+def test_disk_lru_evicts_within_budget_and_survives_reload(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        entry = 1000 + 300  # payload plus header, roughly
+        disk = DiskLRU(tmp_path, budget=3 * entry)
+        disk.load()
+        for key in "abc":
+            await disk.put(variant(key, 1000))
+        assert await disk.get(IMAGE, "a") is not None
+        await disk.put(variant("d", 1000))
+        assert await disk.get(IMAGE, "b") is None
+        assert disk.used <= disk.budget
+        files = {p.name for p in tmp_path.glob("??/*/*")}
+        assert files == set("acd")
+
+        reloaded = DiskLRU(tmp_path, budget=3 * entry)
+        reloaded.load()
+        assert reloaded.used == disk.used
+        got = await reloaded.get(IMAGE, "c")
+        assert got is not None and got.data == b"c" * 1000
+        # c was just read, so the oldest is now a, then d.
+        await reloaded.put(variant("e", 1000))
+        assert await reloaded.get(IMAGE, "a") is None
+        assert await reloaded.get(IMAGE, "c") is not None
+
+        smaller = DiskLRU(tmp_path, budget=entry)  # a smaller budget on restart evicts
+        smaller.load()
+        assert len(list(tmp_path.glob("??/*/*"))) == 1
+
+    asyncio.run(scenario())
+
+
+def test_disk_lru_treats_a_damaged_file_as_a_miss(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        disk = DiskLRU(tmp_path, budget=10_000)
+        disk.load()
+        await disk.put(variant("a", 100))
+        path = next(tmp_path.glob("??/*/a"))
+        path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)
+        assert await disk.get(IMAGE, "a") is None
+        assert not path.exists() and disk.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_tiered_cache_promotes_from_disk_and_purges_both(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        disk = DiskLRU(tmp_path, budget=100_000)
+        disk.load()
+        tiers = TieredVariantCache(MemoryLRU(budget=1500), disk)
+        await tiers.put(variant("a", 1000))
+        await tiers.put(variant("b", 1000))  # memory holds only b now
+        assert tiers.memory.get(IMAGE, "a") is None
+        assert await tiers.get(IMAGE, "a") is not None  # from disk ...
+        assert tiers.memory.get(IMAGE, "a") is not None  # ... and promoted
+        await tiers.put(variant("z", 10, image_id="J" * 22))
+        assert await tiers.purge(IMAGE) == 2
+        assert await tiers.get(IMAGE, "a") is None and await tiers.get(IMAGE, "b") is None
+        assert await tiers.get("J" * 22, "z") is not None
+
+    asyncio.run(scenario())
+
+
+def put_variant(
+    stub: pb_grpc.CacheServiceStub, image_id: str, key: str, data: bytes
+) -> pb.PutVariantResponse:
+    def requests() -> Iterator[pb.PutVariantRequest]:
+        header = pb.PutVariantHeader(
+            image_id=image_id, key=key, media_type="image/png", width=3, height=4
+        )
+        yield pb.PutVariantRequest(header=header)
+        for start in range(0, len(data), 100_000):
+            yield pb.PutVariantRequest(chunk=data[start : start + 100_000])
+
+    response: pb.PutVariantResponse = stub.PutVariant(requests(), timeout=30)
+    return response
+
+
+def get_variant(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes | None:
+    body = bytearray()
+    try:
+        for message in stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key)):
+            if message.WhichOneof("payload") == "variant":
+                assert message.variant.key == key
+            else:
+                body += message.chunk
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+        return None
+    return bytes(body)
+
+
+@pytest.fixture
+def small_cache(tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = {"IMAGESVC_VARIANT_MEMORY_BYTES": "250000", "IMAGESVC_VARIANT_DISK_BYTES": "350000"}
+    server = ServiceProcess("cache", tmp_path / "data", env).start()
+    yield server
+    server.kill()
+
+
+def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: ServiceProcess) -> None:
+    with channel(small_cache.address) as ch:
+        stub = pb_grpc.CacheServiceStub(ch)
+        image_id = upload(stub, png_bytes(20, 20)).id
+        blobs = {k: bytes([n]) * 100_000 for n, k in enumerate(["k1", "k2", "k3", "k4"])}
+        for key in ("k1", "k2", "k3"):
+            meta = put_variant(stub, image_id, key, blobs[key]).variant
+            assert meta.byte_size == 100_000 and meta.width == 3
+        assert get_variant(stub, image_id, "k1") == blobs["k1"]  # k2 is now the oldest
+        put_variant(stub, image_id, "k4", blobs["k4"])
+        assert get_variant(stub, image_id, "k2") is None
+        for key in ("k1", "k3", "k4"):
+            assert get_variant(stub, image_id, key) == blobs[key]
+
+    assert small_cache.terminate() == 0
+    small_cache.start()
+    with channel(small_cache.address) as ch:
+        stub = pb_grpc.CacheServiceStub(ch)
+        for key in ("k1", "k3", "k4"):
+            assert get_variant(stub, image_id, key) == blobs[key]
+        deleted = stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
+        assert deleted.purged_variants == 3
+        for key in blobs:
+            assert get_variant(stub, image_id, key) is None
+        assert not list((small_cache.data_dir / "variants").glob("??/*/*"))
+
+
+def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(5, 5)).id
+    error = failure(put_variant, stub, "B" * 22, "k", b"x")
+    assert error.reason == Reason.IMAGE_NOT_FOUND
+    for key in ("", "../../etc", "a/b", "k" * 129):
+        error = failure(put_variant, stub, image_id, key, b"x")
+        assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
+    error = failure(put_variant, stub, image_id, "k", b"")
+    assert error.reason == Reason.INVALID_ARGUMENT
+    assert get_variant(stub, image_id, "k") is None
+    error = failure(stub.GetVariant, pb.GetVariantRequest(image_id=image_id, key="nope"))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, Reason.VARIANT_NOT_FOUND)
