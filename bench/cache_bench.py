@@ -62,13 +62,36 @@ def timed(op: Callable[[int], object], runs: int) -> float:
     return statistics.median(samples)
 
 
+def measure(
+    stub: pb_grpc.CacheServiceStub, folder: Path, data: bytes, runs: int
+) -> list[tuple[str, float, float]]:
+    """(op, baseline seconds, service seconds) for put and get of data."""
+    ids: list[str] = []
+
+    def base_put(i: int) -> None:
+        durable_write(folder, f"b{i}", data)
+
+    def base_get(i: int) -> None:
+        (folder / f"b{max(i, 0)}").read_bytes()
+
+    def svc_put(i: int) -> None:
+        ids.append(upload(stub, data).id)
+
+    def svc_get(i: int) -> None:
+        download(stub, ids[max(i, 0)])
+
+    return [
+        ("put", timed(base_put, runs), timed(svc_put, runs)),
+        ("get", timed(base_get, runs), timed(svc_get, runs)),
+    ]
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:
         root = Path(tmp)
         baseline_dir = root / "baseline"
         baseline_dir.mkdir()
-        server = ServiceProcess("cache", root / "data")
-        server.start()
+        server = ServiceProcess("cache", root / "data").start()
         try:
             with channel(server.address) as ch:
                 stub = pb_grpc.CacheServiceStub(ch)
@@ -79,26 +102,7 @@ def main() -> None:
                     ("10 MiB PNG", noise_image(10 * MiB, "PNG"), 10),
                 ]:
                     mb = len(data) / MiB
-
-                    def base_put(i: int, data: bytes = data) -> None:
-                        durable_write(baseline_dir, f"b{i}", data)
-
-                    def base_get(i: int) -> None:
-                        (baseline_dir / f"b{max(i, 0)}").read_bytes()
-
-                    ids: list[str] = []
-
-                    def svc_put(i: int, data: bytes = data) -> None:
-                        ids.append(upload(stub, data).id)
-
-                    def svc_get(i: int) -> None:
-                        download(stub, ids[max(i, 0)])
-
-                    results = [
-                        ("put", timed(base_put, runs), timed(svc_put, runs)),
-                        ("get", timed(base_get, runs), timed(svc_get, runs)),
-                    ]
-                    for op, base, svc in results:
+                    for op, base, svc in measure(stub, baseline_dir, data, runs):
                         print(
                             f"{label:>16} {op:>4} {mb / base:>8.1f} MB/s {mb / svc:>8.1f} MB/s"
                             f" {base / svc:>6.2f}x"
