@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -119,7 +120,7 @@ def test_unknown_ids_are_not_found(stub: pb_grpc.CacheServiceStub) -> None:
         assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, Reason.IMAGE_NOT_FOUND)
 
 
-def test_delete_removes_image_and_blob(stub: pb_grpc.CacheServiceStub, data_dir) -> None:  # type: ignore[no-untyped-def]
+def test_delete_removes_image_and_blob(stub: pb_grpc.CacheServiceStub, data_dir: Path) -> None:
     meta = upload(stub, png_bytes(10, 10, seed=5))
     blob = data_dir / "blobs" / meta.id[:2] / meta.id[2:4] / meta.id
     assert blob.is_file()
@@ -162,8 +163,8 @@ def test_non_image_bytes_are_refused(stub: pb_grpc.CacheServiceStub) -> None:
 
 
 def test_upload_over_the_byte_limit_is_refused_as_it_passes(
-    stub: pb_grpc.CacheServiceStub, data_dir
-) -> None:  # type: ignore[no-untyped-def]
+    stub: pb_grpc.CacheServiceStub, data_dir: Path
+) -> None:
     limit = 50 * 1024 * 1024
     sent = 0
 
