@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos check-protos lint fmt test bench run-cache clean
+.PHONY: help install protos check-protos lint fmt test bench run clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,7 @@ test: $(STAMP)  ## the whole test suite
 bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run
 	$(BIN)/python -m bench
 
-run-cache: $(STAMP)  ## the cache service alone, on embedded defaults
+run: $(STAMP)  ## start the system on embedded defaults (data in ./data); Ctrl-C stops it
 	$(BIN)/python -m cache
 
 clean:  ## remove the venv, data and caches
