@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.env import ConfigError, Env
+from common.imaging import SOURCE_FORMATS
 
 MiB = 1024 * 1024
 
-# Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
-DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "ICO")
+DEFAULT_FORMATS = SOURCE_FORMATS
 
 
 @dataclass(frozen=True)

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
-from common.errors import Reason, ServiceError
-
-# Decoding is how corruption is found, so a truncated file must fail, never be padded.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-MEDIA_TYPES = {
-    "JPEG": "image/jpeg",
-    "MPO": "image/jpeg",
-    "PNG": "image/png",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-    "AVIF": "image/avif",
-    "TIFF": "image/tiff",
-    "BMP": "image/bmp",
-    "ICO": "image/vnd.microsoft.icon",
-}
+from common.imaging import MEDIA_TYPES, decoding_errors, open_checked, too_large
 
 
 @dataclass(frozen=True)
@@ -42,82 +26,32 @@ class ImageInfo:
     frames: int
 
 
-def _too_large(message: str) -> ServiceError:
-    return ServiceError(Reason.IMAGE_TOO_LARGE, message)
-
-
-def _corrupt(message: str) -> ServiceError:
-    return ServiceError(Reason.CORRUPT_IMAGE, message)
-
-
-def _is_iso_media(path: Path) -> bool:
-    # HEIC and other ISO-BMFF images Pillow cannot identify are a format we do not
-    # take, not damaged data.
-    with path.open("rb") as f:
-        head = f.read(12)
-    return head[4:8] == b"ftyp"
-
-
 def inspect_image(path: Path, limits: Limits) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
     """
-    # Pillow raises DecompressionBombError above twice this; we check the exact limit
-    # ourselves and keep Pillow's check as the backstop for sizes learnt mid-decode.
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(path) as image:
-                if image.format == "PNG":
-                    # Pillow streams IDAT without checking CRCs; verify() checks every
-                    # chunk's CRC, and needs a fresh open afterwards to decode.
-                    image.verify()
-            with Image.open(path) as image:
-                return _inspect_open(image, limits)
-        except ServiceError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise _too_large(str(exc)) from None
-        except UnidentifiedImageError:
-            if _is_iso_media(path):
-                raise ServiceError(
-                    Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
-                ) from None
-            raise _corrupt("the data is not a decodable image") from None
-        except ValueError as exc:
-            if "too large" in str(exc):
-                # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
-                raise _too_large(f"the image holds too much compressed data: {exc}") from None
-            raise _corrupt(f"the image data is corrupt: {exc}") from None
-        except (OSError, SyntaxError, TypeError, IndexError, EOFError) as exc:
-            # Pillow reports damaged data through all of these; the text helps the caller.
-            raise _corrupt(f"the image data is corrupt: {exc}") from None
-        except MemoryError:
-            raise _too_large("the image needs too much memory to decode") from None
+    with path.open("rb") as fp, decoding_errors(fp):
+        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+            if image.format == "PNG":
+                # Pillow streams IDAT without checking CRCs; verify() checks every
+                # chunk's CRC, and needs a fresh open afterwards to decode.
+                image.verify()
+        fp.seek(0)
+        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+            return _decode_all(image, limits)
 
 
-def _inspect_open(image: Image.Image, limits: Limits) -> ImageInfo:
+def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
     fmt = image.format or ""
-    if fmt not in limits.allowed_formats:
-        raise ServiceError(
-            Reason.UNSUPPORTED_MEDIA_TYPE,
-            f"format {fmt or 'unknown'} is not accepted",
-            {"format": fmt},
-        )
     width, height = image.size
-    if width <= 0 or height <= 0:
-        raise _corrupt("the image has no pixels")
-    if width * height > limits.max_pixels:
-        raise _too_large(f"{width}x{height} exceeds the limit of {limits.max_pixels} pixels")
     frames = 0
     # Walk frames one by one, never asking n_frames up front: a frame flood is refused
     # as soon as the count passes the limit instead of after scanning the whole file.
     while True:
         if image.size[0] * image.size[1] > limits.max_pixels:
-            raise _too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
@@ -126,7 +60,7 @@ def _inspect_open(image: Image.Image, limits: Limits) -> ImageInfo:
         image.load()
         frames += 1
         if frames > limits.max_frames:
-            raise _too_large(f"more than {limits.max_frames} frames")
+            raise too_large(f"more than {limits.max_frames} frames")
         try:
             image.seek(frames)
         except EOFError:

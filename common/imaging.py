@@ -1,0 +1,101 @@
+"""Opening untrusted image bytes with Pillow: limits first, and every failure a ServiceError."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from common.errors import Reason, ServiceError
+
+# Decoding is how corruption is found, so a truncated file must fail, never be padded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
+SOURCE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "ICO")
+
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "AVIF": "image/avif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+    "ICO": "image/vnd.microsoft.icon",
+}
+
+
+def too_large(message: str) -> ServiceError:
+    return ServiceError(Reason.IMAGE_TOO_LARGE, message)
+
+
+def corrupt(message: str) -> ServiceError:
+    return ServiceError(Reason.CORRUPT_IMAGE, message)
+
+
+def _is_iso_media(fp: IO[bytes]) -> bool:
+    # HEIC and other ISO-BMFF images Pillow cannot identify are a format we do not
+    # take, not damaged data.
+    fp.seek(0)
+    return fp.read(12)[4:8] == b"ftyp"
+
+
+@contextmanager
+def decoding_errors(fp: IO[bytes]) -> Iterator[None]:
+    """Turn whatever Pillow raises while reading fp into the matching ServiceError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        except ServiceError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise too_large(str(exc)) from None
+        except UnidentifiedImageError:
+            if _is_iso_media(fp):
+                raise ServiceError(
+                    Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
+                ) from None
+            raise corrupt("the data is not a decodable image") from None
+        except ValueError as exc:
+            if "too large" in str(exc):
+                # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
+                raise too_large(f"the image holds too much compressed data: {exc}") from None
+            raise corrupt(f"the image data is corrupt: {exc}") from None
+        except (OSError, SyntaxError, TypeError, IndexError, EOFError) as exc:
+            # Pillow reports damaged data through all of these; the text helps the caller.
+            raise corrupt(f"the image data is corrupt: {exc}") from None
+        except MemoryError:
+            raise too_large("the image needs too much memory to decode") from None
+
+
+def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) -> Image.Image:
+    """Image.open plus the checks that must come before any pixel is decoded.
+
+    Call inside decoding_errors(fp). Pillow raises DecompressionBombError above twice
+    MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check as the
+    backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    image = Image.open(fp)
+    fmt = image.format or ""
+    if fmt not in allowed_formats:
+        image.close()
+        raise ServiceError(
+            Reason.UNSUPPORTED_MEDIA_TYPE,
+            f"format {fmt or 'unknown'} is not accepted",
+            {"format": fmt},
+        )
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        image.close()
+        raise corrupt("the image has no pixels")
+    if width * height > max_pixels:
+        image.close()
+        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+    return image

@@ -1,0 +1,52 @@
+"""The processor's settings, read once from IMAGESVC_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from common.env import Env
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the processor reads from the environment."""
+
+    listen: str
+    cache_address: str
+    workers: int
+    queue_size: int
+    max_output_dimension: int
+    max_blur_sigma: float
+    processing_timeout_seconds: float
+    max_upload_bytes: int
+    max_pixels: int
+    max_frames: int
+    originals_cache_bytes: int
+    chunk_bytes: int
+    shutdown_grace_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        env = env or Env()
+        workers = env.integer("PROCESSOR_WORKERS", os.cpu_count() or 2, minimum=1, maximum=256)
+        return cls(
+            listen=env.text("PROCESSOR_LISTEN", "127.0.0.1:50052"),
+            cache_address=env.text("CACHE_ADDRESS", "127.0.0.1:50051"),
+            workers=workers,
+            queue_size=env.integer("PROCESSOR_QUEUE", 4 * workers, minimum=0),
+            max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
+            max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
+            processing_timeout_seconds=env.number("PROCESSING_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
+            max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
+            max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
+            originals_cache_bytes=env.size("PROCESSOR_ORIGINALS_CACHE_BYTES", 128 * MiB),
+            chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
+            shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=env.text("LOG_LEVEL", "INFO"),
+        )
