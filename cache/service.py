@@ -19,11 +19,11 @@ from imageservice.v1 import image_pb2
 
 from cache.blobs import BlobStore
 from cache.config import Settings
-from cache.inspection import ImageInfo, Limits, inspect_image
 from cache.metadata import ImageRecord, InvalidPageToken, MetadataStore
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.errors import Reason, ServiceError, invalid_argument
 from common.ids import ImageId, new_image_id, parse_image_id
+from common.imaging import ImageInfo, Limits, inspect
 
 log = logging.getLogger("cache")
 
@@ -90,6 +90,11 @@ def _check_header(header: pb.PutImageHeader) -> int:
     return int(header.visibility)
 
 
+def _inspect_file(path: Path, limits: Limits) -> ImageInfo:
+    with path.open("rb") as fp:
+        return inspect(fp, limits)
+
+
 class CacheService(pb_grpc.CacheServiceServicer):
     """Owns originals, their metadata and the variant cache."""
 
@@ -152,7 +157,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 raise invalid_argument("chunk", "the upload holds no bytes")
             out.close()
             info = await asyncio.get_running_loop().run_in_executor(
-                self._decoders, inspect_image, temp, self.limits
+                self._decoders, _inspect_file, temp, self.limits
             )
             record = ImageRecord(
                 id=new_image_id(),

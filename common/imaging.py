@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -99,3 +100,61 @@ def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int
         image.close()
         raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
     return image
+
+
+@dataclass(frozen=True)
+class Limits:
+    allowed_formats: frozenset[str]
+    max_pixels: int
+    max_frames: int
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    media_type: str
+    width: int
+    height: int
+    frames: int
+
+
+def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
+    """Open and fully decode every frame; raise ServiceError saying why it is refused.
+
+    Header checks come first (format, pixel count) so a bomb is refused before any
+    large allocation; then each frame is decoded, which is what finds truncation.
+    """
+    with decoding_errors(fp):
+        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+            if image.format == "PNG":
+                # Pillow streams IDAT without checking CRCs; verify() checks every
+                # chunk's CRC, and needs a fresh open afterwards to decode.
+                image.verify()
+        fp.seek(0)
+        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+            return _decode_all(image, limits)
+
+
+def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
+    fmt = image.format or ""
+    width, height = image.size
+    frames = 0
+    # Walk frames one by one, never asking n_frames up front: a frame flood is refused
+    # as soon as the count passes the limit instead of after scanning the whole file.
+    while True:
+        if image.size[0] * image.size[1] > limits.max_pixels:
+            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        if fmt == "JPEG":
+            # Decoding at reduced scale still reads every byte of entropy-coded data,
+            # so truncation is found at a fraction of the cost. (Not for MPO: draft
+            # breaks seeking to its second picture.)
+            image.draft(None, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        frames += 1
+        if frames > limits.max_frames:
+            raise too_large(f"more than {limits.max_frames} frames")
+        try:
+            image.seek(frames)
+        except EOFError:
+            break
+    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames)

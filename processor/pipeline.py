@@ -1,0 +1,366 @@
+"""Decode, transform and encode one image with Pillow. Runs in worker threads.
+
+Pillow releases the GIL while it decodes, resamples, filters and encodes, which is
+most of the time spent here, so threads use every core (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import IO, cast
+
+from PIL import Image, ImageEnhance, ImageFilter, ImageSequence
+
+from common.errors import Reason, ServiceError, invalid_argument
+from common.imaging import SOURCE_FORMATS, decoding_errors, open_checked, too_large
+from processor import smartcrop
+from processor.spec import (
+    RGBA,
+    Adjust,
+    Blur,
+    Crop,
+    Flip,
+    Flop,
+    Grayscale,
+    Op,
+    Output,
+    Pixelate,
+    Resize,
+    Rotate,
+    Sharpen,
+    Spec,
+)
+
+MEDIA_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
+PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
+# What "the source's kind" means for each source format.
+SOURCE_KIND = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "AVIF": "avif",
+    "TIFF": "png",
+    "BMP": "png",
+    "ICO": "png",
+}
+ANIMATED_OUTPUTS = {"gif", "webp", "png"}
+ANIMATED_SOURCES = {"GIF", "WEBP", "PNG", "AVIF"}
+ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    max_frames: int
+    max_output_dimension: int
+
+
+@dataclass(frozen=True)
+class Rendered:
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+    frames: int
+
+
+def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
+    """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
+    with (
+        decoding_errors(source),
+        open_checked(source, frozenset(SOURCE_FORMATS), limits.max_pixels) as image,
+    ):
+        fmt = spec.output.format
+        if fmt == "source":
+            fmt = SOURCE_KIND[image.format or "PNG"]
+        metadata = _metadata(image) if spec.output.keep_metadata else {}
+        frames, durations = _frames(image, spec, fmt, limits)
+        loop = int(image.info.get("loop", 0))
+        return _encode(frames, durations, loop, fmt, spec.output, metadata)
+
+
+def _metadata(image: Image.Image) -> dict[str, object]:
+    """EXIF (orientation reset: the pixels are upright now) and XMP, for keep_metadata."""
+    kept: dict[str, object] = {}
+    exif = image.getexif()
+    if exif:
+        exif.pop(0x0112, None)
+        kept["exif"] = exif.tobytes()
+    if xmp := image.info.get("xmp"):
+        kept["xmp"] = xmp
+    return kept
+
+
+def _frames(
+    image: Image.Image, spec: Spec, fmt: str, limits: Limits
+) -> tuple[list[Image.Image], list[int]]:
+    orientation = image.getexif().get(0x0112, 1)
+    animated = (
+        image.format in ANIMATED_SOURCES
+        and getattr(image, "is_animated", False)
+        and fmt in ANIMATED_OUTPUTS
+    )
+    if not animated:
+        if image.format == "JPEG":
+            _draft(image, spec, orientation)
+        image.load()
+        return [_transform(image, spec, orientation, limits)], [0]
+    frames: list[Image.Image] = []
+    durations: list[int] = []
+    for n, frame in enumerate(ImageSequence.Iterator(image)):
+        if n >= limits.max_frames:
+            raise too_large(f"more than {limits.max_frames} frames")
+        if frame.size[0] * frame.size[1] > limits.max_pixels:
+            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        durations.append(int(frame.info.get("duration", 0)))
+        # The iterator re-uses one object; each frame needs its own pixels.
+        frames.append(_transform(frame.copy(), spec, orientation, limits))
+    return frames, durations
+
+
+def _draft(image: Image.Image, spec: Spec, orientation: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the output is that much smaller."""
+    resize = next((op for op in spec.ops if isinstance(op, Resize)), None)
+    if resize is None or any(isinstance(op, Crop) for op in spec.ops):
+        return
+    width, height = image.size
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    target, _ = _resize_geometry((width, height), resize)
+    scale = max(target[0] / width, target[1] / height)
+    if scale >= 0.5:
+        return
+    needed = (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale))
+    image.draft(image.mode, needed)
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """Bring any source mode to L, LA, RGB or RGBA, keeping alpha where there is some."""
+    mode = image.mode
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return image
+    if mode == "P":
+        alpha = "transparency" in image.info or (
+            image.palette is not None and image.palette.mode == "RGBA"
+        )
+        return image.convert("RGBA" if alpha else "RGB")
+    if mode == "PA":
+        return image.convert("RGBA")
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit grey: scale into 8 bits instead of clipping at 255.
+        scale = 1 / 256 if mode.startswith("I;16") or image.getextrema()[1] > 255 else 1  # type: ignore[operator]
+        return image.convert("I").point(lambda v: v * scale).convert("L")
+    if mode in ("RGBa", "La"):
+        return image.convert("RGBA" if mode == "RGBa" else "LA")
+    return image.convert("RGB")  # CMYK (Adobe inversion handled by the decoder), YCbCr, LAB...
+
+
+def _transform(image: Image.Image, spec: Spec, orientation: int, limits: Limits) -> Image.Image:
+    image = _normalise(image)
+    if orientation != 1:
+        method = {
+            2: Image.Transpose.FLIP_LEFT_RIGHT,
+            3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90,
+        }.get(orientation)
+        if method is not None:
+            image = image.transpose(method)
+    for op in spec.ops:
+        image = _apply(image, op)
+        if max(image.size) > limits.max_output_dimension:
+            raise ServiceError(
+                Reason.OUTPUT_TOO_LARGE,
+                f"the result would exceed {limits.max_output_dimension} pixels on a side",
+            )
+    return image
+
+
+def _apply(image: Image.Image, op: Op) -> Image.Image:
+    if isinstance(op, Crop):
+        return _crop(image, op)
+    if isinstance(op, Resize):
+        return _resize(image, op)
+    if isinstance(op, Rotate):
+        return _rotate(image, op.angle, op.background)
+    if isinstance(op, Flip):
+        return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if isinstance(op, Flop):
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if isinstance(op, Adjust):
+        return _adjust(image, op)
+    if isinstance(op, Grayscale):
+        return image.convert("LA" if "A" in image.mode else "L")
+    if isinstance(op, Blur):
+        return image.filter(ImageFilter.GaussianBlur(op.sigma))
+    if isinstance(op, Sharpen):
+        return image.filter(ImageFilter.UnsharpMask(radius=op.sigma, percent=150, threshold=2))
+    if isinstance(op, Pixelate):
+        small = (max(1, image.width // op.size), max(1, image.height // op.size))
+        return image.resize(small, Image.Resampling.BOX).resize(
+            image.size, Image.Resampling.NEAREST
+        )
+    raise AssertionError(op)
+
+
+def _crop(image: Image.Image, op: Crop) -> Image.Image:
+    if op.left >= image.width or op.top >= image.height:
+        raise invalid_argument(
+            "crop", f"the rectangle lies outside the {image.width}x{image.height} image"
+        )
+    box = (
+        op.left,
+        op.top,
+        min(image.width, op.left + op.width),
+        min(image.height, op.top + op.height),
+    )
+    return image.crop(box)
+
+
+def _resize_geometry(size: tuple[int, int], op: Resize) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(size to resample to, size of the final box): they differ only for cover."""
+    width, height = size
+    w, h = op.width, op.height
+    if op.fit == "fill":
+        if not op.enlarge:
+            w, h = min(w, width), min(h, height)
+        return (w, h), (w, h)
+    if w == 0:
+        scale = h / height
+    elif h == 0:
+        scale = w / width
+    elif op.fit == "contain":
+        scale = min(w / width, h / height)
+    else:  # cover and outside: at least the box
+        scale = max(w / width, h / height)
+    if not op.enlarge:
+        scale = min(scale, 1.0)
+    resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if op.fit == "cover" and w and h:
+        return resized, (min(w, resized[0]), min(h, resized[1]))
+    return resized, resized
+
+
+def _resize(image: Image.Image, op: Resize) -> Image.Image:
+    resized, box = _resize_geometry(image.size, op)
+    if resized != image.size:
+        image = image.resize(resized, RESAMPLE, reducing_gap=3.0)
+    if box == resized:
+        return image
+    return image.crop(_cover_box(image, box, op.gravity))
+
+
+def _cover_box(image: Image.Image, box: tuple[int, int], gravity: str) -> tuple[int, int, int, int]:
+    spare_x, spare_y = image.width - box[0], image.height - box[1]
+    if gravity == "smart":
+        left, top = smartcrop.best_window(image, box)
+    else:
+        left = 0 if "west" in gravity else spare_x if "east" in gravity else spare_x // 2
+        top = 0 if "north" in gravity else spare_y if "south" in gravity else spare_y // 2
+    return (left, top, left + box[0], top + box[1])
+
+
+def _rotate(image: Image.Image, angle: float, background: RGBA) -> Image.Image:
+    right = {
+        90.0: Image.Transpose.ROTATE_90,
+        180.0: Image.Transpose.ROTATE_180,
+        270.0: Image.Transpose.ROTATE_270,
+    }
+    if angle in right:
+        return image.transpose(right[angle])
+    if background[3] < 255 and "A" not in image.mode:
+        image = image.convert("RGBA" if image.mode == "RGB" else "LA")
+    grey = _grey(background)
+    fills: dict[str, float | tuple[int, ...]] = {
+        "RGBA": background,
+        "RGB": background[:3],
+        "LA": (grey, background[3]),
+        "L": grey,
+    }
+    fill = fills[image.mode]
+    return image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+
+
+def _grey(color: RGBA) -> int:
+    return round(0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2])
+
+
+def _adjust(image: Image.Image, op: Adjust) -> Image.Image:
+    alpha = image.getchannel("A") if "A" in image.mode else None
+    base = image.convert("RGB" if image.mode in ("RGB", "RGBA") else "L")
+    if op.brightness != 1.0:
+        base = ImageEnhance.Brightness(base).enhance(op.brightness)
+    if op.contrast != 1.0:
+        base = ImageEnhance.Contrast(base).enhance(op.contrast)
+    if op.saturation != 1.0 and base.mode == "RGB":
+        base = ImageEnhance.Color(base).enhance(op.saturation)
+    if alpha is not None:
+        base.putalpha(alpha)
+    return base
+
+
+def _flatten(image: Image.Image, background: RGBA) -> Image.Image:
+    """Composite onto the background colour (for outputs without alpha)."""
+    if "A" not in image.mode:
+        return image
+    rgb = background[:3] if image.mode == "RGBA" else (_grey(background),)
+    base = Image.new(image.mode[:-1], image.size, rgb if len(rgb) == 3 else rgb[0])
+    base.paste(image, mask=image.getchannel("A"))
+    return base
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    if "A" not in image.mode:
+        return False
+    low, _ = cast(tuple[int, int], image.getchannel("A").getextrema())
+    return low < 255
+
+
+def _encode(
+    frames: list[Image.Image],
+    durations: list[int],
+    loop: int,
+    fmt: str,
+    output: Output,
+    metadata: dict[str, object],
+) -> Rendered:
+    if fmt not in ALPHA_OUTPUTS:
+        frames = [_flatten(f, output.background) for f in frames]
+    elif not any(_has_alpha(f) for f in frames):
+        frames = [f.convert(f.mode[:-1]) if "A" in f.mode else f for f in frames]
+    first = frames[0]
+    icc = first.info.get("icc_profile")
+    options: dict[str, object] = dict(metadata) if fmt != "gif" else {}
+    if icc:
+        options["icc_profile"] = icc
+    if fmt == "jpeg":
+        options.update(quality=output.quality, progressive=output.progressive)
+    elif fmt == "webp":
+        options.update(quality=output.quality or 80, lossless=output.lossless, method=4)
+    elif fmt == "avif":
+        options.update(quality=output.quality, speed=8)
+    elif fmt == "png":
+        options.update(compress_level=6)
+    if len(frames) > 1:
+        options.update(save_all=True, append_images=frames[1:], duration=durations, loop=loop)
+        if fmt == "gif":
+            options.update(disposal=2)
+    out = io.BytesIO()
+    first.save(out, PILLOW_NAMES[fmt], **options)
+    return Rendered(out.getvalue(), MEDIA_TYPES[fmt], first.width, first.height, len(frames))
