@@ -48,6 +48,7 @@ class ServiceProcess:
             **os.environ,
             "IMAGESVC_DATA_DIR": str(self.data_dir),
             "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",
+            "IMAGESVC_PROCESSOR_LISTEN": "127.0.0.1:0",
             **self.env,
         }
         log = self.log_path.open("ab")

@@ -1,0 +1,69 @@
+"""gRPC client channels as the services use them: retries only where idempotent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import grpc
+
+from common.errors import Reason, ServiceError, remote_error
+from common.jsonlog import request_id
+
+
+def retry_config(service: str, idempotent: Sequence[str]) -> str:
+    """A service config retrying UNAVAILABLE, for the named (idempotent) methods only."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": service, "method": m} for m in idempotent],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def insecure_channel(
+    address: str, service: str, idempotent: Sequence[str], max_message: int
+) -> grpc.aio.Channel:
+    """An aio channel with the retry policy and message limits for chunked streams."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.service_config", retry_config(service, idempotent)),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ],
+    )
+
+
+def call_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata passing the current request id on to the next service."""
+    rid = request_id.get()
+    return (("x-request-id", rid),) if rid else ()
+
+
+def upstream_error(error: grpc.aio.AioRpcError, upstream: str) -> ServiceError:
+    """Re-raise an upstream failure as our own error, keeping its reason where it has one."""
+    remote = remote_error(error)
+    if remote.reason in Reason.__members__:
+        return ServiceError(Reason(remote.reason), remote.message, remote.metadata)
+    if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        reason = (
+            Reason.UPSTREAM_UNAVAILABLE
+            if remote.code == grpc.StatusCode.UNAVAILABLE
+            else Reason.DEADLINE_EXCEEDED
+        )
+        return ServiceError(
+            reason, f"the {upstream} service did not answer", {"upstream": upstream}
+        )
+    return ServiceError(Reason.INTERNAL, f"the {upstream} service failed", {"upstream": upstream})

@@ -1,0 +1,14 @@
+"""`python -m processor`: run the processor service."""
+
+import asyncio
+import sys
+
+from common.env import ConfigError
+from processor.config import Settings
+from processor.server import serve
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(serve(Settings.from_env()))
+    except ConfigError as exc:
+        sys.exit(f"processor: bad configuration: {exc}")

@@ -1,0 +1,55 @@
+"""Wires the processor: cache channel, worker threads, servicer, health, reflection, signals."""
+
+from __future__ import annotations
+
+import logging
+
+from imageservice.v1 import (
+    cache_service_pb2,
+    cache_service_pb2_grpc,
+    processor_service_pb2,
+    processor_service_pb2_grpc,
+)
+
+from common import jsonlog
+from common.grpcclient import insecure_channel
+from common.grpcserver import create_server, enable_reflection, serve_until_signalled
+from processor.config import Settings
+from processor.service import ProcessorService
+
+log = logging.getLogger("processor")
+
+SERVICE_NAME = processor_service_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
+CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+
+
+async def serve(settings: Settings) -> None:
+    """Run the processor until SIGTERM or SIGINT."""
+    jsonlog.configure("processor", settings.log_level)
+    message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+    channel = insecure_channel(
+        settings.cache_address,
+        CACHE_SERVICE,
+        idempotent=["GetImage", "StatImage", "GetVariant", "ListImages"],
+        max_message=message_limit,
+    )
+    service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
+    server, health = create_server(
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+        ]
+    )
+    processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
+    enable_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.listen)
+    await server.start()
+    log.info(
+        "listening",
+        extra={"address": settings.listen, "port": port, "workers": settings.workers},
+    )
+    try:
+        await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
+    finally:
+        await service.close()
+        await channel.close(None)

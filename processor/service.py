@@ -1,0 +1,226 @@
+"""The ProcessorService RPCs: stored images through the variant cache, and raw bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from imageservice.v1 import cache_service_pb2 as cache_pb
+from imageservice.v1 import cache_service_pb2_grpc as cache_grpc
+from imageservice.v1 import image_pb2
+from imageservice.v1 import processor_service_pb2 as pb
+from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
+
+from common.errors import Reason, ServiceError, invalid_argument
+from common.grpcclient import call_metadata, upstream_error
+from common.ids import parse_image_id
+from common.imaging import SOURCE_FORMATS, inspect
+from common.imaging import Limits as SourceLimits
+from processor import pipeline, spec
+from processor.config import Settings
+from processor.flights import Flights
+
+log = logging.getLogger("processor")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+# Calls to the cache service: a hit is a handful of milliseconds; originals may be large.
+CACHE_DEADLINE_SECONDS = 30.0
+
+
+class ProcessorService(pb_grpc.ProcessorServiceServicer):
+    """Transforms images; stored ones are looked up in and saved to the variant cache."""
+
+    def __init__(self, settings: Settings, cache: cache_grpc.CacheServiceAsyncStub) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.spec_limits = spec.Limits(settings.max_output_dimension, settings.max_blur_sigma)
+        self.render_limits = pipeline.Limits(
+            settings.max_pixels, settings.max_frames, settings.max_output_dimension
+        )
+        self.source_limits = SourceLimits(
+            frozenset(SOURCE_FORMATS), settings.max_pixels, settings.max_frames
+        )
+        self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
+        self.flights: Flights[pipeline.Rendered] = Flights()
+        # Admitted renders not yet finished (running or queued); past the bound, refuse.
+        self.pending = 0
+        self.capacity = settings.workers + settings.queue_size
+
+    async def close(self) -> None:
+        await self.flights.drain()
+        self.workers.shutdown(wait=True, cancel_futures=True)
+
+    async def Process(
+        self, request: pb.ProcessRequest, context: Context
+    ) -> AsyncIterator[pb.ProcessResponse]:
+        try:
+            image_id = parse_image_id(request.image_id)
+        except ValueError:
+            raise invalid_argument("image_id", "not a valid image id") from None
+        wanted = spec.parse(request.operations, request.output, self.spec_limits)
+        key = wanted.key(image_id)
+        hit = self.cache.GetVariant(
+            cache_pb.GetVariantRequest(image_id=image_id, key=key),
+            timeout=CACHE_DEADLINE_SECONDS,
+            metadata=call_metadata(),
+        )
+        try:
+            async for message in hit:
+                if message.WhichOneof("payload") == "variant":
+                    yield pb.ProcessResponse(variant=message.variant)
+                else:
+                    yield pb.ProcessResponse(chunk=message.chunk)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise upstream_error(exc, "cache") from None
+        rendered, _ = await self.flights.run(
+            key,
+            lambda: self._render_stored(image_id, wanted, context),
+            lambda result: self._store(image_id, key, result),
+        )
+        yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
+        for chunk in self._chunks(rendered.data):
+            yield pb.ProcessResponse(chunk=chunk)
+
+    async def _render_stored(
+        self, image_id: str, wanted: spec.Spec, context: Context
+    ) -> pipeline.Rendered:
+        original = await self._fetch(image_id)
+        return await self._run(
+            lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits),
+            context,
+            key=image_id,
+        )
+
+    async def _fetch(self, image_id: str) -> bytes:
+        body = bytearray()
+        try:
+            async for message in self.cache.GetImage(
+                cache_pb.GetImageRequest(id=image_id),
+                timeout=CACHE_DEADLINE_SECONDS,
+                metadata=call_metadata(),
+            ):
+                if message.WhichOneof("payload") == "chunk":
+                    body += message.chunk
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error(exc, "cache") from None
+        return bytes(body)
+
+    async def _store(self, image_id: str, key: str, rendered: pipeline.Rendered) -> None:
+        header = cache_pb.PutVariantHeader(
+            image_id=image_id,
+            key=key,
+            media_type=rendered.media_type,
+            width=rendered.width,
+            height=rendered.height,
+        )
+
+        async def requests() -> AsyncIterator[cache_pb.PutVariantRequest]:
+            yield cache_pb.PutVariantRequest(header=header)
+            for chunk in self._chunks(rendered.data):
+                yield cache_pb.PutVariantRequest(chunk=chunk)
+
+        try:
+            await self.cache.PutVariant(
+                requests(), timeout=CACHE_DEADLINE_SECONDS, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            # The caller has its bytes already; a variant not cached is only a later miss.
+            log.warning("variant not stored", extra={"key": key, "code": exc.code().name})
+
+    async def ProcessBytes(
+        self, request_iterator: AsyncIterator[pb.ProcessBytesRequest], context: Context
+    ) -> AsyncIterator[pb.ProcessBytesResponse]:
+        wanted: spec.Spec | None = None
+        body = bytearray()
+        limit = self.settings.max_upload_bytes
+        async for message in request_iterator:
+            kind = message.WhichOneof("payload")
+            if wanted is None:
+                if kind != "spec":
+                    raise invalid_argument("spec", "the first message must be the spec")
+                wanted = spec.parse(message.spec.operations, message.spec.output, self.spec_limits)
+                continue
+            if kind != "chunk":
+                raise invalid_argument("spec", "only the first message may be the spec")
+            if len(body) + len(message.chunk) > limit:
+                raise ServiceError(
+                    Reason.PAYLOAD_TOO_LARGE,
+                    f"the image is larger than the limit of {limit} bytes",
+                    {"limit": str(limit)},
+                )
+            body += message.chunk
+        if wanted is None:
+            raise invalid_argument("spec", "the stream carried no spec")
+        if not body:
+            raise invalid_argument("chunk", "no image bytes")
+        data = bytes(body)
+        final = wanted
+
+        def work() -> pipeline.Rendered:
+            # Bytes from a caller were never validated: decode them fully first.
+            inspect(io.BytesIO(data), self.source_limits)
+            return pipeline.render(io.BytesIO(data), final, self.render_limits)
+
+        rendered = await self._run(work, context, key="bytes")
+        yield pb.ProcessBytesResponse(variant=_variant("", "", rendered))
+        for chunk in self._chunks(rendered.data):
+            yield pb.ProcessBytesResponse(chunk=chunk)
+
+    async def _run(self, work: Callable[[], T], context: Context, key: str) -> T:
+        """Run CPU work on the pool: refuse when the queue is full, bound it in time."""
+        if self.pending >= self.capacity:
+            raise ServiceError(
+                Reason.OVERLOADED,
+                "the processor is at capacity; retry shortly",
+                {"retry_after_seconds": "1"},
+            )
+        self.pending += 1
+        start = time.perf_counter()
+        future = asyncio.get_running_loop().run_in_executor(self.workers, work)
+
+        def finished(_: object) -> None:
+            # Counted down when the thread really stops, not when the caller stops waiting.
+            self.pending -= 1
+
+        future.add_done_callback(finished)
+        timeout = self.settings.processing_timeout_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise ServiceError(
+                Reason.DEADLINE_EXCEEDED, f"processing took longer than {timeout:.1f}s"
+            ) from None
+        log.info(
+            "processed", extra={"key": key, "ms": round((time.perf_counter() - start) * 1000, 2)}
+        )
+        return result
+
+    def _chunks(self, data: bytes) -> list[bytes]:
+        step = self.settings.chunk_bytes
+        return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _variant(image_id: str, key: str, rendered: pipeline.Rendered) -> image_pb2.VariantMetadata:
+    return image_pb2.VariantMetadata(
+        image_id=image_id,
+        key=key,
+        media_type=rendered.media_type,
+        width=rendered.width,
+        height=rendered.height,
+        byte_size=len(rendered.data),
+        sha256=hashlib.sha256(rendered.data).hexdigest(),
+    )
