@@ -241,6 +241,11 @@ def _resize_geometry(size: tuple[int, int], op: Resize) -> tuple[tuple[int, int]
         if not op.enlarge:
             w, h = min(w, width), min(h, height)
         return (w, h), (w, h)
+    if op.fit == "cover" and w and h and not op.enlarge:
+        # A box bigger than the image shrinks, keeping its aspect ratio: a 10:1 banner
+        # asked of a small image is still 10:1.
+        shrink = min(1.0, width / w, height / h)
+        w, h = max(1, round(w * shrink)), max(1, round(h * shrink))
     if w == 0:
         scale = h / height
     elif h == 0:

@@ -85,7 +85,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 raise upstream_error(exc, "cache") from None
         rendered, _ = await self.flights.run(
             key,
-            lambda: self._render_stored(image_id, wanted, context),
+            lambda: self._render_stored(image_id, key, wanted, context),
             lambda result: self._store(image_id, key, result),
         )
         yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
@@ -93,13 +93,13 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             yield pb.ProcessResponse(chunk=chunk)
 
     async def _render_stored(
-        self, image_id: str, wanted: spec.Spec, context: Context
+        self, image_id: str, key: str, wanted: spec.Spec, context: Context
     ) -> pipeline.Rendered:
         original = await self._fetch(image_id)
         return await self._run(
             lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits),
             context,
-            key=image_id,
+            label=key,
         )
 
     async def _fetch(self, image_id: str) -> bytes:
@@ -172,12 +172,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             inspect(io.BytesIO(data), self.source_limits)
             return pipeline.render(io.BytesIO(data), final, self.render_limits)
 
-        rendered = await self._run(work, context, key="bytes")
+        rendered = await self._run(work, context, label="bytes")
         yield pb.ProcessBytesResponse(variant=_variant("", "", rendered))
         for chunk in self._chunks(rendered.data):
             yield pb.ProcessBytesResponse(chunk=chunk)
 
-    async def _run(self, work: Callable[[], T], context: Context, key: str) -> T:
+    async def _run(self, work: Callable[[], T], context: Context, label: str) -> T:
         """Run CPU work on the pool: refuse when the queue is full, bound it in time."""
         if self.pending >= self.capacity:
             raise ServiceError(
@@ -205,7 +205,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 Reason.DEADLINE_EXCEEDED, f"processing took longer than {timeout:.1f}s"
             ) from None
         log.info(
-            "processed", extra={"key": key, "ms": round((time.perf_counter() - start) * 1000, 2)}
+            "processed", extra={"key": label, "ms": round((time.perf_counter() - start) * 1000, 2)}
         )
         return result
 

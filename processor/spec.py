@@ -173,9 +173,10 @@ class Limits:
     max_blur_sigma: float
 
 
-def _color(message: pb.Color, default: RGBA) -> RGBA:
-    if not message.ByteSize():
+def _color(parent: pb.Rotate | pb.OutputOptions, default: RGBA) -> RGBA:
+    if not parent.HasField("background"):
         return default
+    message = parent.background
     channels = (message.red, message.green, message.blue, message.alpha)
     if any(c > 255 for c in channels):
         raise invalid_argument("color", "colour channels are 0-255")
@@ -227,7 +228,7 @@ def _one(operation: pb.Operation, limits: Limits) -> Op | None:
         if angle == 0:
             return None
         right = angle in (90.0, 180.0, 270.0)
-        background = WHITE if right else _color(operation.rotate.background, WHITE)
+        background = WHITE if right else _color(operation.rotate, WHITE)
         return Rotate(angle, background)
     if kind == "flip":
         return Flip()
@@ -289,7 +290,7 @@ def _output(message: pb.OutputOptions) -> Output:
         quality=quality,
         lossless=lossless,
         progressive=message.progressive and fmt in {"jpeg", "source"},
-        background=_color(message.background, WHITE),
+        background=_color(message, WHITE),
         keep_metadata=message.keep_metadata,
     )
 

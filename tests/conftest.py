@@ -6,6 +6,7 @@ from pathlib import Path
 import grpc
 import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
 from tests.support import ServiceProcess, channel
 
@@ -32,3 +33,26 @@ def stub(cache_channel: grpc.Channel) -> pb_grpc.CacheServiceStub:
 @pytest.fixture
 def data_dir(cache_server: ServiceProcess) -> Path:
     return cache_server.data_dir
+
+
+@pytest.fixture(scope="session")
+def processor_server(
+    cache_server: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """One processor, talking to the session's cache service."""
+    env = {"IMAGESVC_CACHE_ADDRESS": cache_server.address}
+    server = ServiceProcess("processor", tmp_path_factory.mktemp("processor") / "data", env)
+    server.start()
+    yield server
+    assert server.terminate() == 0
+
+
+@pytest.fixture(scope="session")
+def processor_channel(processor_server: ServiceProcess) -> Iterator[grpc.Channel]:
+    with channel(processor_server.address) as ch:
+        yield ch
+
+
+@pytest.fixture
+def pstub(processor_channel: grpc.Channel) -> ppb_grpc.ProcessorServiceStub:
+    return ppb_grpc.ProcessorServiceStub(processor_channel)

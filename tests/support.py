@@ -19,6 +19,7 @@ import grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
+from imageservice.v1 import processor_service_pb2 as ppb
 from PIL import Image
 
 from common.errors import RemoteError, remote_error
@@ -173,3 +174,38 @@ def corpus() -> list[CorpusFile]:
             CorpusFile(CORPUS / row["path"], row["format"], row["expected"], row["note"])
             for row in csv.DictReader(f, delimiter="\t")
         ]
+
+
+def process_request(image_id: str, *ops: ppb.Operation, **output: object) -> ppb.ProcessRequest:
+    return ppb.ProcessRequest(
+        image_id=image_id,
+        operations=list(ops),
+        output=ppb.OutputOptions(**output),  # type: ignore[arg-type]
+    )
+
+
+def collect(responses: Iterator[ppb.ProcessResponse]) -> tuple[image_pb2.VariantMetadata, bytes]:
+    """The variant metadata and bytes from a Process or ProcessBytes stream."""
+    meta = image_pb2.VariantMetadata()
+    body = bytearray()
+    for message in responses:
+        if message.WhichOneof("payload") == "variant":
+            meta = message.variant
+        else:
+            body += message.chunk
+    return meta, bytes(body)
+
+
+def bytes_requests(
+    data: bytes, *ops: ppb.Operation, **output: object
+) -> Iterator[ppb.ProcessBytesRequest]:
+    spec = ppb.ProcessBytesSpec(operations=list(ops), output=ppb.OutputOptions(**output))  # type: ignore[arg-type]
+    yield ppb.ProcessBytesRequest(spec=spec)
+    for start in range(0, len(data), CHUNK):
+        yield ppb.ProcessBytesRequest(chunk=data[start : start + CHUNK])
+
+
+def open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

@@ -131,7 +131,7 @@ class Color(_message.Message):
     green: _builtins.int
     blue: _builtins.int
     alpha: _builtins.int
-    """0 is transparent; unset colours are opaque white in the processor's defaults."""
+    """0 is transparent. A colour field left unset means opaque white."""
     def __init__(
         self,
         *,
