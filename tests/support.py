@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from imageservice.v1 import cache_service_pb2 as pb
@@ -184,7 +185,7 @@ def process_request(image_id: str, *ops: ppb.Operation, **output: object) -> ppb
     )
 
 
-def collect(responses: Iterator[ppb.ProcessResponse]) -> tuple[image_pb2.VariantMetadata, bytes]:
+def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]:
     """The variant metadata and bytes from a Process or ProcessBytes stream."""
     meta = image_pb2.VariantMetadata()
     body = bytearray()

@@ -238,7 +238,7 @@ def test_auto_format_negotiates(
         format=ppb.OUTPUT_FORMAT_AUTO,
         accept=accept,
     )
-    assert image.format == pillow  # type: ignore[attr-defined]
+    assert image.format == pillow
 
 
 def test_encoder_options(
