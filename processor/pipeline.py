@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import IO, cast
 
-from PIL import Image, ImageEnhance, ImageFilter, ImageSequence
+from PIL import Image, ImageEnhance, ImageFilter, ImageMath, ImageSequence
 
 from common.errors import Reason, ServiceError, invalid_argument
 from common.imaging import SOURCE_FORMATS, decoding_errors, open_checked, too_large
@@ -123,9 +123,11 @@ def _frames(
             raise too_large(f"more than {limits.max_frames} frames")
         if frame.size[0] * frame.size[1] > limits.max_pixels:
             raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        # The iterator re-uses one object; each frame needs its own pixels. (Loading
+        # first also matters: WebP sets a frame's duration when it loads.)
+        pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        # The iterator re-uses one object; each frame needs its own pixels.
-        frames.append(_transform(frame.copy(), spec, orientation, limits))
+        frames.append(_transform(pixels, spec, orientation, limits))
     return frames, durations
 
 
@@ -148,6 +150,9 @@ def _draft(image: Image.Image, spec: Spec, orientation: int) -> None:
 def _normalise(image: Image.Image) -> Image.Image:
     """Bring any source mode to L, LA, RGB or RGBA, keeping alpha where there is some."""
     mode = image.mode
+    key = image.info.get("transparency")
+    if mode in ("RGB", "L") and key is not None:
+        return image.convert("RGBA")  # a tRNS colour key becomes real alpha
     if mode in ("RGB", "RGBA", "L", "LA"):
         return image
     if mode == "P":
@@ -162,7 +167,12 @@ def _normalise(image: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16-bit and 32-bit grey: scale into 8 bits instead of clipping at 255.
         scale = 1 / 256 if mode.startswith("I;16") or image.getextrema()[1] > 255 else 1  # type: ignore[operator]
-        return image.convert("I").point(lambda v: v * scale).convert("L")
+        wide = image.convert("I")
+        grey = wide.point(lambda v: v * scale).convert("L")
+        if isinstance(key, int):
+            alpha = ImageMath.lambda_eval(lambda e: (e["x"] != key) * 255, x=wide)
+            grey.putalpha(alpha.convert("L"))
+        return grey
     if mode in ("RGBa", "La"):
         return image.convert("RGBA" if mode == "RGBa" else "LA")
     return image.convert("RGB")  # CMYK (Adobe inversion handled by the decoder), YCbCr, LAB...
