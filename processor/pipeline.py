@@ -193,13 +193,19 @@ def _transform(image: Image.Image, spec: Spec, orientation: int, limits: Limits)
         if method is not None:
             image = image.transpose(method)
     for op in spec.ops:
+        if isinstance(op, Resize):  # refuse before allocating, not after
+            _check_output(_resize_geometry(image.size, op)[0], limits)
         image = _apply(image, op)
-        if max(image.size) > limits.max_output_dimension:
-            raise ServiceError(
-                Reason.OUTPUT_TOO_LARGE,
-                f"the result would exceed {limits.max_output_dimension} pixels on a side",
-            )
+        _check_output(image.size, limits)
     return image
+
+
+def _check_output(size: tuple[int, int], limits: Limits) -> None:
+    if max(size) > limits.max_output_dimension:
+        raise ServiceError(
+            Reason.OUTPUT_TOO_LARGE,
+            f"the result would exceed {limits.max_output_dimension} pixels on a side",
+        )
 
 
 def _apply(image: Image.Image, op: Op) -> Image.Image:

@@ -1,0 +1,233 @@
+"""Processor behaviour: one key per transformation, single-flight, limits, failures upstream."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import processor_service_pb2 as ppb
+from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
+from PIL import Image
+
+from common.errors import Reason, remote_error
+from tests.support import (
+    ServiceProcess,
+    bytes_requests,
+    channel,
+    collect,
+    failure,
+    process_request,
+    upload,
+)
+
+Op = ppb.Operation
+
+
+def big_jpeg(seed: int = 0) -> bytes:
+    """A 4000x3000 photo-like JPEG: slow enough to decode that overlaps are certain."""
+    base = Image.effect_noise((400, 300), 50 + seed).convert("RGB")
+    out = io.BytesIO()
+    base.resize((4000, 3000), Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_id(cache_channel: grpc.Channel) -> str:
+    return upload(pb_grpc.CacheServiceStub(cache_channel), big_jpeg()).id
+
+
+def processed_keys(server: ServiceProcess) -> list[str]:
+    return [str(e["key"]) for e in server.log_entries() if e.get("msg") == "processed"]
+
+
+def test_permuted_spellings_share_one_variant(
+    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
+) -> None:
+    first = process_request(
+        big_id,
+        Op(resize=ppb.Resize(width=120, height=90, fit=ppb.FIT_CONTAIN)),
+        Op(blur=ppb.Blur(sigma=1.5)),
+        Op(adjust=ppb.Adjust(brightness=1.0)),  # a no-op
+        format=ppb.OUTPUT_FORMAT_AUTO,
+        accept=["text/html", "*/*"],
+    )
+    second = process_request(
+        big_id,
+        Op(blur=ppb.Blur(sigma=1.5)),
+        Op(rotate=ppb.Rotate(angle=360)),  # a no-op
+        Op(resize=ppb.Resize(width=120, height=90, fit=ppb.FIT_INSIDE, dpr=1)),
+    )
+    meta1, data1 = collect(pstub.Process(first))
+    meta2, data2 = collect(pstub.Process(second))
+    assert meta1.key == meta2.key and data1 == data2
+    assert processed_keys(processor_server).count(meta1.key) == 1
+    third = process_request(big_id, Op(resize=ppb.Resize(width=121, height=90)))
+    assert collect(pstub.Process(third))[0].key != meta1.key
+
+
+def test_a_hit_does_no_processing(
+    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
+) -> None:
+    request = process_request(big_id, Op(resize=ppb.Resize(width=77)))
+    meta, data = collect(pstub.Process(request))
+    time.sleep(0.2)  # the variant is stored just after the first answer
+    before = len(processed_keys(processor_server))
+    for _ in range(5):
+        assert collect(pstub.Process(request)) == (meta, data)
+    assert len(processed_keys(processor_server)) == before
+
+
+def test_identical_concurrent_misses_are_processed_once(
+    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
+) -> None:
+    request = process_request(
+        big_id, Op(resize=ppb.Resize(width=311)), Op(sharpen=ppb.Sharpen(sigma=1))
+    )
+    barrier = threading.Barrier(8)
+
+    def call(_: int) -> tuple[str, bytes]:
+        barrier.wait()
+        meta, data = collect(pstub.Process(request, timeout=60))
+        return meta.key, data
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    assert len(set(results)) == 1
+    assert processed_keys(processor_server).count(results[0][0]) == 1
+
+
+def test_delete_purges_the_processors_variants(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    image_id = upload(stub, big_jpeg(1)).id
+    for width in (50, 60, 70):
+        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width)))))
+    time.sleep(0.3)
+    assert stub.DeleteImage(pb.DeleteImageRequest(id=image_id)).purged_variants == 3
+    error = failure(pstub.Process, process_request(image_id, Op(resize=ppb.Resize(width=50))))
+    assert error.reason == Reason.IMAGE_NOT_FOUND
+
+
+def test_request_id_reaches_the_cache_logs(
+    pstub: ppb_grpc.ProcessorServiceStub, cache_server: ServiceProcess, big_id: str
+) -> None:
+    request = process_request(big_id, Op(resize=ppb.Resize(width=33)))
+    collect(pstub.Process(request, metadata=(("x-request-id", "trace-me-123"),)))
+    seen = [e for e in cache_server.log_entries() if e.get("request_id") == "trace-me-123"]
+    assert {str(e["method"]).rsplit("/", 1)[1] for e in seen} >= {"GetVariant", "GetImage"}
+
+
+@pytest.fixture
+def start_processor(
+    cache_server: ServiceProcess, tmp_path: Path
+) -> Iterator[Callable[[dict[str, str]], ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(env: dict[str, str]) -> ServiceProcess:
+        server = ServiceProcess(
+            "processor",
+            tmp_path / f"p{len(started)}",
+            {"IMAGESVC_CACHE_ADDRESS": cache_server.address, **env},
+        )
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def test_overload_is_refused_promptly(
+    start_processor: Callable[[dict[str, str]], ServiceProcess], big_id: str
+) -> None:
+    server = start_processor({"IMAGESVC_PROCESSOR_WORKERS": "1", "IMAGESVC_PROCESSOR_QUEUE": "1"})
+    outcomes: list[tuple[str, float]] = []
+    barrier = threading.Barrier(6)
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+
+        def call(n: int) -> None:
+            request = process_request(big_id, Op(blur=ppb.Blur(sigma=20 + n)))
+            barrier.wait()
+            start = time.perf_counter()
+            try:
+                collect(pstub.Process(request, timeout=60))
+                outcomes.append(("ok", time.perf_counter() - start))
+            except grpc.RpcError as exc:
+                error = remote_error(exc)
+                assert (error.code, error.reason) == (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.OVERLOADED,
+                )
+                outcomes.append(("busy", time.perf_counter() - start))
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(call, range(6)))
+    busy = [t for kind, t in outcomes if kind == "busy"]
+    done = [t for kind, t in outcomes if kind == "ok"]
+    assert len(done) >= 2 and len(busy) >= 1
+    assert max(busy) < min(max(done), 1.0)  # refused at once, not after waiting in line
+
+
+def test_processing_deadline(
+    start_processor: Callable[[dict[str, str]], ServiceProcess], big_id: str
+) -> None:
+    server = start_processor({"IMAGESVC_PROCESSING_TIMEOUT_SECONDS": "0.1"})
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        error = failure(pstub.Process, process_request(big_id, Op(blur=ppb.Blur(sigma=45))))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        Reason.DEADLINE_EXCEEDED,
+    )
+
+
+def test_cache_down_is_unavailable_and_bytes_still_work(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    server = start_processor({"IMAGESVC_CACHE_ADDRESS": dead})
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        error = failure(pstub.Process, process_request("A" * 22), timeout=10)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            Reason.UPSTREAM_UNAVAILABLE,
+        )
+        png = io.BytesIO()
+        Image.new("RGB", (40, 20)).save(png, "PNG")
+        meta, _ = collect(
+            pstub.ProcessBytes(bytes_requests(png.getvalue(), Op(resize=ppb.Resize(width=10))))
+        )
+        assert (meta.width, meta.height) == (10, 5)
+
+
+def test_process_bytes_limits(pstub: ppb_grpc.ProcessorServiceStub) -> None:
+    def no_spec() -> Iterator[ppb.ProcessBytesRequest]:
+        yield ppb.ProcessBytesRequest(chunk=b"x")
+
+    assert failure(pstub.ProcessBytes, no_spec()).metadata["field"] == "spec"
+
+    def too_big() -> Iterator[ppb.ProcessBytesRequest]:
+        yield ppb.ProcessBytesRequest(spec=ppb.ProcessBytesSpec())
+        for _ in range(60 * 4):
+            yield ppb.ProcessBytesRequest(chunk=b"\0" * (256 * 1024))
+
+    error = failure(pstub.ProcessBytes, too_big())
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.PAYLOAD_TOO_LARGE)
+    small = io.BytesIO()
+    Image.new("L", (20, 10)).save(small, "PNG")
+    outside = ppb.Resize(width=8192, height=8192, fit=ppb.FIT_OUTSIDE, enlarge=True)
+    error = failure(pstub.ProcessBytes, bytes_requests(small.getvalue(), Op(resize=outside)))
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.OUTPUT_TOO_LARGE)
