@@ -1,6 +1,12 @@
-"""`python -m bench`: run every benchmark and print its ratios."""
+"""`python -m bench [cache|processor]`: run the benchmarks and print their ratios."""
 
-from bench import cache_bench
+import sys
+
+from bench import cache_bench, processor_bench
+
+SUITES = {"cache": cache_bench.main, "processor": processor_bench.main}
 
 if __name__ == "__main__":
-    cache_bench.main()
+    for name in sys.argv[1:] or list(SUITES):
+        SUITES[name]()
+        print()

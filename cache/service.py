@@ -264,6 +264,10 @@ class CacheService(pb_grpc.CacheServiceServicer):
             raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
         variant = await self.variants.get(image_id, request.key)
         if variant is None:
+            # Say which is missing: a processor may then reuse an original it holds,
+            # knowing the image still exists.
+            if await self.metadata.get(image_id) is None:
+                raise _not_found(image_id)
             raise ServiceError(
                 Reason.VARIANT_NOT_FOUND, "no cached variant", {"image_id": image_id}
             )

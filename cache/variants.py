@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from common.lru import ByteLRU
+
 log = logging.getLogger("variants")
 
 # Keys become file names: only this alphabet, so no key can name a path.
@@ -55,28 +57,22 @@ class MemoryLRU:
     """Least-recently-used variants in memory, within a byte budget."""
 
     def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self._entries: OrderedDict[tuple[str, str], Variant] = OrderedDict()
+        self._lru: ByteLRU[tuple[str, str], Variant] = ByteLRU(
+            budget, lambda v: len(v.data), self._unindex
+        )
         self._by_image: dict[str, set[str]] = {}
 
+    @property
+    def used(self) -> int:
+        return self._lru.used
+
     def get(self, image_id: str, key: str) -> Variant | None:
-        variant = self._entries.get((image_id, key))
-        if variant is not None:
-            self._entries.move_to_end((image_id, key))
-        return variant
+        return self._lru.get((image_id, key))
 
     def put(self, variant: Variant) -> None:
-        size = len(variant.data)
-        if size > self.budget:
-            return
         ident = (variant.record.image_id, variant.record.key)
-        self._drop(ident)
-        self._entries[ident] = variant
-        self._by_image.setdefault(ident[0], set()).add(ident[1])
-        self.used += size
-        while self.used > self.budget:
-            self._drop(next(iter(self._entries)))
+        if self._lru.put(ident, variant):
+            self._by_image.setdefault(ident[0], set()).add(ident[1])
 
     def keys_of(self, image_id: str) -> set[str]:
         return set(self._by_image.get(image_id, ()))
@@ -84,18 +80,16 @@ class MemoryLRU:
     def purge(self, image_id: str) -> set[str]:
         keys = self.keys_of(image_id)
         for key in keys:
-            self._drop((image_id, key))
+            self._lru.pop((image_id, key))
+            self._unindex((image_id, key))
         return keys
 
-    def _drop(self, ident: tuple[str, str]) -> None:
-        variant = self._entries.pop(ident, None)
-        if variant is None:
-            return
-        self.used -= len(variant.data)
-        keys = self._by_image[ident[0]]
-        keys.discard(ident[1])
-        if not keys:
-            del self._by_image[ident[0]]
+    def _unindex(self, ident: tuple[str, str]) -> None:
+        keys = self._by_image.get(ident[0])
+        if keys is not None:
+            keys.discard(ident[1])
+            if not keys:
+                del self._by_image[ident[0]]
 
 
 class DiskLRU:

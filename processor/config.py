@@ -38,7 +38,7 @@ class Settings:
             listen=env.text("PROCESSOR_LISTEN", "127.0.0.1:50052"),
             cache_address=env.text("CACHE_ADDRESS", "127.0.0.1:50051"),
             workers=workers,
-            queue_size=env.integer("PROCESSOR_QUEUE", 4 * workers, minimum=0),
+            queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
             max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
             max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
             processing_timeout_seconds=env.number("PROCESSING_TIMEOUT_SECONDS", 30.0, minimum=0.1),

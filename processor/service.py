@@ -18,9 +18,10 @@ from imageservice.v1 import image_pb2
 from imageservice.v1 import processor_service_pb2 as pb
 from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 
-from common.errors import Reason, ServiceError, invalid_argument
+from common.errors import Reason, ServiceError, invalid_argument, remote_error
 from common.grpcclient import call_metadata, upstream_error
 from common.ids import parse_image_id
+from common.lru import ByteLRU
 from common.imaging import SOURCE_FORMATS, inspect
 from common.imaging import Limits as SourceLimits
 from processor import pipeline, spec
@@ -51,6 +52,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         )
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
         self.flights: Flights[pipeline.Rendered] = Flights()
+        self.originals: ByteLRU[str, bytes] = ByteLRU(settings.originals_cache_bytes, len)
         # Admitted renders not yet finished (running or queued); past the bound, refuse.
         self.pending = 0
         self.capacity = settings.workers + settings.queue_size
@@ -81,7 +83,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     yield pb.ProcessResponse(chunk=message.chunk)
             return
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
+            # VARIANT_NOT_FOUND means the image exists: go on and make the variant.
+            if remote_error(exc).reason != Reason.VARIANT_NOT_FOUND:
                 raise upstream_error(exc, "cache") from None
         rendered, _ = await self.flights.run(
             key,
@@ -95,7 +98,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def _render_stored(
         self, image_id: str, key: str, wanted: spec.Spec, context: Context
     ) -> pipeline.Rendered:
-        original = await self._fetch(image_id)
+        # Originals never change under an id, and the miss that brought us here said the
+        # image still exists, so a copy held from an earlier miss is as good as a fetch.
+        original = self.originals.get(image_id)
+        if original is None:
+            original = await self._fetch(image_id)
+            self.originals.put(image_id, original)
         return await self._run(
             lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits),
             context,

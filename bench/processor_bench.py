@@ -1,0 +1,172 @@
+"""Processor benchmarks, each against in-process Pillow measured in the same run.
+
+- single cold transform: a 4000x3000 JPEG to a 300x200 JPEG through Process (the
+  variant cold, the original stored in the cache service), against Pillow's
+  open + draft + thumbnail + save on bytes in memory;
+- cold throughput: 200 distinct transforms (8 originals x 25 sizes) at concurrency 8,
+  against a 2-process Pillow pool doing the same 200 with no network; and the
+  service with 2 workers against itself with 1;
+- hit cost: a cached variant through the processor against the same variant read
+  from the cache service directly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import processor_service_pb2 as ppb
+from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
+from PIL import Image
+
+from tests.support import CORPUS, ServiceProcess, channel, collect, process_request, upload
+
+SIZES = [(300 + 4 * n, 200) for n in range(25)]
+ORIGINALS = 8
+CONCURRENCY = 8
+
+
+def photo(seed: int) -> bytes:
+    """A 4000x3000 JPEG from a real photograph (about 2 MB), distinct per seed."""
+    source = Image.open(CORPUS / "exif-orientation" / "Landscape_1.jpg").convert("RGB")
+    source = source.rotate(seed * 0.5, Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    source.resize((4000, 3000), Image.Resampling.LANCZOS).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def pillow_thumbnail(data: bytes, size: tuple[int, int]) -> int:
+    """The baseline: what a bare Pillow script does for one thumbnail."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", size)
+    image.thumbnail(size)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=82)
+    return len(out.getvalue())
+
+
+def median_ms(op: Callable[[int], object], runs: int) -> float:
+    op(-1)
+    samples = []
+    for i in range(runs):
+        start = time.perf_counter()
+        op(i)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+def resize(width: int, height: int) -> ppb.Operation:
+    return ppb.Operation(resize=ppb.Resize(width=width, height=height))
+
+
+def jpeg(request: ppb.ProcessRequest, quality: int = 82) -> ppb.ProcessRequest:
+    """JPEG output; a distinct quality gives a distinct (cold) variant key."""
+    request.output.format = ppb.OUTPUT_FORMAT_JPEG
+    request.output.quality = quality
+    return request
+
+
+def service_throughput(address: str, ids: list[str], salt: int) -> float:
+    """Requests per second for the 200 distinct transforms at concurrency 8."""
+    jobs = [(image_id, size) for image_id in ids for size in SIZES]
+    with channel(address) as ch:
+        stub = ppb_grpc.ProcessorServiceStub(ch)
+
+        def one(job: tuple[str, tuple[int, int]]) -> None:
+            image_id, (w, h) = job
+            # The salt (the JPEG quality) makes every run's keys new: all cold.
+            request = jpeg(process_request(image_id, resize(w, h)), quality=80 + salt)
+            collect(stub.Process(request, timeout=120))
+
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            list(pool.map(one, jobs[:CONCURRENCY]))  # warm the channel and workers
+            start = time.perf_counter()
+            list(pool.map(one, jobs))
+            return len(jobs) / (time.perf_counter() - start)
+
+
+def pool_throughput(originals: list[bytes]) -> float:
+    jobs = [(data, size) for data in originals for size in SIZES]
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(pillow_thumbnail, *zip(*jobs[:4], strict=True)))
+        start = time.perf_counter()
+        list(pool.map(pillow_thumbnail, *zip(*jobs, strict=True)))
+        return len(jobs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    originals = [photo(seed) for seed in range(ORIGINALS)]
+    with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:
+        root = Path(tmp)
+        cache = ServiceProcess("cache", root / "cache").start()
+        processors: list[ServiceProcess] = []
+        try:
+
+            def processor(workers: int) -> ServiceProcess:
+                env = {
+                    "IMAGESVC_CACHE_ADDRESS": cache.address,
+                    "IMAGESVC_PROCESSOR_WORKERS": str(workers),
+                }
+                server = ServiceProcess("processor", root / f"p{workers}", env).start()
+                processors.append(server)
+                return server
+
+            two = processor(os.cpu_count() or 2)
+            with channel(cache.address) as cch, channel(two.address) as pch:
+                cstub = pb_grpc.CacheServiceStub(cch)
+                pstub = ppb_grpc.ProcessorServiceStub(pch)
+                ids = [upload(cstub, data).id for data in originals]
+                print(
+                    f"processor: 4000x3000 JPEG ({len(originals[0]) / 1e6:.1f} MB) -> 300x200 JPEG"
+                )
+
+                base = median_ms(lambda i: pillow_thumbnail(originals[0], (300, 200)), 30)
+
+                def cold(i: int) -> None:
+                    request = jpeg(process_request(ids[0], resize(300, 200)), quality=50 + i)
+                    collect(pstub.Process(request))
+
+                svc = median_ms(cold, 30)
+                print(
+                    f"  single cold transform  Pillow {base:6.1f} ms  service {svc:6.1f} ms  ratio {svc / base:5.2f}x (target <= 1.10x)"
+                )
+
+                hit_request = jpeg(process_request(ids[0], resize(300, 200)), quality=82)
+                meta, _ = collect(pstub.Process(hit_request))
+                time.sleep(0.5)
+                direct = pb.GetVariantRequest(image_id=ids[0], key=meta.key)
+                via_cache = median_ms(lambda i: list(cstub.GetVariant(direct)), 200)
+                via_processor = median_ms(lambda i: list(pstub.Process(hit_request)), 200)
+                print(
+                    f"  cache hit              cache direct {via_cache:5.2f} ms  via processor {via_processor:5.2f} ms"
+                    f"  added {via_processor - via_cache:5.2f} ms (target <= 1 ms)"
+                )
+
+            pool = pool_throughput(originals)
+            svc2 = service_throughput(two.address, ids, salt=1)
+            one = processor(1)
+            svc1 = service_throughput(one.address, ids, salt=2)
+            print(f"  cold throughput (200 distinct, concurrency {CONCURRENCY}):")
+            print(f"    2-process Pillow pool {pool:6.1f} req/s")
+            print(
+                f"    service, {two_workers(two)} workers   {svc2:6.1f} req/s  ratio {svc2 / pool:5.2f}x to the pool (target >= 0.95x)"
+            )
+            print(
+                f"    service, 1 worker     {svc1:6.1f} req/s  {svc2 / svc1:5.2f}x from 1 to {two_workers(two)} workers (target >= 1.8x)"
+            )
+        finally:
+            for server in processors:
+                server.terminate()
+            cache.terminate()
+
+
+def two_workers(server: ServiceProcess) -> str:
+    return server.env["IMAGESVC_PROCESSOR_WORKERS"]
