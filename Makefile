@@ -50,7 +50,7 @@ bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the 
 	$(BIN)/python -m bench
 
 run: $(STAMP)  ## start the system on embedded defaults (data in ./data); Ctrl-C stops it
-	$(BIN)/python -m cache
+	trap 'kill -TERM 0' INT TERM; $(BIN)/python -m cache & $(BIN)/python -m processor & wait
 
 clean:  ## remove the venv, data and caches
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -21,9 +21,9 @@ from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 from common.errors import Reason, ServiceError, invalid_argument, remote_error
 from common.grpcclient import call_metadata, upstream_error
 from common.ids import parse_image_id
-from common.lru import ByteLRU
 from common.imaging import SOURCE_FORMATS, inspect
 from common.imaging import Limits as SourceLimits
+from common.lru import ByteLRU
 from processor import pipeline, spec
 from processor.config import Settings
 from processor.flights import Flights
@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 # Calls to the cache service: a hit is a handful of milliseconds; originals may be large.
 CACHE_DEADLINE_SECONDS = 30.0
+SEEN_KEYS = 100_000
 
 
 class ProcessorService(pb_grpc.ProcessorServiceServicer):
@@ -53,6 +54,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
         self.flights: Flights[pipeline.Rendered] = Flights()
         self.originals: ByteLRU[str, bytes] = ByteLRU(settings.originals_cache_bytes, len)
+        # Variant keys asked for lately (hits and misses), so early starts are only
+        # tried for keys that are probably new.
+        self.seen: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
         # Admitted renders not yet finished (running or queued); past the bound, refuse.
         self.pending = 0
         self.capacity = settings.workers + settings.queue_size
@@ -70,13 +74,22 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             raise invalid_argument("image_id", "not a valid image id") from None
         wanted = spec.parse(request.operations, request.output, self.spec_limits)
         key = wanted.key(image_id)
+        made: asyncio.Future[pipeline.Rendered] | None = None
+        if self._worth_starting_early(image_id, key):
+            # Never seen this key, the original is at hand and a worker is idle: start
+            # rendering while the cache is asked, so a miss does not wait for the answer.
+            made = asyncio.ensure_future(self._make(image_id, key, wanted, context))
+            made.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.seen.put(key, True)
         hit = self.cache.GetVariant(
             cache_pb.GetVariantRequest(image_id=image_id, key=key),
             timeout=CACHE_DEADLINE_SECONDS,
             metadata=call_metadata(),
         )
+        started = False
         try:
             async for message in hit:
+                started = True
                 if message.WhichOneof("payload") == "variant":
                     yield pb.ProcessResponse(variant=message.variant)
                 else:
@@ -84,16 +97,33 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             return
         except grpc.aio.AioRpcError as exc:
             # VARIANT_NOT_FOUND means the image exists: go on and make the variant.
-            if remote_error(exc).reason != Reason.VARIANT_NOT_FOUND:
+            reason = remote_error(exc).reason
+            if started or reason != Reason.VARIANT_NOT_FOUND:
+                if reason == Reason.IMAGE_NOT_FOUND:
+                    self.originals.pop(image_id)
                 raise upstream_error(exc, "cache") from None
+        rendered = await (made or self._make(image_id, key, wanted, context))
+        yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
+        for chunk in self._chunks(rendered.data):
+            yield pb.ProcessResponse(chunk=chunk)
+
+    def _worth_starting_early(self, image_id: str, key: str) -> bool:
+        return (
+            key not in self.seen
+            and image_id in self.originals
+            and self.pending < self.settings.workers
+        )
+
+    async def _make(
+        self, image_id: str, key: str, wanted: spec.Spec, context: Context
+    ) -> pipeline.Rendered:
+        """Render once per key among concurrent callers, then store the variant."""
         rendered, _ = await self.flights.run(
             key,
             lambda: self._render_stored(image_id, key, wanted, context),
             lambda result: self._store(image_id, key, result),
         )
-        yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
-        for chunk in self._chunks(rendered.data):
-            yield pb.ProcessResponse(chunk=chunk)
+        return rendered
 
     async def _render_stored(
         self, image_id: str, key: str, wanted: spec.Spec, context: Context

@@ -122,8 +122,9 @@ def test_request_id_reaches_the_cache_logs(
 ) -> None:
     request = process_request(big_id, Op(resize=ppb.Resize(width=33)))
     collect(pstub.Process(request, metadata=(("x-request-id", "trace-me-123"),)))
+    time.sleep(0.3)  # the variant is stored just after the answer
     seen = [e for e in cache_server.log_entries() if e.get("request_id") == "trace-me-123"]
-    assert {str(e["method"]).rsplit("/", 1)[1] for e in seen} >= {"GetVariant", "GetImage"}
+    assert {str(e["method"]).rsplit("/", 1)[1] for e in seen} >= {"GetVariant", "PutVariant"}
 
 
 @pytest.fixture

@@ -179,3 +179,11 @@ def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub) -> None:
     assert get_variant(stub, image_id, "k") is None
     error = failure(stub.GetVariant, pb.GetVariantRequest(image_id=image_id, key="nope"))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, Reason.VARIANT_NOT_FOUND)
+
+
+def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(6, 6)).id
+    error = failure(stub.GetVariant, pb.GetVariantRequest(image_id=image_id, key="absent"))
+    assert error.reason == Reason.VARIANT_NOT_FOUND
+    error = failure(stub.GetVariant, pb.GetVariantRequest(image_id="C" * 22, key="absent"))
+    assert error.reason == Reason.IMAGE_NOT_FOUND
