@@ -136,6 +136,7 @@ class CacheServiceServicer:
 
     def GetVariant(self, request, context):
         """Streams a cached variant back: first message the metadata, then the chunks.
+        A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,9 @@ class CacheServiceStub:
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.DeleteImageRequest, _cache_service_pb2.DeleteImageResponse]
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]
-    """Streams a cached variant back: first message the metadata, then the chunks."""
+    """Streams a cached variant back: first message the metadata, then the chunks.
+    A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+    """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
 
@@ -92,7 +94,9 @@ class CacheServiceAsyncStub(CacheServiceStub):
     DeleteImage: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.DeleteImageRequest, _cache_service_pb2.DeleteImageResponse]  # type: ignore[assignment]
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _aio.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]  # type: ignore[assignment]
-    """Streams a cached variant back: first message the metadata, then the chunks."""
+    """Streams a cached variant back: first message the metadata, then the chunks.
+    A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+    """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
 
@@ -159,7 +163,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_service_pb2.GetVariantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_cache_service_pb2.GetVariantResponse], _abc.AsyncIterator[_cache_service_pb2.GetVariantResponse]]:
-        """Streams a cached variant back: first message the metadata, then the chunks."""
+        """Streams a cached variant back: first message the metadata, then the chunks.
+        A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+        """
 
     @_abc_1.abstractmethod
     def PutVariant(
