@@ -36,6 +36,8 @@ T = TypeVar("T")
 # Calls to the cache service: a hit is a handful of milliseconds; originals may be large.
 CACHE_DEADLINE_SECONDS = 30.0
 SEEN_KEYS = 100_000
+# Initial metadata of Process: "hit" or "miss", for callers' metrics and X-Cache headers.
+CACHE_HEADER = "x-variant-cache"
 
 
 class ProcessorService(pb_grpc.ProcessorServiceServicer):
@@ -89,7 +91,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         started = False
         try:
             async for message in hit:
-                started = True
+                if not started:
+                    started = True
+                    await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
                 if message.WhichOneof("payload") == "variant":
                     yield pb.ProcessResponse(variant=message.variant)
                 else:
@@ -103,6 +107,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     self.originals.pop(image_id)
                 raise upstream_error(exc, "cache") from None
         rendered = await (made or self._make(image_id, key, wanted, context))
+        await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
         yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
         for chunk in self._chunks(rendered.data):
             yield pb.ProcessResponse(chunk=chunk)

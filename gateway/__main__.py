@@ -1,0 +1,50 @@
+"""`python -m gateway`: serve the gateway with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from common import jsonlog
+from common.env import ConfigError
+from gateway.config import Settings
+
+log = logging.getLogger("gateway")
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"gateway: bad configuration: {exc}")
+    jsonlog.configure("gateway", settings.log_level)
+    # Bind here, so port 0 works and the chosen port can be announced before serving.
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        "gateway.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        access_log=False,  # the gateway logs each request itself, as JSON
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
+    server = uvicorn.Server(config)
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

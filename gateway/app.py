@@ -1,0 +1,117 @@
+"""The Starlette application: routes, lifespan, middleware and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from common import jsonlog
+from gateway import images, openapi
+from gateway.config import Settings
+from gateway.observability import Metrics, Observability
+from gateway.problems import HTTPProblem, from_grpc, problem_response
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    settings = images.settings_of(request)
+    states = await images.upstream_of(request).ready(min(2.0, settings.timeout_seconds))
+    if all(state == "SERVING" for state in states.values()):
+        return JSONResponse({"status": "ok", "services": states})
+    return JSONResponse(
+        {"status": "unavailable", "services": states},
+        status_code=503,
+        headers={"Retry-After": str(settings.retry_after_seconds)},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    registry = images.metrics_of(request).registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    return problem_response(exc, request.url.path)
+
+
+async def on_grpc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    settings = images.settings_of(request)
+    return problem_response(from_grpc(exc, settings.retry_after_seconds), request.url.path)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+    problem = HTTPProblem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {}))
+    return problem_response(problem, request.url.path)
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return problem_response(HTTPProblem(500, "Internal error"), request.url.path)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The gateway app; settings from the environment unless given."""
+    settings = settings or Settings.from_env()
+    jsonlog.configure("gateway", settings.log_level)  # in every worker process
+    registry = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        upstream = Upstream.connect(settings)
+        try:
+            yield {"upstream": upstream}
+        finally:
+            await upstream.close()
+
+    routes = [
+        Route("/images", images.post_image, methods=["POST"]),
+        Route("/images", images.list_images, methods=["GET"]),
+        Route("/images/{image_id}", images.get_image, methods=["GET", "HEAD"]),
+        Route("/images/{image_id}", images.delete_image, methods=["DELETE"]),
+        Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
+        Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Observability, metrics=registry)],
+        exception_handlers={
+            HTTPProblem: on_problem,
+            grpc.aio.AioRpcError: on_grpc_error,
+            HTTPException: on_http_error,
+            Exception: on_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = registry
+    app.state.openapi = openapi.document()
+    return app

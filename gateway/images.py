@@ -1,0 +1,265 @@
+"""The image routes: upload, list, original or variant, info, delete, the blur endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Any, TypeVar, cast
+
+import grpc
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import image_pb2
+from imageservice.v1 import processor_service_pb2 as ppb
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from common.grpcclient import call_metadata
+from common.ids import ImageId, parse_image_id
+from gateway import params
+from gateway.auth import Caller, can_read, identify, require_writer
+from gateway.config import Settings
+from gateway.observability import Metrics
+from gateway.problems import HTTPProblem
+from gateway.uploads import upload
+from gateway.upstream import Upstream
+
+IMMUTABLE = "max-age=31536000, immutable"
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+def settings_of(request: Request) -> Settings:
+    return cast(Settings, request.app.state.settings)
+
+
+def upstream_of(request: Request) -> Upstream:
+    return cast(Upstream, request.state.upstream)
+
+
+def metrics_of(request: Request) -> Metrics:
+    return cast(Metrics, request.app.state.metrics)
+
+
+def not_found() -> HTTPProblem:
+    return HTTPProblem(404, "Not found", "no such image", kind="not-found")
+
+
+def image_id_of(request: Request) -> ImageId:
+    try:
+        return parse_image_id(request.path_params["image_id"])
+    except ValueError:
+        raise not_found() from None  # a malformed id names no image: same answer
+
+
+def image_json(image: image_pb2.ImageMetadata) -> dict[str, Any]:
+    created = image.created_time.ToDatetime(tzinfo=UTC)
+    return {
+        "id": image.id,
+        "url": f"/images/{image.id}",
+        "filename": image.original_filename,
+        "media_type": image.media_type,
+        "format": image.format,
+        "width": image.width,
+        "height": image.height,
+        "frames": image.frames,
+        "bytes": image.byte_size,
+        "sha256": image.sha256,
+        "created": created.isoformat().replace("+00:00", "Z"),
+        "owner": image.owner,
+        "visibility": "public" if image.visibility == image_pb2.VISIBILITY_PUBLIC else "private",
+    }
+
+
+def _cache_control(image_visibility: int) -> str:
+    scope = "public" if image_visibility == image_pb2.VISIBILITY_PUBLIC else "private"
+    return f"{scope}, {IMMUTABLE}"
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+async def _stat(request: Request, image_id: str) -> image_pb2.ImageMetadata:
+    settings = settings_of(request)
+    answer = await upstream_of(request).cache.StatImage(
+        pb.StatImageRequest(id=image_id),
+        timeout=settings.timeout_seconds,
+        metadata=call_metadata(),
+    )
+    return answer.image
+
+
+EOF = grpc.aio.EOF  # type: ignore[attr-defined]
+M = TypeVar("M")
+
+
+async def _first(call: Any, kind: type[M]) -> M:
+    """The stream's first message (the metadata); an empty stream is the upstream's fault."""
+    message = await call.read()
+    if message is EOF:
+        raise HTTPProblem(502, "Bad gateway", kind="upstream-error")
+    return cast(M, message)
+
+
+async def _body(call: Any) -> AsyncIterator[bytes]:
+    while (message := await call.read()) is not EOF:
+        yield message.chunk
+
+
+def _answer(
+    request: Request, call: Any, headers: dict[str, str], media_type: str, size: int
+) -> Response:
+    """304, a HEAD answer or the streamed body, with the same validators on each."""
+    if _not_modified(request, headers["ETag"]):
+        call.cancel()
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(size)
+    if request.method == "HEAD":
+        call.cancel()
+        return Response(headers=headers, media_type=media_type)
+    return StreamingResponse(_body(call), headers=headers, media_type=media_type)
+
+
+async def get_image(request: Request) -> Response:
+    """The original, or with transformation parameters a variant."""
+    image_id = image_id_of(request)
+    query = list(request.query_params.multi_items())
+    wanted = params.parse(query, request.headers.get("accept", ""))
+    caller = identify(request, settings_of(request))
+    if wanted is None:
+        return await _original(request, image_id, caller)
+    return await _variant(request, image_id, caller, wanted)
+
+
+async def get_blurred(request: Request) -> Response:
+    """The original service's blur endpoint, kept for its clients."""
+    image_id = image_id_of(request)
+    if request.query_params:
+        raise params.bad(next(iter(request.query_params)), "unknown parameter")
+    caller = identify(request, settings_of(request))
+    return await _variant(request, image_id, caller, params.blurred())
+
+
+async def _original(request: Request, image_id: str, caller: Caller) -> Response:
+    settings = settings_of(request)
+    call = upstream_of(request).cache.GetImage(
+        pb.GetImageRequest(id=image_id), timeout=settings.timeout_seconds, metadata=call_metadata()
+    )
+    image = (await _first(call, pb.GetImageResponse)).image
+    if not can_read(image, caller):
+        call.cancel()
+        raise not_found()
+    headers = {"ETag": f'"{image.sha256}"', "Cache-Control": _cache_control(image.visibility)}
+    return _answer(request, call, headers, image.media_type, image.byte_size)
+
+
+async def _variant(
+    request: Request, image_id: str, caller: Caller, wanted: params.Transformation
+) -> Response:
+    settings = settings_of(request)
+    visibility: int = image_pb2.VISIBILITY_PUBLIC
+    if settings.auth_enabled:  # private images exist only where there are owners
+        image = await _stat(request, image_id)
+        if not can_read(image, caller):
+            raise not_found()
+        visibility = image.visibility
+    call = upstream_of(request).processor.Process(
+        ppb.ProcessRequest(image_id=image_id, operations=wanted.operations, output=wanted.output),
+        timeout=settings.timeout_seconds,
+        metadata=call_metadata(),
+    )
+    variant = (await _first(call, ppb.ProcessResponse)).variant
+    served = dict(await call.initial_metadata()).get("x-variant-cache", "")
+    metrics_of(request).variants.labels(served or "unknown").inc()
+    headers = {"ETag": f'"{variant.sha256}"', "Cache-Control": _cache_control(visibility)}
+    if served:
+        headers["X-Cache"] = str(served).upper()
+    if wanted.negotiated:
+        headers["Vary"] = "Accept"
+    return _answer(request, call, headers, variant.media_type, variant.byte_size)
+
+
+async def get_info(request: Request) -> Response:
+    image_id = image_id_of(request)
+    caller = identify(request, settings_of(request))
+    image = await _stat(request, image_id)
+    if not can_read(image, caller):
+        raise not_found()
+    return JSONResponse(image_json(image), headers={"ETag": f'"{image.sha256}"'})
+
+
+async def post_image(request: Request) -> Response:
+    settings = settings_of(request)
+    caller = require_writer(request, settings)
+    for name in request.query_params:
+        if name not in ("visibility", "filename"):
+            raise params.bad(name, "unknown parameter")
+    default = "private" if settings.auth_enabled else "public"
+    chosen = request.query_params.get("visibility", default)
+    if chosen not in ("public", "private"):
+        raise params.bad("visibility", "must be public or private")
+    image = await upload(
+        request,
+        upstream_of(request),
+        owner=caller.owner,
+        visibility=image_pb2.VISIBILITY_PUBLIC
+        if chosen == "public"
+        else image_pb2.VISIBILITY_PRIVATE,
+        limit=settings.max_upload_bytes,
+        deadline_seconds=settings.timeout_seconds,
+    )
+    return JSONResponse(
+        image_json(image), status_code=201, headers={"Location": f"/images/{image.id}"}
+    )
+
+
+async def list_images(request: Request) -> Response:
+    settings = settings_of(request)
+    caller = identify(request, settings)
+    for name in request.query_params:
+        if name not in ("limit", "cursor"):
+            raise params.bad(name, "unknown parameter")
+    raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
+    if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        raise params.bad("limit", f"must be between 1 and {LIST_LIMIT_MAX}")
+    cursor = request.query_params.get("cursor", "")
+    try:
+        page = await upstream_of(request).cache.ListImages(
+            pb.ListImagesRequest(owner=caller.owner, page_size=int(raw), page_token=cursor),
+            timeout=settings.timeout_seconds,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise params.bad("cursor", "not a cursor this service gave out") from None
+        raise
+    body = {
+        "images": [image_json(image) for image in page.images],
+        "next_cursor": page.next_page_token or None,
+    }
+    headers = {"Cache-Control": "no-store"}
+    if page.next_page_token:
+        headers["Link"] = f'</images?limit={raw}&cursor={page.next_page_token}>; rel="next"'
+    return JSONResponse(body, headers=headers)
+
+
+async def delete_image(request: Request) -> Response:
+    settings = settings_of(request)
+    caller = require_writer(request, settings)
+    image_id = image_id_of(request)
+    if settings.auth_enabled:
+        image = await _stat(request, image_id)
+        if image.owner != caller.owner:
+            if not can_read(image, caller):
+                raise not_found()
+            raise HTTPProblem(403, "Forbidden", "only the owner may delete it", kind="forbidden")
+    await upstream_of(request).cache.DeleteImage(
+        pb.DeleteImageRequest(id=image_id),
+        timeout=settings.timeout_seconds,
+        metadata=call_metadata(),
+    )
+    return Response(status_code=204)

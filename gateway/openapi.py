@@ -1,0 +1,245 @@
+"""The gateway's OpenAPI document, built from the same tables that parse requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.params import PARAMS
+
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+ID = {
+    "name": "image_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+    "description": "The image's id, as the upload answered it.",
+}
+IMAGE_BYTES = {
+    "description": "The image bytes (HEAD: the headers alone).",
+    "headers": {
+        "ETag": {"schema": {"type": "string"}, "description": "Strong: the bytes' SHA-256."},
+        "Cache-Control": {"schema": {"type": "string"}},
+        "Vary": {"schema": {"type": "string"}, "description": "Accept, when negotiated."},
+        "X-Cache": {"schema": {"type": "string", "enum": ["HIT", "MISS"]}},
+    },
+    "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): PROBLEM for status in statuses}
+
+
+def document() -> dict[str, Any]:
+    """OpenAPI 3.1 for every route, parameter and response."""
+    transform = [
+        {
+            "name": p.name,
+            "in": "query",
+            "required": False,
+            "schema": p.schema,
+            "description": p.description,
+        }
+        for p in PARAMS
+    ]
+    image_schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "url": {"type": "string"},
+            "filename": {"type": "string"},
+            "media_type": {"type": "string"},
+            "format": {"type": "string"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "frames": {"type": "integer"},
+            "bytes": {"type": "integer"},
+            "sha256": {"type": "string"},
+            "created": {"type": "string", "format": "date-time"},
+            "owner": {"type": "string"},
+            "visibility": {"type": "string", "enum": ["public", "private"]},
+        },
+    }
+    image_json = {
+        "description": "Image metadata.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}},
+    }
+    status_ok = {
+        "description": "Healthy.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    get_image = {
+        "summary": "The original, or with transformation parameters a variant",
+        "parameters": [ID, *transform],
+        "responses": {
+            "200": IMAGE_BYTES,
+            "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+            **_errors(400, 404, 413, 503, 504),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "imageservice", "version": "1.0.0"},
+        "paths": {
+            "/images": {
+                "post": {
+                    "summary": "Upload an image",
+                    "description": "multipart/form-data with a `file` field, or the raw bytes "
+                    "with an image/* Content-Type. Streamed; refused with 413 as soon as the "
+                    "byte limit is passed.",
+                    "parameters": [
+                        {
+                            "name": "visibility",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["public", "private"]},
+                            "description": "Default: private where auth is configured, "
+                            "else public.",
+                        },
+                        {
+                            "name": "filename",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 255},
+                            "description": "Original filename for raw uploads.",
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                    "required": ["file"],
+                                }
+                            },
+                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            **image_json,
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 401, 413, 415, 422, 503, 504),
+                    },
+                },
+                "get": {
+                    "summary": "The caller's images, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of images.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "images": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Image"},
+                                            },
+                                            "next_cursor": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(400, 401, 503, 504),
+                    },
+                },
+            },
+            "/images/{image_id}": {
+                "get": get_image,
+                "head": {**get_image, "summary": "Headers of GET /images/{image_id}"},
+                "delete": {
+                    "summary": "Delete the image and all its variants",
+                    "parameters": [ID],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        **_errors(401, 403, 404, 503, 504),
+                    },
+                },
+            },
+            "/images/{image_id}/info": {
+                "get": {
+                    "summary": "Metadata",
+                    "parameters": [ID],
+                    "responses": {"200": image_json, **_errors(404, 503, 504)},
+                }
+            },
+            "/blurred-images/{image_id}": {
+                "get": {
+                    "summary": "The image blurred (sigma 10), as the original service had it",
+                    "parameters": [ID],
+                    "responses": {"200": IMAGE_BYTES, **_errors(400, 404, 503, 504)},
+                }
+            },
+            "/healthz": {
+                "get": {"summary": "Liveness", "responses": {"200": status_ok}},
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: both gRPC services answer SERVING",
+                    "responses": {"200": status_ok, **_errors(503)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Image": image_schema,
+                "Problem": {
+                    "type": "object",
+                    "description": "RFC 9457 problem details.",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "instance": {"type": "string"},
+                        "parameter": {"type": "string"},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+            "responses": {
+                "Problem": {
+                    "description": "An error, as RFC 9457 problem details.",
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
+                }
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,99 @@
+"""RFC 9457 problem responses, and the gRPC to HTTP error mapping of DESIGN.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from starlette.responses import JSONResponse
+
+from common.errors import Reason, remote_error
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class HTTPProblem(Exception):
+    """Raised by handlers; rendered as application/problem+json."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        *,
+        kind: str = "",
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem_response(problem: HTTPProblem, instance: str = "") -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"/problems/{problem.kind}" if problem.kind else "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+    }
+    if problem.detail:
+        body["detail"] = problem.detail
+    if instance:
+        body["instance"] = instance
+    body.update(problem.extensions)
+    return JSONResponse(
+        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
+    )
+
+
+# (status, title, problem kind) for the reasons the services give.
+_BY_REASON: dict[str, tuple[int, str, str]] = {
+    Reason.INVALID_ARGUMENT: (400, "Bad request", "invalid-parameter"),
+    Reason.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type", "unsupported-media-type"),
+    Reason.CORRUPT_IMAGE: (422, "Corrupt image", "corrupt-image"),
+    Reason.IMAGE_TOO_LARGE: (413, "Image too large", "image-too-large"),
+    Reason.PAYLOAD_TOO_LARGE: (413, "Content too large", "payload-too-large"),
+    Reason.OUTPUT_TOO_LARGE: (400, "Requested output too large", "output-too-large"),
+    Reason.IMAGE_NOT_FOUND: (404, "Not found", "not-found"),
+    Reason.VARIANT_NOT_FOUND: (404, "Not found", "not-found"),
+    Reason.OVERLOADED: (503, "Service overloaded", "overloaded"),
+    Reason.UPSTREAM_UNAVAILABLE: (503, "Service unavailable", "unavailable"),
+    Reason.DEADLINE_EXCEEDED: (504, "Processing timed out", "timeout"),
+}
+_BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "Bad request", "invalid-parameter"),
+    grpc.StatusCode.OUT_OF_RANGE: (413, "Content too large", "payload-too-large"),
+    grpc.StatusCode.FAILED_PRECONDITION: (413, "Content too large", "payload-too-large"),
+    grpc.StatusCode.NOT_FOUND: (404, "Not found", "not-found"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "Unauthenticated", "unauthenticated"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "Forbidden", "forbidden"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "Service overloaded", "overloaded"),
+    grpc.StatusCode.UNAVAILABLE: (503, "Service unavailable", "unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "Upstream timed out", "timeout"),
+    grpc.StatusCode.CANCELLED: (503, "Service unavailable", "unavailable"),
+}
+# Public wording for what callers may see; upstream messages are shown only for 4xx.
+_RETRY = {503}
+
+
+def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
+    """The HTTP problem for a failed call, by ErrorInfo reason first, then by code."""
+    remote = remote_error(error)
+    status, title, kind = _BY_REASON.get(remote.reason) or _BY_CODE.get(
+        remote.code, (502, "Bad gateway", "upstream-error")
+    )
+    headers = {"Retry-After": str(retry_after)} if status in _RETRY else {}
+    detail = remote.message if 400 <= status < 500 else ""
+    extensions: dict[str, Any] = {}
+    if remote.reason:
+        extensions["reason"] = remote.reason
+    if "field" in remote.metadata:
+        extensions["parameter"] = remote.metadata["field"]
+    if status == 404:
+        # The same answer whatever is missing, or hidden: nothing leaks.
+        return HTTPProblem(404, "Not found", "no such image", kind="not-found")
+    return HTTPProblem(status, title, detail, kind=kind, headers=headers, **extensions)

@@ -1,0 +1,93 @@
+"""The gRPC channels to the cache and the processors, opened once in the lifespan."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imageservice.v1 import (
+    cache_service_pb2,
+    cache_service_pb2_grpc,
+    processor_service_pb2,
+    processor_service_pb2_grpc,
+)
+
+from common.grpcclient import retry_config
+from gateway.config import Settings
+
+CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+PROCESSOR_SERVICE = processor_service_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
+
+
+def processor_target(addresses: tuple[str, ...]) -> str:
+    """One target for all replicas: a DNS name (all its addresses) or a list of IPs."""
+    if len(addresses) == 1:
+        address = addresses[0]
+        return address if "://" in address or ":///" in address else f"dns:///{address}"
+    return "ipv4:" + ",".join(addresses)
+
+
+def _options(service: str, idempotent: list[str], max_message: int) -> list[tuple[str, object]]:
+    config = json.loads(retry_config(service, idempotent))
+    config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return [
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        # Come back quickly when a service returns, instead of gRPC's 2-minute backoff cap.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
+@dataclass
+class Upstream:
+    """Stubs for every upstream; one channel each, shared by all requests."""
+
+    cache_channel: grpc.aio.Channel
+    processor_channel: grpc.aio.Channel
+    cache: cache_service_pb2_grpc.CacheServiceAsyncStub
+    processor: processor_service_pb2_grpc.ProcessorServiceAsyncStub
+    cache_health: health_pb2_grpc.HealthStub
+    processor_health: health_pb2_grpc.HealthStub
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Upstream:
+        message = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+        cache_channel = grpc.aio.insecure_channel(
+            settings.cache_address,
+            options=_options(
+                CACHE_SERVICE, ["GetImage", "StatImage", "ListImages", "GetVariant"], message
+            ),
+        )
+        processor_channel = grpc.aio.insecure_channel(
+            processor_target(settings.processor_addresses),
+            options=_options(PROCESSOR_SERVICE, ["Process"], message),
+        )
+        return cls(
+            cache_channel,
+            processor_channel,
+            cache_service_pb2_grpc.CacheServiceStub(cache_channel),
+            processor_service_pb2_grpc.ProcessorServiceStub(processor_channel),
+            health_pb2_grpc.HealthStub(cache_channel),
+            health_pb2_grpc.HealthStub(processor_channel),
+        )
+
+    async def close(self) -> None:
+        await self.cache_channel.close(None)
+        await self.processor_channel.close(None)
+
+    async def ready(self, deadline_seconds: float) -> dict[str, str]:
+        """Each upstream's health status name (SERVING when all is well)."""
+        states = {}
+        for name, stub in (("cache", self.cache_health), ("processor", self.processor_health)):
+            try:
+                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline_seconds)
+                states[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.aio.AioRpcError as exc:
+                states[name] = exc.code().name
+        return states
