@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -40,6 +41,10 @@ def main() -> None:
     )
     log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler
+    # found at start: make that a clean exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     if settings.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:

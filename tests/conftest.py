@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
@@ -56,3 +57,25 @@ def processor_channel(processor_server: ServiceProcess) -> Iterator[grpc.Channel
 @pytest.fixture
 def pstub(processor_channel: grpc.Channel) -> ppb_grpc.ProcessorServiceStub:
     return ppb_grpc.ProcessorServiceStub(processor_channel)
+
+
+@pytest.fixture(scope="session")
+def gateway_server(
+    cache_server: ServiceProcess,
+    processor_server: ServiceProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """The gateway over the session's cache and processor, no auth."""
+    env = {
+        "IMAGESVC_CACHE_ADDRESS": cache_server.address,
+        "IMAGESVC_PROCESSOR_ADDRESSES": processor_server.address,
+    }
+    server = ServiceProcess("gateway", tmp_path_factory.mktemp("gateway") / "data", env).start()
+    yield server
+    assert server.terminate() == 0
+
+
+@pytest.fixture
+def http(gateway_server: ServiceProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway_server.url, timeout=30) as client:
+        yield client

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,12 +46,17 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         env = {
             **os.environ,
             "IMAGESVC_DATA_DIR": str(self.data_dir),
             "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",
             "IMAGESVC_PROCESSOR_LISTEN": "127.0.0.1:0",
+            "IMAGESVC_GATEWAY_PORT": "0",
             **self.env,
         }
         log = self.log_path.open("ab")
@@ -210,3 +216,10 @@ def open_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a service that must come back on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

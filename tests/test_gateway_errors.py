@@ -1,0 +1,283 @@
+"""The gRPC to HTTP error mapping, one test per row, plus auth, limits and outages."""
+
+from __future__ import annotations
+
+import io
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support import CORPUS, ServiceProcess, free_port, png_bytes
+
+KEY_ALICE = "alice-key-0123456789"
+KEY_BOB = "bob-key-0123456789ab"
+
+
+def is_problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = response.json()
+    assert body["status"] == status and body["title"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def big_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((400, 300), 40).convert("RGB").resize((4000, 3000)).save(
+        out, "JPEG", quality=90
+    )
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cache_server: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start a gateway (and, if asked, its own processor) over the session's cache."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        gateway_env: dict[str, str] | None = None,
+        processor_env: dict[str, str] | None = None,
+        processor: ServiceProcess | None = None,
+    ) -> ServiceProcess:
+        root = tmp_path_factory.mktemp("stack")
+        if processor is None:
+            penv = {"IMAGESVC_CACHE_ADDRESS": cache_server.address, **(processor_env or {})}
+            processor = ServiceProcess("processor", root / "p", penv).start()
+            started.append(processor)
+        genv = {
+            "IMAGESVC_CACHE_ADDRESS": cache_server.address,
+            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
+            **(gateway_env or {}),
+        }
+        gateway = ServiceProcess("gateway", root / "g", genv).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def test_400_bad_parameters_name_the_parameter(http: httpx.Client) -> None:
+    image_id = http.post(
+        "/images", files={"file": ("a.png", png_bytes(20, 20), "image/png")}
+    ).json()["id"]
+    for query, name in [
+        ("w=abc", "w"),
+        ("w=0", "w"),
+        ("w=10&w=20", "w"),
+        ("fit=squash&w=5", "fit"),
+        ("fit=cover", "fit"),
+        ("crop=1,2,3", "crop"),
+        ("bg=red&rotate=10", "bg"),
+        ("q=101", "q"),
+        ("format=tiff", "format"),
+        ("blur=nan", "blur"),
+        ("blur=51", "blur.sigma"),  # the processor's own limit, named by it
+        ("bogus=1", "bogus"),
+    ]:
+        body = is_problem(http.get(f"/images/{image_id}?{query}"), 400)
+        assert body["parameter"] == name, query
+
+
+def test_415_unsupported_media_type(http: httpx.Client) -> None:
+    is_problem(http.post("/images", content=b"hello", headers={"Content-Type": "text/plain"}), 415)
+    wmf = (CORPUS / "pillow/drawing.wmf").read_bytes()
+    body = is_problem(http.post("/images", files={"file": ("d.wmf", wmf, "image/wmf")}), 415)
+    assert body["reason"] == "UNSUPPORTED_MEDIA_TYPE"
+
+
+def test_422_corrupt_image(http: httpx.Client) -> None:
+    data = (CORPUS / "pillow/truncated_jpeg.jpg").read_bytes()
+    body = is_problem(http.post("/images", files={"file": ("t.jpg", data, "image/jpeg")}), 422)
+    assert body["reason"] == "CORRUPT_IMAGE"
+
+
+def test_413_pixel_bombs(http: httpx.Client) -> None:
+    data = (CORPUS / "fuzzdb/lottapixel.jpg").read_bytes()
+    body = is_problem(
+        http.post("/images", content=data, headers={"Content-Type": "image/jpeg"}), 413
+    )
+    assert body["reason"] == "IMAGE_TOO_LARGE"
+
+
+def test_404_for_unknown_and_malformed_ids(http: httpx.Client) -> None:
+    for path in (
+        "/images/" + "A" * 22,
+        "/images/nope",
+        "/images/" + "A" * 22 + "/info",
+    ):
+        body = is_problem(http.get(path), 404)
+        assert body["detail"] == "no such image"
+    is_problem(http.get("/images/..%2F..%2Fetc%2Fpasswd"), 404)
+    is_problem(http.delete("/images/" + "B" * 22), 404)
+    is_problem(http.get("/nowhere"), 404)
+    is_problem(http.put("/images"), 405)
+
+
+def test_upload_at_the_limit_and_one_byte_over(stack: Callable[..., ServiceProcess]) -> None:
+    data = png_bytes(100, 100, noise=True)
+    limit = len(data) + 100
+    exact = data + b"\0" * 100  # bytes after IEND: still a valid PNG, exactly at the limit
+    gateway = stack({"IMAGESVC_MAX_UPLOAD_BYTES": str(limit)})
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        raw = {"Content-Type": "image/png"}
+        assert http.post("/images", content=exact, headers=raw).status_code == 201
+        assert (
+            http.post("/images", files={"file": ("x.png", exact, "image/png")}).status_code == 201
+        )
+        is_problem(http.post("/images", content=exact + b"\0", headers=raw), 413)
+        is_problem(http.post("/images", files={"file": ("x.png", exact + b"\0", "image/png")}), 413)
+
+    # Chunked, no length declared: the answer comes once the limit passes, while the
+    # client is still sending.
+    sent = 0
+    with socket.create_connection(("127.0.0.1", gateway.port)) as conn:
+        conn.sendall(
+            b"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"1000\r\n" + b"\0" * 4096 + b"\r\n"
+        while sent < 100 * limit and not select.select([conn], [], [], 0.002)[0]:
+            try:
+                conn.sendall(chunk)
+            except OSError:
+                break
+            sent += 4096
+        assert conn.recv(100).startswith(b"HTTP/1.1 413")
+    assert sent < 10 * limit
+    # A declared length over the limit is refused before any byte of the body is read.
+    with socket.create_connection(("127.0.0.1", gateway.port)) as conn:
+        conn.sendall(
+            b"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )
+        assert conn.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def test_401_403_and_hidden_private_images(stack: Callable[..., ServiceProcess]) -> None:
+    keys = f"alice:{KEY_ALICE},bob:{KEY_BOB}"
+    gateway = stack({"IMAGESVC_API_KEYS": keys})
+    alice = {"Authorization": f"Bearer {KEY_ALICE}"}
+    bob = {"X-API-Key": KEY_BOB}
+    png = png_bytes(30, 20, seed=4)
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        anonymous = http.post("/images", content=png, headers={"Content-Type": "image/png"})
+        assert is_problem(anonymous, 401) and "Bearer" in anonymous.headers["www-authenticate"]
+        wrong = {"Authorization": "Bearer not-a-real-key-at-all", "Content-Type": "image/png"}
+        is_problem(http.post("/images", content=png, headers=wrong), 401)
+
+        private = http.post(
+            "/images", files={"file": ("p.png", png, "image/png")}, headers=alice
+        ).json()
+        public = http.post(
+            "/images?visibility=public", files={"file": ("q.png", png, "image/png")}, headers=alice
+        ).json()
+        assert (private["owner"], private["visibility"], public["visibility"]) == (
+            "alice",
+            "private",
+            "public",
+        )
+
+        assert http.get(f"/images/{private['id']}", headers=alice).status_code == 200
+        assert http.get(f"/images/{private['id']}?w=10", headers=alice).status_code == 200
+        for path in (
+            f"/images/{private['id']}",
+            f"/images/{private['id']}?w=10",
+            f"/images/{private['id']}/info",
+        ):
+            assert is_problem(http.get(path, headers=bob), 404) == is_problem(
+                http.get(path), 404
+            ) | {"instance": path.split("?")[0]}
+        assert http.get(f"/images/{public['id']}").status_code == 200
+        is_problem(http.delete(f"/images/{public['id']}", headers=bob), 403)
+        is_problem(http.delete(f"/images/{private['id']}", headers=bob), 404)
+        is_problem(http.delete(f"/images/{private['id']}"), 401)
+        listed = http.get("/images", headers=alice).json()["images"]
+        assert {private["id"], public["id"]} <= {image["id"] for image in listed}
+        assert http.get("/images", headers=bob).json()["images"] == []
+        assert http.delete(f"/images/{private['id']}", headers=alice).status_code == 204
+
+
+def test_503_when_overloaded_with_retry_after(
+    stack: Callable[..., ServiceProcess], http: httpx.Client
+) -> None:
+    gateway = stack(
+        processor_env={"IMAGESVC_PROCESSOR_WORKERS": "1", "IMAGESVC_PROCESSOR_QUEUE": "0"}
+    )
+    image_id = http.post(
+        "/images", content=big_jpeg(), headers={"Content-Type": "image/jpeg"}
+    ).json()["id"]
+    statuses: list[httpx.Response] = []
+    barrier = threading.Barrier(5)
+
+    def hit(n: int) -> None:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            barrier.wait()
+            statuses.append(client.get(f"/images/{image_id}?blur={20 + n}&format=jpeg"))
+
+    threads = [threading.Thread(target=hit, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    busy = [r for r in statuses if r.status_code == 503]
+    assert busy and any(r.status_code == 200 for r in statuses)
+    for response in busy:
+        assert is_problem(response, 503)["reason"] == "OVERLOADED"
+        assert int(response.headers["retry-after"]) >= 1
+
+
+def test_504_when_processing_is_too_slow(
+    stack: Callable[..., ServiceProcess], http: httpx.Client
+) -> None:
+    gateway = stack(processor_env={"IMAGESVC_PROCESSING_TIMEOUT_SECONDS": "0.1"})
+    image_id = http.post(
+        "/images", content=big_jpeg(), headers={"Content-Type": "image/jpeg"}
+    ).json()["id"]
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        is_problem(client.get(f"/images/{image_id}?blur=45"), 504)
+
+
+def test_503_while_a_service_is_down_then_recovery(
+    stack: Callable[..., ServiceProcess],
+    cache_server: ServiceProcess,
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {
+        "IMAGESVC_CACHE_ADDRESS": cache_server.address,
+        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{port}",
+    }
+    processor = ServiceProcess("processor", tmp_path / "p", env).start()
+    gateway = stack({"IMAGESVC_GATEWAY_TIMEOUT_SECONDS": "3"}, processor=processor)
+    image_id = http.post(
+        "/images", files={"file": ("a.png", png_bytes(40, 40, seed=8), "image/png")}
+    ).json()["id"]
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        assert client.get(f"/images/{image_id}?w=20").status_code == 200
+        processor.kill()
+        start = time.monotonic()
+        down = client.get(f"/images/{image_id}?w=21")
+        assert time.monotonic() - start < 3.5  # within the deadline
+        assert is_problem(down, 503) and int(down.headers["retry-after"]) >= 1
+        assert client.get("/readyz").status_code == 503
+        assert client.get(f"/images/{image_id}").status_code == 200  # originals still served
+        processor.start()
+        deadline = time.monotonic() + 15
+        while client.get(f"/images/{image_id}?w=22").status_code != 200:
+            assert time.monotonic() < deadline, "the gateway did not recover"
+            time.sleep(0.2)
+        assert client.get("/readyz").status_code == 200
+    processor.kill()

@@ -1,0 +1,161 @@
+"""End to end over HTTP: upload, originals, variants, HTTP caching, info, list, delete."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+from PIL import Image
+
+from tests.support import CORPUS, ServiceProcess, png_bytes
+
+JPEG = (CORPUS / "exif-orientation" / "Landscape_3.jpg").read_bytes()
+
+
+def opened(body: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(body))
+    image.load()
+    return image
+
+
+def test_upload_both_ways_then_read_transform_and_delete(http: httpx.Client) -> None:
+    multipart = http.post("/images", files={"file": ("cat.jpg", JPEG, "image/jpeg")})
+    assert multipart.status_code == 201, multipart.text
+    meta = multipart.json()
+    assert multipart.headers["location"] == f"/images/{meta['id']}"
+    assert (meta["filename"], meta["format"], meta["width"], meta["height"]) == (
+        "cat.jpg",
+        "JPEG",
+        1800,
+        1200,
+    )
+    raw = http.post(
+        "/images?filename=raw.png", content=png_bytes(64, 48), headers={"Content-Type": "image/png"}
+    )
+    assert raw.status_code == 201 and raw.json()["filename"] == "raw.png"
+
+    original = http.get(f"/images/{meta['id']}")
+    assert original.status_code == 200 and original.content == JPEG
+    assert original.headers["content-type"] == "image/jpeg"
+    assert original.headers["content-length"] == str(len(JPEG))
+    assert original.headers["etag"] == f'"{meta["sha256"]}"'
+    assert "immutable" in original.headers["cache-control"]
+
+    variant = http.get(f"/images/{meta['id']}?w=300&format=png")
+    image = opened(variant.content)
+    assert (image.format, image.size) == ("PNG", (300, 200))
+    assert variant.headers["content-type"] == "image/png" and "vary" not in variant.headers
+    cover = http.get(f"/images/{meta['id']}?w=100&h=100&fit=cover&format=jpeg&q=70")
+    assert opened(cover.content).size == (100, 100)
+
+    negotiated = http.get(f"/images/{meta['id']}?w=120", headers={"Accept": "image/webp,*/*"})
+    assert opened(negotiated.content).format == "WEBP"
+    assert negotiated.headers["vary"] == "Accept"
+    plain = http.get(f"/images/{meta['id']}?w=120", headers={"Accept": "*/*"})
+    assert opened(plain.content).format == "JPEG"
+    assert plain.headers["etag"] != negotiated.headers["etag"]
+
+    info = http.get(f"/images/{meta['id']}/info")
+    assert info.json() == meta
+    blurred = http.get(f"/blurred-images/{meta['id']}")
+    assert blurred.status_code == 200 and opened(blurred.content).size == (1800, 1200)
+
+    assert http.delete(f"/images/{meta['id']}").status_code == 204
+    for path in (
+        f"/images/{meta['id']}",
+        f"/images/{meta['id']}?w=300&format=png",
+        f"/images/{meta['id']}/info",
+    ):
+        gone = http.get(path)
+        assert gone.status_code == 404, path
+        assert gone.headers["content-type"] == "application/problem+json"
+
+
+def test_etags_give_304_and_head_gives_headers(http: httpx.Client) -> None:
+    image_id = http.post(
+        "/images", files={"file": ("a.png", png_bytes(80, 60, seed=3), "image/png")}
+    ).json()["id"]
+    for path in (f"/images/{image_id}", f"/images/{image_id}?w=40&format=webp"):
+        first = http.get(path)
+        again = http.get(path, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == first.headers["etag"]
+        assert http.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+        head = http.head(path)
+        assert head.status_code == 200 and head.content == b""
+        for name in ("etag", "content-type", "content-length", "cache-control"):
+            assert head.headers[name] == first.headers[name], name
+
+
+def test_list_pages_newest_first(http: httpx.Client) -> None:
+    mine = [
+        http.post(
+            "/images", files={"file": ("p.png", png_bytes(10, 10, seed=500 + n), "image/png")}
+        ).json()["id"]
+        for n in range(5)
+    ]
+    seen: list[str] = []
+    url = "/images?limit=2"
+    pages = 0
+    while url and pages < 500:
+        page = http.get(url)
+        assert page.status_code == 200
+        body = page.json()
+        assert len(body["images"]) <= 2
+        seen += [image["id"] for image in body["images"]]
+        url = f"/images?limit=2&cursor={body['next_cursor']}" if body["next_cursor"] else ""
+        if body["next_cursor"]:
+            assert 'rel="next"' in page.headers["link"]
+        pages += 1
+    positions = [seen.index(image_id) for image_id in mine]
+    assert positions == sorted(positions, reverse=True)  # newest first
+    assert len(seen) == len(set(seen))
+    assert http.get("/images?limit=0").status_code == 400
+    assert http.get("/images?cursor=garbage!").json()["parameter"] == "cursor"
+
+
+def test_request_ids_reach_every_service(
+    http: httpx.Client, cache_server: ServiceProcess, processor_server: ServiceProcess
+) -> None:
+    image_id = http.post(
+        "/images", files={"file": ("r.png", png_bytes(30, 30, seed=9), "image/png")}
+    ).json()["id"]
+    response = http.get(f"/images/{image_id}?w=17", headers={"X-Request-ID": "req-abc-123"})
+    assert response.headers["x-request-id"] == "req-abc-123"
+    for server in (cache_server, processor_server):
+        assert any(e.get("request_id") == "req-abc-123" for e in server.log_entries()), (
+            server.module
+        )
+    generated = http.get("/healthz").headers["x-request-id"]
+    assert len(generated) == 32
+
+
+def test_health_metrics_and_openapi(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ok"
+    image_id = http.post(
+        "/images", files={"file": ("m.png", png_bytes(20, 20, seed=11), "image/png")}
+    ).json()["id"]
+    http.get(f"/images/{image_id}?w=10")
+    metrics = http.get("/metrics").text
+    assert 'imagesvc_http_requests_total{method="POST",route="/images",status="201"}' in metrics
+    assert "imagesvc_http_request_duration_seconds_bucket" in metrics
+    assert 'imagesvc_variant_cache_total{result="miss"}' in metrics
+    assert 'imagesvc_http_bytes_total{direction="in"}' in metrics
+    doc = http.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/images",
+        "/images/{image_id}",
+        "/images/{image_id}/info",
+        "/blurred-images/{image_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
+    documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
+    from gateway.params import PARAMS
+
+    assert {p.name for p in PARAMS} | {"image_id"} == documented
