@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos check-protos lint fmt test bench run clean
+.PHONY: help install protos check-protos lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +36,7 @@ check-protos: protos  ## fail when the committed gen/ differs from what `make pr
 lint: $(STAMP)  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cache common processor gateway tests bench
+	$(BIN)/mypy cache common processor gateway launcher tests bench
 	cd protos && ../$(BIN)/buf lint
 
 fmt: $(STAMP)  ## format and autofix
@@ -49,8 +49,14 @@ test: $(STAMP)  ## the whole test suite
 bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run
 	$(BIN)/python -m bench
 
-run: $(STAMP)  ## start the system on embedded defaults (data in ./data); Ctrl-C stops it
-	trap 'kill -TERM 0' INT TERM; $(BIN)/python -m cache & $(BIN)/python -m processor & wait
+run: $(STAMP)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
+	$(BIN)/python -m launcher
 
-clean:  ## remove the venv, data and caches
-	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+dev: $(STAMP)  ## the same, restarting a service when its code changes
+	$(BIN)/python -m launcher --reload
+
+stop:  ## stop what `make run` started (from another terminal)
+	@if [ -f data/launcher.pid ]; then kill -TERM $$(cat data/launcher.pid) && echo stopping; else echo "not running"; fi
+
+clean: stop  ## stop, then remove the venv, data and caches
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*

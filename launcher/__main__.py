@@ -1,0 +1,113 @@
+"""`python -m launcher [--reload]`: cache, processor and gateway, healthy, until Ctrl-C.
+
+What `make run` and `make dev` call. Starts the three services on embedded defaults
+(data under ./data unless IMAGESVC_DATA_DIR says otherwise), waits until the gateway's
+/readyz answers, prints the URL, and on Ctrl-C or SIGTERM stops them in order
+(gateway, processor, cache), each gracefully. With --reload, a change to a service's
+code (or to common/) restarts that service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.healthcheck import http_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("cache", "processor", "gateway")  # start order; stop in reverse
+STARTUP_SECONDS = 60
+
+
+def _sources(service: str) -> dict[Path, float]:
+    files = [*(ROOT / service).rglob("*.py"), *(ROOT / "common").rglob("*.py")]
+    return {f: f.stat().st_mtime for f in files}
+
+
+class Launcher:
+    def __init__(self, reload: bool) -> None:
+        self.reload = reload
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.env = {**os.environ}
+        self.env.setdefault("IMAGESVC_DATA_DIR", str(Path.cwd() / "data"))
+        host = self.env.get("IMAGESVC_GATEWAY_HOST", "127.0.0.1")
+        port = self.env.get("IMAGESVC_GATEWAY_PORT", "8080")
+        self.url = f"http://{host}:{port}"
+
+    def start(self, service: str) -> None:
+        # A session of its own: Ctrl-C reaches the launcher only, which then stops the
+        # services in order instead of all at once.
+        self.children[service] = subprocess.Popen(
+            [sys.executable, "-m", service], cwd=ROOT, env=self.env, start_new_session=True
+        )
+
+    def stop(self, service: str) -> None:
+        child = self.children.pop(service, None)
+        if child is None or child.poll() is not None:
+            return
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+    def stop_all(self, *_: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.stop_all)
+        signal.signal(signal.SIGTERM, self.stop_all)
+        data = Path(self.env["IMAGESVC_DATA_DIR"])
+        data.mkdir(parents=True, exist_ok=True)
+        pidfile = data / "launcher.pid"
+        pidfile.write_text(str(os.getpid()))
+        try:
+            for service in SERVICES:
+                self.start(service)
+            if not self._wait_ready():
+                return 1
+            print(f"\nimageservice is up: {self.url}  (Ctrl-C stops it)\n", flush=True)
+            mtimes = {s: _sources(s) for s in SERVICES} if self.reload else {}
+            while not self.stopping:
+                time.sleep(0.5)
+                for service, child in list(self.children.items()):
+                    if child.poll() is not None and not self.stopping:
+                        print(f"{service} exited with {child.returncode}; stopping", flush=True)
+                        return 1
+                for service in mtimes:
+                    now = _sources(service)
+                    if now != mtimes[service]:
+                        mtimes[service] = now
+                        print(f"{service}: code changed, restarting", flush=True)
+                        self.stop(service)
+                        self.start(service)
+            return 0
+        finally:
+            for service in reversed(SERVICES):
+                self.stop(service)
+            pidfile.unlink(missing_ok=True)
+            print("imageservice stopped", flush=True)
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline and not self.stopping:
+            if http_healthy(f"{self.url}/readyz"):
+                return True
+            for service, child in self.children.items():
+                if child.poll() is not None:
+                    print(f"{service} failed to start (exit {child.returncode})", flush=True)
+                    return False
+            time.sleep(0.2)
+        if not self.stopping:
+            print(f"not healthy after {STARTUP_SECONDS}s", flush=True)
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(Launcher(reload="--reload" in sys.argv[1:]).run())

@@ -1,0 +1,61 @@
+"""`make run`'s launcher: all three services up and healthy, then a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support import ROOT, free_port, png_bytes
+
+
+def test_launcher_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    gateway, cache, processor = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(tmp_path / "data"),
+        "IMAGESVC_GATEWAY_PORT": str(gateway),
+        "IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{cache}",
+        "IMAGESVC_CACHE_ADDRESS": f"127.0.0.1:{cache}",
+        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
+        "IMAGESVC_PROCESSOR_ADDRESSES": f"127.0.0.1:{processor}",
+    }
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b"imageservice is up" not in (tmp_path / "run.log").read_bytes():
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{gateway}"
+        assert f"imageservice is up: {url}".encode() in (tmp_path / "run.log").read_bytes()
+        assert (tmp_path / "data" / "launcher.pid").read_text() == str(proc.pid)
+        with httpx.Client(base_url=url) as http:
+            assert http.get("/readyz").json()["status"] == "ok"
+            created = http.post(
+                "/images", content=png_bytes(8, 8), headers={"Content-Type": "image/png"}
+            )
+            assert created.status_code == 201
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = (tmp_path / "run.log").read_text()
+    assert text.count('"msg": "stopped"') == 2  # both gRPC services, gracefully
+    assert "imageservice stopped" in text
+    assert not (tmp_path / "data" / "launcher.pid").exists()
+    with httpx.Client() as http:
+        try:
+            http.get(f"http://127.0.0.1:{gateway}/healthz", timeout=1)
+            raise AssertionError("the gateway still answers")
+        except httpx.TransportError:
+            pass
