@@ -1,10 +1,14 @@
-"""`python -m bench [cache|processor]`: run the benchmarks and print their ratios."""
+"""`python -m bench [cache|processor|gateway]`: run the benchmarks and print their ratios."""
 
 import sys
 
-from bench import cache_bench, processor_bench
+from bench import cache_bench, gateway_bench, processor_bench
 
-SUITES = {"cache": cache_bench.main, "processor": processor_bench.main}
+SUITES = {
+    "cache": cache_bench.main,
+    "processor": processor_bench.main,
+    "gateway": gateway_bench.main,
+}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SUITES):

@@ -33,6 +33,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_FILENAME = 255
 MAX_OWNER = 128
+WATCH_BACKLOG = 10_000
 
 
 def _image_id(value: str, field_name: str = "id") -> ImageId:
@@ -115,6 +116,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self._decoders = ThreadPoolExecutor(
             max_workers=settings.validation_workers, thread_name_prefix="inspect"
         )
+        # One queue per WatchDeletions stream.
+        self._watchers: set[asyncio.Queue[str]] = set()
 
     def close(self) -> None:
         self._decoders.shutdown(wait=True, cancel_futures=True)
@@ -253,6 +256,13 @@ class CacheService(pb_grpc.CacheServiceServicer):
             raise _not_found(image_id)
         await asyncio.to_thread(self.blobs.delete, image_id)
         purged = await self.variants.purge(image_id)
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait(image_id)
+            except asyncio.QueueFull:
+                # A watcher this far behind cannot be trusted: cut it off, and it will
+                # forget what it holds and watch again.
+                self._watchers.discard(queue)
         log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
         return pb.DeleteImageResponse(purged_variants=purged)
 
@@ -328,3 +338,20 @@ class CacheService(pb_grpc.CacheServiceServicer):
             await self.variants.purge(image_id)
             raise _not_found(image_id)
         return pb.PutVariantResponse(variant=variant_proto(record))
+
+    async def WatchDeletions(
+        self, request: pb.WatchDeletionsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchDeletionsResponse]:
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=WATCH_BACKLOG)
+        self._watchers.add(queue)
+        await context.send_initial_metadata(())  # the watcher knows it is connected
+        try:
+            while queue in self._watchers or not queue.empty():
+                try:
+                    image_id = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                yield pb.WatchDeletionsResponse(image_id=image_id)
+            raise ServiceError(Reason.OVERLOADED, "the watcher fell too far behind")
+        finally:
+            self._watchers.discard(queue)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from starlette.routing import Route
 from common import jsonlog
 from gateway import images, openapi
 from gateway.config import Settings
+from gateway.hotcache import HotCache
 from gateway.observability import Metrics, Observability
 from gateway.problems import HTTPProblem, from_grpc, problem_response
 from gateway.upstream import Upstream
@@ -83,9 +86,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         upstream = Upstream.connect(settings)
+        hot = HotCache(settings.hot_cache_bytes)
+        watcher = asyncio.create_task(hot.watch(upstream.cache))
         try:
-            yield {"upstream": upstream}
+            yield {"upstream": upstream, "hot": hot}
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await upstream.close()
 
     routes = [

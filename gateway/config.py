@@ -24,6 +24,7 @@ class Settings:
     # API key -> owner. Empty: no auth, every caller is the anonymous owner "".
     api_keys: dict[str, str]
     chunk_bytes: int
+    hot_cache_bytes: int
     log_level: str
 
     @property
@@ -57,5 +58,6 @@ class Settings:
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),
             api_keys=keys,
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
+            hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
         )

@@ -18,6 +18,7 @@ from common.ids import ImageId, parse_image_id
 from gateway import params
 from gateway.auth import Caller, can_read, identify, require_writer
 from gateway.config import Settings
+from gateway.hotcache import MAX_ENTRY_BYTES, Entry, HotCache
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
 from gateway.uploads import upload
@@ -38,6 +39,10 @@ def upstream_of(request: Request) -> Upstream:
 
 def metrics_of(request: Request) -> Metrics:
     return cast(Metrics, request.app.state.metrics)
+
+
+def hot_of(request: Request) -> HotCache:
+    return cast(HotCache, request.state.hot)
 
 
 def not_found() -> HTTPProblem:
@@ -124,15 +129,66 @@ def _answer(
     return StreamingResponse(_body(call), headers=headers, media_type=media_type)
 
 
+def _from_memory(request: Request, entry: Entry) -> Response:
+    headers = dict(entry.headers)
+    if "X-Cache" in headers:
+        headers["X-Cache"] = "HIT"
+    if _not_modified(request, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(entry.body))
+        return Response(headers=headers, media_type=entry.media_type)
+    return Response(entry.body, headers=headers, media_type=entry.media_type)
+
+
+def _hot_key(request: Request) -> str:
+    """The answer's identity besides the image: the raw query, and Accept for variants
+    (cheap to build, so a hit is found before any parsing; a key that was valid once
+    is valid for good)."""
+    query = request.scope["query_string"].decode("latin-1")
+    if not query:
+        return ""
+    return f"{query}|{request.headers.get('accept', '')[:256]}"
+
+
+async def _answer_and_keep(
+    request: Request,
+    call: Any,
+    headers: dict[str, str],
+    media_type: str,
+    size: int,
+    keep: tuple[str, str, str, int] | None,
+) -> Response:
+    """Like _answer; small bodies are read whole and kept in the hot cache."""
+    hot = hot_of(request)
+    if keep is None or size > MAX_ENTRY_BYTES or not hot.enabled or request.method != "GET":
+        return _answer(request, call, headers, media_type, size)
+    if _not_modified(request, headers["ETag"]):
+        call.cancel()
+        return Response(status_code=304, headers=headers)
+    body = b"".join([chunk async for chunk in _body(call)])
+    image_id, key, owner, visibility = keep
+    hot.put(image_id, key, Entry(body, media_type, dict(headers), owner, visibility))
+    return Response(body, headers=headers, media_type=media_type)
+
+
 async def get_image(request: Request) -> Response:
     """The original, or with transformation parameters a variant."""
     image_id = image_id_of(request)
+    caller = identify(request, settings_of(request))
+    key = _hot_key(request)
+    entry = hot_of(request).get(image_id, key)
+    if entry is not None:
+        if not (entry.visibility == image_pb2.VISIBILITY_PUBLIC or entry.owner == caller.owner):
+            raise not_found()
+        if key:
+            metrics_of(request).variants.labels("gateway").inc()
+        return _from_memory(request, entry)
     query = list(request.query_params.multi_items())
     wanted = params.parse(query, request.headers.get("accept", ""))
-    caller = identify(request, settings_of(request))
     if wanted is None:
-        return await _original(request, image_id, caller)
-    return await _variant(request, image_id, caller, wanted)
+        return await _original(request, image_id, caller, key)
+    return await _variant(request, image_id, caller, wanted, key)
 
 
 async def get_blurred(request: Request) -> Response:
@@ -141,10 +197,10 @@ async def get_blurred(request: Request) -> Response:
     if request.query_params:
         raise params.bad(next(iter(request.query_params)), "unknown parameter")
     caller = identify(request, settings_of(request))
-    return await _variant(request, image_id, caller, params.blurred())
+    return await _variant(request, image_id, caller, params.blurred(), None)
 
 
-async def _original(request: Request, image_id: str, caller: Caller) -> Response:
+async def _original(request: Request, image_id: str, caller: Caller, key: str) -> Response:
     settings = settings_of(request)
     call = upstream_of(request).cache.GetImage(
         pb.GetImageRequest(id=image_id), timeout=settings.timeout_seconds, metadata=call_metadata()
@@ -154,19 +210,25 @@ async def _original(request: Request, image_id: str, caller: Caller) -> Response
         call.cancel()
         raise not_found()
     headers = {"ETag": f'"{image.sha256}"', "Cache-Control": _cache_control(image.visibility)}
-    return _answer(request, call, headers, image.media_type, image.byte_size)
+    keep = (image_id, key, image.owner, int(image.visibility))
+    return await _answer_and_keep(request, call, headers, image.media_type, image.byte_size, keep)
 
 
 async def _variant(
-    request: Request, image_id: str, caller: Caller, wanted: params.Transformation
+    request: Request,
+    image_id: str,
+    caller: Caller,
+    wanted: params.Transformation,
+    key: str | None,
 ) -> Response:
     settings = settings_of(request)
     visibility: int = image_pb2.VISIBILITY_PUBLIC
+    owner = ""
     if settings.auth_enabled:  # private images exist only where there are owners
         image = await _stat(request, image_id)
         if not can_read(image, caller):
             raise not_found()
-        visibility = image.visibility
+        visibility, owner = image.visibility, image.owner
     call = upstream_of(request).processor.Process(
         ppb.ProcessRequest(image_id=image_id, operations=wanted.operations, output=wanted.output),
         timeout=settings.timeout_seconds,
@@ -180,7 +242,10 @@ async def _variant(
         headers["X-Cache"] = str(served).upper()
     if wanted.negotiated:
         headers["Vary"] = "Accept"
-    return _answer(request, call, headers, variant.media_type, variant.byte_size)
+    keep = None if key is None else (image_id, key, owner, visibility)
+    return await _answer_and_keep(
+        request, call, headers, variant.media_type, variant.byte_size, keep
+    )
 
 
 async def get_info(request: Request) -> Response:
@@ -262,4 +327,6 @@ async def delete_image(request: Request) -> Response:
         timeout=settings.timeout_seconds,
         metadata=call_metadata(),
     )
+    # This process forgets at once; the others hear of it through WatchDeletions.
+    hot_of(request).forget(image_id)
     return Response(status_code=204)

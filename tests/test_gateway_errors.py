@@ -281,3 +281,50 @@ def test_503_while_a_service_is_down_then_recovery(
             time.sleep(0.2)
         assert client.get("/readyz").status_code == 200
     processor.kill()
+
+
+def test_cache_service_down_then_back(stack: Callable[..., ServiceProcess], tmp_path: Path) -> None:
+    port = free_port()
+    cache = ServiceProcess(
+        "cache", tmp_path / "c", {"IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{port}"}
+    ).start()
+    processor = ServiceProcess(
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
+    ).start()
+    gateway = ServiceProcess(
+        "gateway",
+        tmp_path / "g",
+        {
+            "IMAGESVC_CACHE_ADDRESS": cache.address,
+            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
+        },
+    ).start()
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            image_id = client.post(
+                "/images", content=png_bytes(20, 20), headers={"Content-Type": "image/png"}
+            ).json()["id"]
+            assert client.get(f"/images/{image_id}").status_code == 200
+            assert client.get(f"/images/{image_id}").status_code == 200  # now held in memory
+            cache.kill()
+            deadline = time.monotonic() + 5
+            # With the deletion watch broken, nothing held may be served: 503, not stale bytes.
+            while client.get(f"/images/{image_id}").status_code != 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            down = client.get(f"/images/{image_id}")
+            assert is_problem(down, 503) and "retry-after" in down.headers
+            is_problem(
+                client.post(
+                    "/images", content=png_bytes(5, 5), headers={"Content-Type": "image/png"}
+                ),
+                503,
+            )
+            cache.start()
+            deadline = time.monotonic() + 15
+            while client.get(f"/images/{image_id}").status_code != 200:
+                assert time.monotonic() < deadline, "the gateway did not recover"
+                time.sleep(0.2)
+    finally:
+        for server in (gateway, processor, cache):
+            server.kill()

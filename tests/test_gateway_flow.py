@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 from PIL import Image
@@ -159,3 +160,48 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
     from gateway.params import PARAMS
 
     assert {p.name for p in PARAMS} | {"image_id"} == documented
+
+
+def processed(server: ServiceProcess) -> int:
+    return sum(
+        1
+        for e in server.log_entries()
+        if e.get("msg") == "rpc" and "Process" in str(e.get("method"))
+    )
+
+
+def test_hot_answers_come_from_memory_and_go_with_the_image(
+    http: httpx.Client, processor_server: ServiceProcess, cache_channel: object
+) -> None:
+    image_id = http.post(
+        "/images", files={"file": ("h.png", png_bytes(90, 60, seed=21), "image/png")}
+    ).json()["id"]
+    path = f"/images/{image_id}?w=30&format=png"
+    first = http.get(path)
+    assert first.headers["x-cache"] == "MISS"
+    before = processed(processor_server)
+    again = http.get(path)
+    assert again.headers["x-cache"] == "HIT" and again.content == first.content
+    assert processed(processor_server) == before  # not even asked
+    assert http.get(path, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    assert http.delete(f"/images/{image_id}").status_code == 204
+    assert http.get(path).status_code == 404
+    assert http.get(f"/images/{image_id}").status_code == 404
+
+
+def test_a_delete_elsewhere_reaches_the_gateway(http: httpx.Client, stub: object) -> None:
+    from imageservice.v1 import cache_service_pb2 as pb
+
+    image_id = http.post(
+        "/images", files={"file": ("w.png", png_bytes(50, 40, seed=22), "image/png")}
+    ).json()["id"]
+    path = f"/images/{image_id}?w=20&format=png"
+    http.get(path)
+    assert http.get(path).headers["x-cache"] == "HIT"
+    assert http.get(f"/images/{image_id}").status_code == 200
+    stub.DeleteImage(pb.DeleteImageRequest(id=image_id))  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 2
+    while http.get(path).status_code != 404:
+        assert time.monotonic() < deadline, "the gateway kept serving a deleted image"
+        time.sleep(0.01)
+    assert http.get(f"/images/{image_id}").status_code == 404

@@ -81,6 +81,11 @@ class CacheServiceStub:
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.FromString,
                 _registered_method=True)
+        self.WatchDeletions = channel.unary_stream(
+                '/imageservice.v1.CacheService/WatchDeletions',
+                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsRequest.SerializeToString,
+                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -149,6 +154,15 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDeletions(self, request, context):
+        """Streams the id of every image deleted from now on, for callers that keep copies
+        (the gateway's hot cache). Slow watchers are cut off; a broken stream means
+        "forget everything you hold and watch again".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +200,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.PutVariant,
                     request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.SerializeToString,
+            ),
+            'WatchDeletions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeletions,
+                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsRequest.FromString,
+                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +408,33 @@ class CacheService:
             '/imageservice.v1.CacheService/PutVariant',
             imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
             imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDeletions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imageservice.v1.CacheService/WatchDeletions',
+            imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsRequest.SerializeToString,
+            imageservice_dot_v1_dot_cache__service__pb2.WatchDeletionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,11 @@ class CacheServiceStub:
     """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
+    WatchDeletions: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]
+    """Streams the id of every image deleted from now on, for callers that keep copies
+    (the gateway's hot cache). Slow watchers are cut off; a broken stream means
+    "forget everything you hold and watch again".
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
@@ -99,6 +104,11 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
+    WatchDeletions: _aio.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]  # type: ignore[assignment]
+    """Streams the id of every image deleted from now on, for callers that keep copies
+    (the gateway's hot cache). Slow watchers are cut off; a broken stream means
+    "forget everything you hold and watch again".
+    """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     """The cache service owns all state: originals, their metadata and the variant cache.
@@ -174,5 +184,16 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_service_pb2.PutVariantResponse, _abc.Awaitable[_cache_service_pb2.PutVariantResponse]]:
         """Stores a variant: first message the header, then the chunks."""
+
+    @_abc_1.abstractmethod
+    def WatchDeletions(
+        self,
+        request: _cache_service_pb2.WatchDeletionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cache_service_pb2.WatchDeletionsResponse], _abc.AsyncIterator[_cache_service_pb2.WatchDeletionsResponse]]:
+        """Streams the id of every image deleted from now on, for callers that keep copies
+        (the gateway's hot cache). Slow watchers are cut off; a broken stream means
+        "forget everything you hold and watch again".
+        """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
