@@ -47,6 +47,7 @@ test: $(STAMP)  ## the whole test suite
 	$(BIN)/pytest
 
 bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(BIN)/python -m bench
 
 run: $(STAMP)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
