@@ -38,7 +38,7 @@ def test_every_route_is_in_the_api_table() -> None:
     app = create_app(Settings.from_env())
     for route in app.routes:
         path = getattr(route, "path", "")
-        methods = getattr(route, "methods", set()) - {"HEAD"}
+        methods: set[str] = set(getattr(route, "methods", set())) - {"HEAD"}
         for method in methods:
             documented = path.replace("{image_id}", "{id}")
             assert f"`{method} {documented}`" in table, (method, path)
