@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from common import jsonlog
 from gateway import images, openapi
+from gateway.answers import answer_cache
 from gateway.config import Settings
-from gateway.hotcache import HotCache
 from gateway.observability import Metrics, Observability
 from gateway.problems import HTTPProblem, from_grpc, problem_response
 from gateway.upstream import Upstream
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         upstream = Upstream.connect(settings)
-        hot = HotCache(settings.hot_cache_bytes)
+        hot = answer_cache(settings.hot_cache_bytes)
         watcher = asyncio.create_task(hot.watch(upstream.cache))
         try:
             yield {"upstream": upstream, "hot": hot}

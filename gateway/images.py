@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from common.grpcclient import call_metadata
+from common.hotcache import HotCache
 from common.ids import ImageId, parse_image_id
 from gateway import params
+from gateway.answers import MAX_ENTRY_BYTES, Entry
 from gateway.auth import Caller, can_read, identify, require_writer
 from gateway.config import Settings
-from gateway.hotcache import MAX_ENTRY_BYTES, Entry, HotCache
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
 from gateway.uploads import upload
@@ -41,8 +42,8 @@ def metrics_of(request: Request) -> Metrics:
     return cast(Metrics, request.app.state.metrics)
 
 
-def hot_of(request: Request) -> HotCache:
-    return cast(HotCache, request.state.hot)
+def hot_of(request: Request) -> HotCache[Entry]:
+    return cast(HotCache[Entry], request.state.hot)
 
 
 def not_found() -> HTTPProblem:

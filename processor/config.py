@@ -25,6 +25,7 @@ class Settings:
     max_pixels: int
     max_frames: int
     originals_cache_bytes: int
+    hot_cache_bytes: int
     chunk_bytes: int
     shutdown_grace_seconds: float
     log_level: str
@@ -46,6 +47,7 @@ class Settings:
             max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
             max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
             originals_cache_bytes=env.size("PROCESSOR_ORIGINALS_CACHE_BYTES", 128 * MiB),
+            hot_cache_bytes=env.size("PROCESSOR_HOT_CACHE_BYTES", 64 * MiB),
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("LOG_LEVEL", "INFO"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from imageservice.v1 import (
@@ -43,6 +45,7 @@ async def serve(settings: Settings) -> None:
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(settings.listen)
+    watcher = asyncio.create_task(service.hot.watch(service.cache))
     await server.start()
     log.info(
         "listening",
@@ -51,5 +54,8 @@ async def serve(settings: Settings) -> None:
     try:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await service.close()
         await channel.close(None)

@@ -20,6 +20,7 @@ from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 
 from common.errors import Reason, ServiceError, invalid_argument, remote_error
 from common.grpcclient import call_metadata, upstream_error
+from common.hotcache import HotCache
 from common.ids import parse_image_id
 from common.imaging import SOURCE_FORMATS, inspect
 from common.imaging import Limits as SourceLimits
@@ -38,6 +39,8 @@ CACHE_DEADLINE_SECONDS = 30.0
 SEEN_KEYS = 100_000
 # Initial metadata of Process: "hit" or "miss", for callers' metrics and X-Cache headers.
 CACHE_HEADER = "x-variant-cache"
+HOT_ENTRY_BYTES = 1024 * 1024
+Held = tuple[image_pb2.VariantMetadata, bytes]
 
 
 class ProcessorService(pb_grpc.ProcessorServiceServicer):
@@ -56,6 +59,10 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
         self.flights: Flights[pipeline.Rendered] = Flights()
         self.originals: ByteLRU[str, bytes] = ByteLRU(settings.originals_cache_bytes, len)
+        # Recent variants in memory, dropped when their image is deleted (see HotCache).
+        self.hot: HotCache[Held] = HotCache(
+            settings.hot_cache_bytes, lambda held: len(held[1]) + 256, HOT_ENTRY_BYTES
+        )
         # Variant keys asked for lately (hits and misses), so early starts are only
         # tried for keys that are probably new.
         self.seen: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
@@ -76,6 +83,13 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             raise invalid_argument("image_id", "not a valid image id") from None
         wanted = spec.parse(request.operations, request.output, self.spec_limits)
         key = wanted.key(image_id)
+        held = self.hot.get(image_id, key)
+        if held is not None:
+            await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
+            yield pb.ProcessResponse(variant=held[0])
+            for chunk in self._chunks(held[1]):
+                yield pb.ProcessResponse(chunk=chunk)
+            return
         made: asyncio.Future[pipeline.Rendered] | None = None
         if self._worth_starting_early(image_id, key):
             # Never seen this key, the original is at hand and a worker is idle: start
@@ -89,15 +103,21 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             metadata=call_metadata(),
         )
         started = False
+        variant = image_pb2.VariantMetadata()
+        body: list[bytes] = []
         try:
             async for message in hit:
                 if not started:
                     started = True
                     await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
                 if message.WhichOneof("payload") == "variant":
-                    yield pb.ProcessResponse(variant=message.variant)
+                    variant = message.variant
+                    yield pb.ProcessResponse(variant=variant)
                 else:
+                    body.append(message.chunk)
                     yield pb.ProcessResponse(chunk=message.chunk)
+            if variant.byte_size <= HOT_ENTRY_BYTES:
+                self.hot.put(image_id, key, (variant, b"".join(body)))
             return
         except grpc.aio.AioRpcError as exc:
             # VARIANT_NOT_FOUND means the image exists: go on and make the variant.
@@ -108,7 +128,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 raise upstream_error(exc, "cache") from None
         rendered = await (made or self._make(image_id, key, wanted, context))
         await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
-        yield pb.ProcessResponse(variant=_variant(image_id, key, rendered))
+        variant = _variant(image_id, key, rendered)
+        self.hot.put(image_id, key, (variant, rendered.data))
+        yield pb.ProcessResponse(variant=variant)
         for chunk in self._chunks(rendered.data):
             yield pb.ProcessResponse(chunk=chunk)
 

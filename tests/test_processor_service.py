@@ -106,15 +106,31 @@ def test_identical_concurrent_misses_are_processed_once(
 
 
 def test_delete_purges_the_processors_variants(
-    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+    pstub: ppb_grpc.ProcessorServiceStub,
+    stub: pb_grpc.CacheServiceStub,
+    cache_server: ServiceProcess,
 ) -> None:
     image_id = upload(stub, big_jpeg(1)).id
     for width in (50, 60, 70):
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width)))))
     time.sleep(0.3)
+    lookups = sum(1 for e in cache_server.log_entries() if "GetVariant" in str(e.get("method")))
+    collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
+    # Held in the processor's memory: the cache service was not even asked.
+    assert (
+        sum(1 for e in cache_server.log_entries() if "GetVariant" in str(e.get("method")))
+        == lookups
+    )
     assert stub.DeleteImage(pb.DeleteImageRequest(id=image_id)).purged_variants == 3
-    error = failure(pstub.Process, process_request(image_id, Op(resize=ppb.Resize(width=50))))
-    assert error.reason == Reason.IMAGE_NOT_FOUND
+    deadline = time.monotonic() + 2  # the processor hears of the delete through WatchDeletions
+    while True:
+        try:
+            collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
+        except grpc.RpcError as exc:
+            assert remote_error(exc).reason == Reason.IMAGE_NOT_FOUND
+            break
+        assert time.monotonic() < deadline, "a deleted image's variant is still served"
+        time.sleep(0.01)
 
 
 def test_request_id_reaches_the_cache_logs(

@@ -1,18 +1,18 @@
-"""Recent HTTP answers for images and variants, in memory, dropped the moment an image is.
+"""In-memory copies of what belongs to an image, dropped the moment the image is deleted.
 
-Originals and variants never change under their URL, so the only way an answer goes
-stale is a delete. Each gateway process watches the cache service's deletions
-(WatchDeletions) and serves from memory only while that watch is connected: when it
-breaks, everything held is forgotten until it is back. Ids are never reused, so a
-deleted id is remembered and never cached again, which closes the race with a request
-that was already in flight when the delete happened.
+Originals and variants never change under an id, so the only way a copy goes stale is a
+delete. A HotCache follows the cache service's WatchDeletions stream and serves only
+while that stream is connected: when it breaks, everything held is forgotten until it is
+back. Ids are never reused, so a deleted id is remembered and never cached again, which
+closes the race with a request that was already in flight when the delete happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import grpc
 from imageservice.v1 import cache_service_pb2 as pb
@@ -20,30 +20,21 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
 from common.lru import ByteLRU
 
-log = logging.getLogger("gateway.hotcache")
+log = logging.getLogger("hotcache")
 
-MAX_ENTRY_BYTES = 1024 * 1024
+V = TypeVar("V")
 DELETED_IDS = 100_000
 
 
-@dataclass(frozen=True)
-class Entry:
-    body: bytes
-    media_type: str
-    headers: dict[str, str]
-    owner: str
-    visibility: int
+class HotCache(Generic[V]):
+    """An LRU keyed by (image id, key) within a byte budget, purged by image id."""
 
-
-class HotCache:
-    """An LRU of answers keyed by (image id, request), purged by image id."""
-
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, size: Callable[[V], int], max_entry: int) -> None:
         self.budget = budget
+        self.max_entry = max_entry
         self.connected = False
-        self._lru: ByteLRU[tuple[str, str], Entry] = ByteLRU(
-            budget, lambda e: len(e.body) + 512, self._unindex
-        )
+        self._size = size
+        self._lru: ByteLRU[tuple[str, str], V] = ByteLRU(budget, size, self._unindex)
         self._by_image: dict[str, set[str]] = {}
         self._deleted: ByteLRU[str, bool] = ByteLRU(DELETED_IDS, lambda _: 1)
 
@@ -51,26 +42,26 @@ class HotCache:
     def enabled(self) -> bool:
         return self.budget > 0 and self.connected
 
-    def get(self, image_id: str, request_key: str) -> Entry | None:
+    def get(self, image_id: str, key: str) -> V | None:
         if not self.enabled:
             return None
-        return self._lru.get((image_id, request_key))
+        return self._lru.get((image_id, key))
 
-    def put(self, image_id: str, request_key: str, entry: Entry) -> None:
-        if not self.enabled or len(entry.body) > MAX_ENTRY_BYTES or image_id in self._deleted:
+    def put(self, image_id: str, key: str, value: V) -> None:
+        if not self.enabled or self._size(value) > self.max_entry or image_id in self._deleted:
             return
-        if self._lru.put((image_id, request_key), entry):
-            self._by_image.setdefault(image_id, set()).add(request_key)
+        if self._lru.put((image_id, key), value):
+            self._by_image.setdefault(image_id, set()).add(key)
 
     def forget(self, image_id: str) -> None:
         self._deleted.put(image_id, True)
-        for request_key in self._by_image.pop(image_id, set()):
-            self._lru.pop((image_id, request_key))
+        for key in self._by_image.pop(image_id, set()):
+            self._lru.pop((image_id, key))
 
     def clear(self) -> None:
         for image_id in list(self._by_image):
-            for request_key in self._by_image.pop(image_id):
-                self._lru.pop((image_id, request_key))
+            for key in self._by_image.pop(image_id):
+                self._lru.pop((image_id, key))
 
     def _unindex(self, ident: tuple[str, str]) -> None:
         keys = self._by_image.get(ident[0])
@@ -80,7 +71,7 @@ class HotCache:
                 del self._by_image[ident[0]]
 
     async def watch(self, cache: pb_grpc.CacheServiceAsyncStub) -> None:
-        """Follow deletions for as long as the gateway runs (a lifespan task)."""
+        """Follow deletions for as long as the process runs (a background task)."""
         if self.budget <= 0:
             return
         backoff = 0.2
