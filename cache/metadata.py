@@ -99,6 +99,10 @@ class SqliteMetadataStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db = self._executor.submit(self._connect, path).result()
+        # Reads by primary key take microseconds in WAL mode (they never wait for the
+        # writer); a hop to the writer's thread would cost more than the read itself.
+        self._reader = sqlite3.connect(path, isolation_level=None)
+        self._reader.execute("PRAGMA busy_timeout=5000")
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -120,7 +124,7 @@ class SqliteMetadataStore:
 
     async def get(self, image_id: str) -> ImageRecord | None:
         sql = f"SELECT {_COLUMNS} FROM images WHERE id = ?"
-        row = await self._run(lambda: self._db.execute(sql, (image_id,)).fetchone())
+        row = self._reader.execute(sql, (image_id,)).fetchone()
         return None if row is None else ImageRecord(*row)
 
     async def list(self, owner: str, page_size: int, page_token: str) -> Page:
@@ -162,5 +166,6 @@ class SqliteMetadataStore:
         return await self._run(query)
 
     async def close(self) -> None:
+        self._reader.close()
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)

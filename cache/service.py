@@ -274,13 +274,13 @@ class CacheService(pb_grpc.CacheServiceServicer):
             raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
         variant = await self.variants.get(image_id, request.key)
         if variant is None:
-            # Say which is missing: a processor may then reuse an original it holds,
-            # knowing the image still exists.
+            # A miss is an expected answer, not an error (errors cost far more to build
+            # and to read). It also says the image exists, so a processor may reuse an
+            # original it holds.
             if await self.metadata.get(image_id) is None:
                 raise _not_found(image_id)
-            raise ServiceError(
-                Reason.VARIANT_NOT_FOUND, "no cached variant", {"image_id": image_id}
-            )
+            yield pb.GetVariantResponse(miss=pb.VariantMiss())
+            return
         yield pb.GetVariantResponse(variant=variant_proto(variant.record))
         view = memoryview(variant.data)
         step = self.settings.chunk_bytes
@@ -320,8 +320,6 @@ class CacheService(pb_grpc.CacheServiceServicer):
             raise invalid_argument("width", "dimensions cannot be negative")
         if not data:
             raise invalid_argument("chunk", "the variant holds no bytes")
-        if await self.metadata.get(image_id) is None:
-            raise _not_found(image_id)
         payload = bytes(data)
         record = VariantRecord(
             image_id=image_id,
@@ -333,7 +331,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
             sha256=hashlib.sha256(payload).hexdigest(),
         )
         await self.variants.put(Variant(record, payload))
-        # A delete may have run while we stored: it must win, so purge what we added.
+        # Checked after storing, not before: an unknown image, or a delete that ran
+        # while we stored, must win, so whatever was added goes again.
         if await self.metadata.get(image_id) is None:
             await self.variants.purge(image_id)
             raise _not_found(image_id)

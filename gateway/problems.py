@@ -59,7 +59,6 @@ _BY_REASON: dict[str, tuple[int, str, str]] = {
     Reason.PAYLOAD_TOO_LARGE: (413, "Content too large", "payload-too-large"),
     Reason.OUTPUT_TOO_LARGE: (400, "Requested output too large", "output-too-large"),
     Reason.IMAGE_NOT_FOUND: (404, "Not found", "not-found"),
-    Reason.VARIANT_NOT_FOUND: (404, "Not found", "not-found"),
     Reason.OVERLOADED: (503, "Service overloaded", "overloaded"),
     Reason.UPSTREAM_UNAVAILABLE: (503, "Service unavailable", "unavailable"),
     Reason.DEADLINE_EXCEEDED: (504, "Processing timed out", "timeout"),

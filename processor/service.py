@@ -107,25 +107,28 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         body: list[bytes] = []
         try:
             async for message in hit:
+                kind = message.WhichOneof("payload")
+                if kind == "miss":
+                    break  # the image exists; make the variant
                 if not started:
                     started = True
                     await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
-                if message.WhichOneof("payload") == "variant":
+                if kind == "variant":
                     variant = message.variant
                     yield pb.ProcessResponse(variant=variant)
                 else:
                     body.append(message.chunk)
                     yield pb.ProcessResponse(chunk=message.chunk)
-            if variant.byte_size <= HOT_ENTRY_BYTES:
-                self.hot.put(image_id, key, (variant, b"".join(body)))
-            return
+            else:
+                if not started:
+                    raise ServiceError(Reason.INTERNAL, "the cache service sent nothing")
+                if variant.byte_size <= HOT_ENTRY_BYTES:
+                    self.hot.put(image_id, key, (variant, b"".join(body)))
+                return
         except grpc.aio.AioRpcError as exc:
-            # VARIANT_NOT_FOUND means the image exists: go on and make the variant.
-            reason = remote_error(exc).reason
-            if started or reason != Reason.VARIANT_NOT_FOUND:
-                if reason == Reason.IMAGE_NOT_FOUND:
-                    self.originals.pop(image_id)
-                raise upstream_error(exc, "cache") from None
+            if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
+                self.originals.pop(image_id)
+            raise upstream_error(exc, "cache") from None
         rendered = await (made or self._make(image_id, key, wanted, context))
         await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
         variant = _variant(image_id, key, rendered)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imageservice.v1 import image_pb2 as imageservice_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imageservice/v1/cache_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"\x87\x01\n\x0ePutImageHeader\x12\x19\n\x11original_filename\x18\x01 \x01(\t\x12\x1a\n\x12\x63laimed_media_type\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12/\n\nvisibility\x18\x04 \x01(\x0e\x32\x1b.imageservice.v1.Visibility\"`\n\x0fPutImageRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.imageservice.v1.PutImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"A\n\x10PutImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"\x1d\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x10GetImageResponse\x12/\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1e\n\x10StatImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x11StatImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"I\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x12ListImagesResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.imageservice.v1.ImageMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x44\x65leteImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x13\x44\x65leteImageResponse\x12\x17\n\x0fpurged_variants\x18\x01 \x01(\x05\"2\n\x11GetVariantRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"e\n\x12GetVariantResponse\x12\x33\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"d\n\x10PutVariantHeader\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"d\n\x11PutVariantRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.imageservice.v1.PutVariantHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"G\n\x12PutVariantResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\"\x17\n\x15WatchDeletionsRequest\"*\n\x16WatchDeletionsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t2\xd0\x05\n\x0c\x43\x61\x63heService\x12Q\n\x08PutImage\x12 .imageservice.v1.PutImageRequest\x1a!.imageservice.v1.PutImageResponse(\x01\x12Q\n\x08GetImage\x12 .imageservice.v1.GetImageRequest\x1a!.imageservice.v1.GetImageResponse0\x01\x12R\n\tStatImage\x12!.imageservice.v1.StatImageRequest\x1a\".imageservice.v1.StatImageResponse\x12U\n\nListImages\x12\".imageservice.v1.ListImagesRequest\x1a#.imageservice.v1.ListImagesResponse\x12X\n\x0b\x44\x65leteImage\x12#.imageservice.v1.DeleteImageRequest\x1a$.imageservice.v1.DeleteImageResponse\x12W\n\nGetVariant\x12\".imageservice.v1.GetVariantRequest\x1a#.imageservice.v1.GetVariantResponse0\x01\x12W\n\nPutVariant\x12\".imageservice.v1.PutVariantRequest\x1a#.imageservice.v1.PutVariantResponse(\x01\x12\x63\n\x0eWatchDeletions\x12&.imageservice.v1.WatchDeletionsRequest\x1a\'.imageservice.v1.WatchDeletionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imageservice/v1/cache_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"\x87\x01\n\x0ePutImageHeader\x12\x19\n\x11original_filename\x18\x01 \x01(\t\x12\x1a\n\x12\x63laimed_media_type\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12/\n\nvisibility\x18\x04 \x01(\x0e\x32\x1b.imageservice.v1.Visibility\"`\n\x0fPutImageRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.imageservice.v1.PutImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"A\n\x10PutImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"\x1d\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x10GetImageResponse\x12/\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1e\n\x10StatImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x11StatImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"I\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x12ListImagesResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.imageservice.v1.ImageMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x44\x65leteImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x13\x44\x65leteImageResponse\x12\x17\n\x0fpurged_variants\x18\x01 \x01(\x05\"2\n\x11GetVariantRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x93\x01\n\x12GetVariantResponse\x12\x33\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x04miss\x18\x03 \x01(\x0b\x32\x1c.imageservice.v1.VariantMissH\x00\x42\t\n\x07payload\"\r\n\x0bVariantMiss\"d\n\x10PutVariantHeader\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"d\n\x11PutVariantRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.imageservice.v1.PutVariantHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"G\n\x12PutVariantResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\"\x17\n\x15WatchDeletionsRequest\"*\n\x16WatchDeletionsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t2\xd0\x05\n\x0c\x43\x61\x63heService\x12Q\n\x08PutImage\x12 .imageservice.v1.PutImageRequest\x1a!.imageservice.v1.PutImageResponse(\x01\x12Q\n\x08GetImage\x12 .imageservice.v1.GetImageRequest\x1a!.imageservice.v1.GetImageResponse0\x01\x12R\n\tStatImage\x12!.imageservice.v1.StatImageRequest\x1a\".imageservice.v1.StatImageResponse\x12U\n\nListImages\x12\".imageservice.v1.ListImagesRequest\x1a#.imageservice.v1.ListImagesResponse\x12X\n\x0b\x44\x65leteImage\x12#.imageservice.v1.DeleteImageRequest\x1a$.imageservice.v1.DeleteImageResponse\x12W\n\nGetVariant\x12\".imageservice.v1.GetVariantRequest\x1a#.imageservice.v1.GetVariantResponse0\x01\x12W\n\nPutVariant\x12\".imageservice.v1.PutVariantRequest\x1a#.imageservice.v1.PutVariantResponse(\x01\x12\x63\n\x0eWatchDeletions\x12&.imageservice.v1.WatchDeletionsRequest\x1a\'.imageservice.v1.WatchDeletionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,18 +56,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEIMAGERESPONSE']._serialized_end=866
   _globals['_GETVARIANTREQUEST']._serialized_start=868
   _globals['_GETVARIANTREQUEST']._serialized_end=918
-  _globals['_GETVARIANTRESPONSE']._serialized_start=920
-  _globals['_GETVARIANTRESPONSE']._serialized_end=1021
-  _globals['_PUTVARIANTHEADER']._serialized_start=1023
-  _globals['_PUTVARIANTHEADER']._serialized_end=1123
-  _globals['_PUTVARIANTREQUEST']._serialized_start=1125
-  _globals['_PUTVARIANTREQUEST']._serialized_end=1225
-  _globals['_PUTVARIANTRESPONSE']._serialized_start=1227
-  _globals['_PUTVARIANTRESPONSE']._serialized_end=1298
-  _globals['_WATCHDELETIONSREQUEST']._serialized_start=1300
-  _globals['_WATCHDELETIONSREQUEST']._serialized_end=1323
-  _globals['_WATCHDELETIONSRESPONSE']._serialized_start=1325
-  _globals['_WATCHDELETIONSRESPONSE']._serialized_end=1367
-  _globals['_CACHESERVICE']._serialized_start=1370
-  _globals['_CACHESERVICE']._serialized_end=2090
+  _globals['_GETVARIANTRESPONSE']._serialized_start=921
+  _globals['_GETVARIANTRESPONSE']._serialized_end=1068
+  _globals['_VARIANTMISS']._serialized_start=1070
+  _globals['_VARIANTMISS']._serialized_end=1083
+  _globals['_PUTVARIANTHEADER']._serialized_start=1085
+  _globals['_PUTVARIANTHEADER']._serialized_end=1185
+  _globals['_PUTVARIANTREQUEST']._serialized_start=1187
+  _globals['_PUTVARIANTREQUEST']._serialized_end=1287
+  _globals['_PUTVARIANTRESPONSE']._serialized_start=1289
+  _globals['_PUTVARIANTRESPONSE']._serialized_end=1360
+  _globals['_WATCHDELETIONSREQUEST']._serialized_start=1362
+  _globals['_WATCHDELETIONSREQUEST']._serialized_end=1385
+  _globals['_WATCHDELETIONSRESPONSE']._serialized_start=1387
+  _globals['_WATCHDELETIONSRESPONSE']._serialized_end=1429
+  _globals['_CACHESERVICE']._serialized_start=1432
+  _globals['_CACHESERVICE']._serialized_end=2152
 # @@protoc_insertion_point(module_scope)

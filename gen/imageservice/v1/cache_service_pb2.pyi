@@ -294,24 +294,45 @@ class GetVariantResponse(_message.Message):
 
     VARIANT_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    MISS_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     @_builtins.property
     def variant(self) -> _image_pb2.VariantMetadata: ...
+    @_builtins.property
+    def miss(self) -> Global___VariantMiss: ...
     def __init__(
         self,
         *,
         variant: _image_pb2.VariantMetadata | None = ...,
         chunk: _builtins.bytes = ...,
+        miss: Global___VariantMiss | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "miss", b"miss", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "miss", b"miss", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["variant", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["variant", "chunk", "miss"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___GetVariantResponse: _TypeAlias = GetVariantResponse  # noqa: Y015
+
+@_typing.final
+class VariantMiss(_message.Message):
+    """No variant is cached under the key; the image exists."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantMiss: _TypeAlias = VariantMiss  # noqa: Y015
 
 @_typing.final
 class PutVariantHeader(_message.Message):

@@ -36,7 +36,6 @@ class CacheServiceStub:
     IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-    VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 
@@ -99,7 +98,6 @@ class CacheServiceServicer:
     IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-    VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 
@@ -141,7 +139,8 @@ class CacheServiceServicer:
 
     def GetVariant(self, request, context):
         """Streams a cached variant back: first message the metadata, then the chunks.
-        A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+        A miss is an answer, not an error: a single message with `miss` set (the image
+        exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +224,6 @@ class CacheService:
     IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-    VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 

@@ -37,7 +37,6 @@ class CacheServiceStub:
       IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-      VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 
@@ -59,7 +58,8 @@ class CacheServiceStub:
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]
     """Streams a cached variant back: first message the metadata, then the chunks.
-    A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+    A miss is an answer, not an error: a single message with `miss` set (the image
+    exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
     """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
@@ -81,7 +81,6 @@ class CacheServiceAsyncStub(CacheServiceStub):
       IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-      VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 
@@ -100,7 +99,8 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _aio.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]  # type: ignore[assignment]
     """Streams a cached variant back: first message the metadata, then the chunks.
-    A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+    A miss is an answer, not an error: a single message with `miss` set (the image
+    exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
@@ -121,7 +121,6 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
       IMAGE_TOO_LARGE     too many pixels or frames (decompression bombs)   [OUT_OF_RANGE]
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
-      VARIANT_NOT_FOUND   no cached variant under that key                  [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
     """
 
@@ -174,7 +173,8 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_cache_service_pb2.GetVariantResponse], _abc.AsyncIterator[_cache_service_pb2.GetVariantResponse]]:
         """Streams a cached variant back: first message the metadata, then the chunks.
-        A miss says VARIANT_NOT_FOUND if the image exists, IMAGE_NOT_FOUND if not.
+        A miss is an answer, not an error: a single message with `miss` set (the image
+        exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
