@@ -132,13 +132,23 @@ def main() -> None:
 
                 def cold(i: int) -> None:
                     request = jpeg(process_request(ids[0], resize(300, 200)), quality=50 + i)
-                    collect(pstub.Process(request))
+                    collect(pstub.Process(request, metadata=(("x-request-id", f"cold-{i}"),)))
 
                 svc = median_ms(cold, 30)
+                inside = statistics.median(
+                    float(str(e["ms"]))
+                    for e in two.log_entries()
+                    if e.get("msg") == "rpc" and str(e.get("request_id", "")).startswith("cold-")
+                )
                 report(
-                    "single cold transform",
+                    "single cold transform, seen by a Python gRPC client",
                     f"Pillow {base:.1f} ms, service {svc:.1f} ms: {svc / base:.2f}x",
                     "<= 1.10x",
+                )
+                report(
+                    "single cold transform, the processor's own time",
+                    f"{inside:.1f} ms: {inside / base:.2f}x",
+                    "",
                 )
 
                 hit_request = jpeg(process_request(ids[0], resize(300, 200)), quality=82)
@@ -151,10 +161,10 @@ def main() -> None:
                     list(pstub.Process(hit_request, metadata=(("x-request-id", f"hit-{i}"),)))
 
                 end_to_end = median_ms(via_processor, 200)
-                inside = processor_overhead_ms(two, cache)
+                added = processor_overhead_ms(two, cache)
                 report(
                     "cache hit, added inside the processor",
-                    f"{inside:.2f} ms (its Process time less any wait on the cache service)",
+                    f"{added:.2f} ms (its Process time less any wait on the cache service)",
                     "<= 1 ms",
                 )
                 report(
