@@ -24,6 +24,7 @@ from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.errors import Reason, ServiceError, invalid_argument
 from common.ids import ImageId, new_image_id, parse_image_id
 from common.imaging import ImageInfo, Limits, inspect
+from common.streams import receive, too_large
 
 log = logging.getLogger("cache")
 
@@ -146,11 +147,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                     raise invalid_argument("header", "only the first message may be a header")
                 size += len(message.chunk)
                 if size > limit:
-                    raise ServiceError(
-                        Reason.PAYLOAD_TOO_LARGE,
-                        f"the upload is larger than the limit of {limit} bytes",
-                        {"limit": str(limit)},
-                    )
+                    raise too_large(limit, "upload")
                 digest.update(message.chunk)
                 assert out is not None
                 out.write(message.chunk)
@@ -290,27 +287,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def PutVariant(
         self, request_iterator: AsyncIterator[pb.PutVariantRequest], context: Context
     ) -> pb.PutVariantResponse:
-        header: pb.PutVariantHeader | None = None
-        data = bytearray()
-        limit = self.settings.max_variant_bytes
-        async for message in request_iterator:
-            kind = message.WhichOneof("payload")
-            if header is None:
-                if kind != "header":
-                    raise invalid_argument("header", "the first message must be the header")
-                header = message.header
-                continue
-            if kind != "chunk":
-                raise invalid_argument("header", "only the first message may be a header")
-            if len(data) + len(message.chunk) > limit:
-                raise ServiceError(
-                    Reason.PAYLOAD_TOO_LARGE,
-                    f"the variant is larger than the limit of {limit} bytes",
-                    {"limit": str(limit)},
-                )
-            data += message.chunk
-        if header is None:
-            raise invalid_argument("header", "the stream carried no header")
+        header, payload = await receive(
+            request_iterator, "header", self.settings.max_variant_bytes, "variant"
+        )
         image_id = _image_id(header.image_id, "image_id")
         if not valid_key(header.key):
             raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
@@ -318,9 +297,6 @@ class CacheService(pb_grpc.CacheServiceServicer):
             raise invalid_argument("media_type", "must be an image/* media type")
         if header.width < 0 or header.height < 0:
             raise invalid_argument("width", "dimensions cannot be negative")
-        if not data:
-            raise invalid_argument("chunk", "the variant holds no bytes")
-        payload = bytes(data)
         record = VariantRecord(
             image_id=image_id,
             key=header.key,

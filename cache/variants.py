@@ -11,12 +11,11 @@ import os
 import re
 import shutil
 import uuid
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from common.lru import ByteLRU
+from common.lru import ImageLRU
 
 log = logging.getLogger("variants")
 
@@ -57,39 +56,20 @@ class MemoryLRU:
     """Least-recently-used variants in memory, within a byte budget."""
 
     def __init__(self, budget: int) -> None:
-        self._lru: ByteLRU[tuple[str, str], Variant] = ByteLRU(
-            budget, lambda v: len(v.data), self._unindex
-        )
-        self._by_image: dict[str, set[str]] = {}
+        self._lru: ImageLRU[Variant] = ImageLRU(budget, lambda v: len(v.data))
 
     @property
     def used(self) -> int:
         return self._lru.used
 
     def get(self, image_id: str, key: str) -> Variant | None:
-        return self._lru.get((image_id, key))
+        return self._lru.get(image_id, key)
 
     def put(self, variant: Variant) -> None:
-        ident = (variant.record.image_id, variant.record.key)
-        if self._lru.put(ident, variant):
-            self._by_image.setdefault(ident[0], set()).add(ident[1])
-
-    def keys_of(self, image_id: str) -> set[str]:
-        return set(self._by_image.get(image_id, ()))
+        self._lru.put(variant.record.image_id, variant.record.key, variant)
 
     def purge(self, image_id: str) -> set[str]:
-        keys = self.keys_of(image_id)
-        for key in keys:
-            self._lru.pop((image_id, key))
-            self._unindex((image_id, key))
-        return keys
-
-    def _unindex(self, ident: tuple[str, str]) -> None:
-        keys = self._by_image.get(ident[0])
-        if keys is not None:
-            keys.discard(ident[1])
-            if not keys:
-                del self._by_image[ident[0]]
+        return self._lru.purge(image_id)
 
 
 class DiskLRU:
@@ -105,16 +85,27 @@ class DiskLRU:
     def __init__(self, root: Path, budget: int) -> None:
         self.root = root
         self.budget = budget
-        self.used = 0
         self.tmp = root / "tmp"
-        self._index: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._by_image: dict[str, set[str]] = {}
+        # Values are file sizes; evicted entries queue their files for deletion.
+        self._lru: ImageLRU[int] = ImageLRU(budget, lambda size: size, self._evicted)
+        self._victims: list[Path] = []
+
+    @property
+    def used(self) -> int:
+        return self._lru.used
 
     def _dir(self, image_id: str) -> Path:
         return self.root / image_id[:2] / image_id
 
     def _path(self, image_id: str, key: str) -> Path:
         return self._dir(image_id) / key
+
+    def _evicted(self, image_id: str, key: str) -> None:
+        self._victims.append(self._path(image_id, key))
+
+    def _take_victims(self) -> list[Path]:
+        victims, self._victims = self._victims, []
+        return victims
 
     def load(self) -> None:
         """Rebuild the index from the files on disk (blocking: call before serving)."""
@@ -126,46 +117,16 @@ class DiskLRU:
             stat = path.stat()
             found.append((stat.st_mtime_ns, path.parent.name, path.name, stat.st_size))
         for _, image_id, key, size in sorted(found):
-            self._remember(image_id, key, size)
-        for path in self._evict():
-            path.unlink(missing_ok=True)
-
-    def _remember(self, image_id: str, key: str, size: int) -> None:
-        self._forget((image_id, key))
-        self._index[(image_id, key)] = size
-        self._by_image.setdefault(image_id, set()).add(key)
-        self.used += size
-
-    def _forget(self, ident: tuple[str, str]) -> None:
-        size = self._index.pop(ident, None)
-        if size is None:
-            return
-        self.used -= size
-        keys = self._by_image[ident[0]]
-        keys.discard(ident[1])
-        if not keys:
-            del self._by_image[ident[0]]
-
-    def _evict(self) -> list[Path]:
-        victims = []
-        while self.used > self.budget and self._index:
-            ident = next(iter(self._index))
-            self._forget(ident)
-            victims.append(self._path(*ident))
-        return victims
-
-    def keys_of(self, image_id: str) -> set[str]:
-        return set(self._by_image.get(image_id, ()))
+            if not self._lru.put(image_id, key, size):
+                self._evicted(image_id, key)  # larger than the whole budget
+        _unlink_all(self._take_victims())
 
     async def get(self, image_id: str, key: str) -> Variant | None:
-        ident = (image_id, key)
-        if ident not in self._index:
+        if self._lru.get(image_id, key) is None:
             return None
         variant = await asyncio.to_thread(self._read, self._path(image_id, key))
         if variant is None:
-            self._forget(ident)
-        elif ident in self._index:
-            self._index.move_to_end(ident)
+            self._lru.pop(image_id, key)
         return variant
 
     @staticmethod
@@ -198,8 +159,8 @@ class DiskLRU:
         await asyncio.to_thread(
             self._write, self._path(record.image_id, record.key), header, variant.data
         )
-        self._remember(record.image_id, record.key, size)
-        victims = self._evict()
+        self._lru.put(record.image_id, record.key, size)
+        victims = self._take_victims()
         if victims:
             await asyncio.to_thread(_unlink_all, victims)
 
@@ -212,9 +173,7 @@ class DiskLRU:
         os.replace(temp, path)
 
     async def purge(self, image_id: str) -> set[str]:
-        keys = self.keys_of(image_id)
-        for key in keys:
-            self._forget((image_id, key))
+        keys = self._lru.purge(image_id)
         await asyncio.to_thread(shutil.rmtree, self._dir(image_id), ignore_errors=True)
         return keys
 

@@ -18,7 +18,7 @@ import grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
-from common.lru import ByteLRU
+from common.lru import ByteLRU, ImageLRU
 
 log = logging.getLogger("hotcache")
 
@@ -34,8 +34,7 @@ class HotCache(Generic[V]):
         self.max_entry = max_entry
         self.connected = False
         self._size = size
-        self._lru: ByteLRU[tuple[str, str], V] = ByteLRU(budget, size, self._unindex)
-        self._by_image: dict[str, set[str]] = {}
+        self._lru: ImageLRU[V] = ImageLRU(budget, size)
         self._deleted: ByteLRU[str, bool] = ByteLRU(DELETED_IDS, lambda _: 1)
 
     @property
@@ -45,30 +44,19 @@ class HotCache(Generic[V]):
     def get(self, image_id: str, key: str) -> V | None:
         if not self.enabled:
             return None
-        return self._lru.get((image_id, key))
+        return self._lru.get(image_id, key)
 
     def put(self, image_id: str, key: str, value: V) -> None:
         if not self.enabled or self._size(value) > self.max_entry or image_id in self._deleted:
             return
-        if self._lru.put((image_id, key), value):
-            self._by_image.setdefault(image_id, set()).add(key)
+        self._lru.put(image_id, key, value)
 
     def forget(self, image_id: str) -> None:
         self._deleted.put(image_id, True)
-        for key in self._by_image.pop(image_id, set()):
-            self._lru.pop((image_id, key))
+        self._lru.purge(image_id)
 
     def clear(self) -> None:
-        for image_id in list(self._by_image):
-            for key in self._by_image.pop(image_id):
-                self._lru.pop((image_id, key))
-
-    def _unindex(self, ident: tuple[str, str]) -> None:
-        keys = self._by_image.get(ident[0])
-        if keys is not None:
-            keys.discard(ident[1])
-            if not keys:
-                del self._by_image[ident[0]]
+        self._lru.clear()
 
     async def watch(self, cache: pb_grpc.CacheServiceAsyncStub) -> None:
         """Follow deletions for as long as the process runs (a background task)."""

@@ -61,3 +61,63 @@ class ByteLRU(Generic[K, V]):
         if value is not None:
             self.used -= self._size(value)
         return value
+
+
+class ImageLRU(Generic[V]):
+    """A ByteLRU keyed by (image id, key) that can drop everything of one image at once."""
+
+    def __init__(
+        self,
+        budget: int,
+        size: Callable[[V], int],
+        on_evict: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._lru: ByteLRU[tuple[str, str], V] = ByteLRU(budget, size, self._evicted)
+        self._by_image: dict[str, set[str]] = {}
+        self._on_evict = on_evict
+
+    @property
+    def used(self) -> int:
+        return self._lru.used
+
+    def get(self, image_id: str, key: str) -> V | None:
+        return self._lru.get((image_id, key))
+
+    def put(self, image_id: str, key: str, value: V) -> bool:
+        """Store value; False if it is too large to keep at all."""
+        if not self._lru.put((image_id, key), value):
+            return False
+        self._by_image.setdefault(image_id, set()).add(key)
+        return True
+
+    def keys_of(self, image_id: str) -> set[str]:
+        return set(self._by_image.get(image_id, ()))
+
+    def pop(self, image_id: str, key: str) -> V | None:
+        value = self._lru.pop((image_id, key))
+        if value is not None:
+            self._unindex((image_id, key))
+        return value
+
+    def purge(self, image_id: str) -> set[str]:
+        """Drop every entry of image_id; return their keys."""
+        keys = self._by_image.pop(image_id, set())
+        for key in keys:
+            self._lru.pop((image_id, key))
+        return keys
+
+    def clear(self) -> None:
+        for image_id in list(self._by_image):
+            self.purge(image_id)
+
+    def _evicted(self, ident: tuple[str, str]) -> None:
+        self._unindex(ident)
+        if self._on_evict is not None:
+            self._on_evict(*ident)
+
+    def _unindex(self, ident: tuple[str, str]) -> None:
+        keys = self._by_image.get(ident[0])
+        if keys is not None:
+            keys.discard(ident[1])
+            if not keys:
+                del self._by_image[ident[0]]

@@ -25,6 +25,7 @@ from common.ids import parse_image_id
 from common.imaging import SOURCE_FORMATS, inspect
 from common.imaging import Limits as SourceLimits
 from common.lru import ByteLRU
+from common.streams import receive
 from processor import pipeline, spec
 from processor.config import Settings
 from processor.flights import Flights
@@ -209,36 +210,15 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def ProcessBytes(
         self, request_iterator: AsyncIterator[pb.ProcessBytesRequest], context: Context
     ) -> AsyncIterator[pb.ProcessBytesResponse]:
-        wanted: spec.Spec | None = None
-        body = bytearray()
-        limit = self.settings.max_upload_bytes
-        async for message in request_iterator:
-            kind = message.WhichOneof("payload")
-            if wanted is None:
-                if kind != "spec":
-                    raise invalid_argument("spec", "the first message must be the spec")
-                wanted = spec.parse(message.spec.operations, message.spec.output, self.spec_limits)
-                continue
-            if kind != "chunk":
-                raise invalid_argument("spec", "only the first message may be the spec")
-            if len(body) + len(message.chunk) > limit:
-                raise ServiceError(
-                    Reason.PAYLOAD_TOO_LARGE,
-                    f"the image is larger than the limit of {limit} bytes",
-                    {"limit": str(limit)},
-                )
-            body += message.chunk
-        if wanted is None:
-            raise invalid_argument("spec", "the stream carried no spec")
-        if not body:
-            raise invalid_argument("chunk", "no image bytes")
-        data = bytes(body)
-        final = wanted
+        head, data = await receive(
+            request_iterator, "spec", self.settings.max_upload_bytes, "image"
+        )
+        wanted = spec.parse(head.operations, head.output, self.spec_limits)
 
         def work() -> pipeline.Rendered:
             # Bytes from a caller were never validated: decode them fully first.
             inspect(io.BytesIO(data), self.source_limits)
-            return pipeline.render(io.BytesIO(data), final, self.render_limits)
+            return pipeline.render(io.BytesIO(data), wanted, self.render_limits)
 
         rendered = await self._run(work, context, label="bytes")
         yield pb.ProcessBytesResponse(variant=_variant("", "", rendered))
