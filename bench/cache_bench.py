@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from PIL import Image
 
+from bench.timing import median_ms
 from tests.support import ServiceProcess, channel, download, upload
 
 KiB = 1024
@@ -51,21 +49,10 @@ def durable_write(folder: Path, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-def timed(op: Callable[[int], object], runs: int) -> float:
-    """Median seconds per call of op(i) over runs calls, after one warm-up."""
-    op(-1)
-    samples = []
-    for i in range(runs):
-        start = time.perf_counter()
-        op(i)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def measure(
     stub: pb_grpc.CacheServiceStub, folder: Path, data: bytes, runs: int
 ) -> list[tuple[str, float, float]]:
-    """(op, baseline seconds, service seconds) for put and get of data."""
+    """(op, baseline ms, service ms) for put and get of data."""
     ids: list[str] = []
 
     def base_put(i: int) -> None:
@@ -81,8 +68,8 @@ def measure(
         download(stub, ids[max(i, 0)])
 
     return [
-        ("put", timed(base_put, runs), timed(svc_put, runs)),
-        ("get", timed(base_get, runs), timed(svc_get, runs)),
+        ("put", median_ms(base_put, runs), median_ms(svc_put, runs)),
+        ("get", median_ms(base_get, runs), median_ms(svc_get, runs)),
     ]
 
 
@@ -103,8 +90,9 @@ def main() -> None:
                 ]:
                     mb = len(data) / MiB
                     for op, base, svc in measure(stub, baseline_dir, data, runs):
+                        base_rate, svc_rate = mb / base * 1000, mb / svc * 1000
                         print(
-                            f"{label:>16} {op:>4} {mb / base:>8.1f} MB/s {mb / svc:>8.1f} MB/s"
+                            f"{label:>16} {op:>4} {base_rate:>8.1f} MB/s {svc_rate:>8.1f} MB/s"
                             f" {base / svc:>6.2f}x"
                         )
                 print("ratio = service throughput / baseline throughput (1.00x = disk speed)")

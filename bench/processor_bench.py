@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
 
+from bench.timing import median_ms
 from tests.support import CORPUS, ServiceProcess, channel, collect, process_request, upload
 
 SIZES = [(300 + 4 * n, 200) for n in range(25)]
@@ -51,16 +51,6 @@ def pillow_thumbnail(data: bytes, size: tuple[int, int]) -> int:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=82)
     return len(out.getvalue())
-
-
-def median_ms(op: Callable[[int], object], runs: int) -> float:
-    op(-1)
-    samples = []
-    for i in range(runs):
-        start = time.perf_counter()
-        op(i)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def resize(width: int, height: int) -> ppb.Operation:

@@ -124,7 +124,10 @@ class SqliteMetadataStore:
 
     async def get(self, image_id: str) -> ImageRecord | None:
         sql = f"SELECT {_COLUMNS} FROM images WHERE id = ?"
-        row = self._reader.execute(sql, (image_id,)).fetchone()
+        # fetchall, not fetchone: an unfinished statement would hold its read snapshot
+        # open and keep SQLite from checkpointing the WAL.
+        rows = self._reader.execute(sql, (image_id,)).fetchall()
+        row = rows[0] if rows else None
         return None if row is None else ImageRecord(*row)
 
     async def list(self, owner: str, page_size: int, page_token: str) -> Page:
