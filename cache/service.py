@@ -97,6 +97,17 @@ def _inspect_file(path: Path, limits: Limits) -> ImageInfo:
         return inspect(fp, limits)
 
 
+def _checked_variant_header(header: pb.PutVariantHeader) -> pb.PutVariantHeader:
+    _image_id(header.image_id, "image_id")
+    if not valid_key(header.key):
+        raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
+    if not header.media_type.startswith("image/") or len(header.media_type) > 64:
+        raise invalid_argument("media_type", "must be an image/* media type")
+    if header.width < 0 or header.height < 0:
+        raise invalid_argument("width", "dimensions cannot be negative")
+    return header
+
+
 class CacheService(pb_grpc.CacheServiceServicer):
     """Owns originals, their metadata and the variant cache."""
 
@@ -288,15 +299,13 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request_iterator: AsyncIterator[pb.PutVariantRequest], context: Context
     ) -> pb.PutVariantResponse:
         header, payload = await receive(
-            request_iterator, "header", self.settings.max_variant_bytes, "variant"
+            request_iterator,
+            "header",
+            self.settings.max_variant_bytes,
+            "variant",
+            _checked_variant_header,
         )
-        image_id = _image_id(header.image_id, "image_id")
-        if not valid_key(header.key):
-            raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
-        if not header.media_type.startswith("image/") or len(header.media_type) > 64:
-            raise invalid_argument("media_type", "must be an image/* media type")
-        if header.width < 0 or header.height < 0:
-            raise invalid_argument("width", "dimensions cannot be negative")
+        image_id = ImageId(header.image_id)
         record = VariantRecord(
             image_id=image_id,
             key=header.key,

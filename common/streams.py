@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from common.errors import Reason, ServiceError, invalid_argument
+
+H = TypeVar("H")
 
 
 def too_large(limit: int, what: str) -> ServiceError:
@@ -17,30 +19,36 @@ def too_large(limit: int, what: str) -> ServiceError:
 
 
 async def receive(
-    requests: AsyncIterator[Any], head: str, limit: int, what: str
-) -> tuple[Any, bytes]:
-    """The `head` field of the first message and the chunks after it, joined.
+    requests: AsyncIterator[Any],
+    head: str,
+    limit: int,
+    what: str,
+    parse: Callable[[Any], H],
+) -> tuple[H, bytes]:
+    """parse(the `head` field of the first message) and the chunks after it, joined.
 
-    Messages have a oneof `payload` of `head` or `chunk`. Refuses, naming the field, a
-    stream that does not start with the head or repeats it; and, as soon as the limit
-    is passed, one with more than limit bytes.
+    Messages have a oneof `payload` of `head` or `chunk`. parse runs as soon as the head
+    arrives, so a bad head is refused before any bytes are read. Refuses, naming the
+    field, a stream that does not start with the head or repeats it; and, as soon as the
+    limit is passed, one with more than limit bytes.
     """
-    first: Any = None
+    parsed: Any = None
+    seen = False
     data = bytearray()
     async for message in requests:
         kind = message.WhichOneof("payload")
-        if first is None:
+        if not seen:
             if kind != head:
                 raise invalid_argument(head, f"the first message must be the {head}")
-            first = getattr(message, head)
+            parsed, seen = parse(getattr(message, head)), True
             continue
         if kind != "chunk":
             raise invalid_argument(head, f"only the first message may be the {head}")
         if len(data) + len(message.chunk) > limit:
             raise too_large(limit, what)
         data += message.chunk
-    if first is None:
+    if not seen:
         raise invalid_argument(head, f"the stream carried no {head}")
     if not data:
         raise invalid_argument("chunk", f"the {what} holds no bytes")
-    return first, bytes(data)
+    return parsed, bytes(data)

@@ -210,10 +210,13 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def ProcessBytes(
         self, request_iterator: AsyncIterator[pb.ProcessBytesRequest], context: Context
     ) -> AsyncIterator[pb.ProcessBytesResponse]:
-        head, data = await receive(
-            request_iterator, "spec", self.settings.max_upload_bytes, "image"
+        wanted, data = await receive(
+            request_iterator,
+            "spec",
+            self.settings.max_upload_bytes,
+            "image",
+            lambda head: spec.parse(head.operations, head.output, self.spec_limits),
         )
-        wanted = spec.parse(head.operations, head.output, self.spec_limits)
 
         def work() -> pipeline.Rendered:
             # Bytes from a caller were never validated: decode them fully first.

@@ -248,3 +248,22 @@ def test_process_bytes_limits(pstub: ppb_grpc.ProcessorServiceStub) -> None:
     outside = ppb.Resize(width=8192, height=8192, fit=ppb.FIT_OUTSIDE, enlarge=True)
     error = failure(pstub.ProcessBytes, bytes_requests(small.getvalue(), Op(resize=outside)))
     assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.OUTPUT_TOO_LARGE)
+
+
+def test_process_bytes_refuses_a_bad_spec_before_reading_the_bytes(
+    pstub: ppb_grpc.ProcessorServiceStub,
+) -> None:
+    pulled = 0
+
+    def requests() -> Iterator[ppb.ProcessBytesRequest]:
+        nonlocal pulled
+        spec = ppb.ProcessBytesSpec(operations=[Op(blur=ppb.Blur(sigma=999))])
+        yield ppb.ProcessBytesRequest(spec=spec)
+        while pulled < 1000:
+            pulled += 1
+            time.sleep(0.002)
+            yield ppb.ProcessBytesRequest(chunk=b"\0" * 65536)
+
+    error = failure(pstub.ProcessBytes, requests())
+    assert error.metadata["field"] == "blur.sigma"
+    assert pulled < 1000
