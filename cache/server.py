@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from imageservice.v1 import cache_service_pb2, cache_service_pb2_grpc
 
@@ -14,8 +13,6 @@ from cache.metadata import MetadataStore
 from cache.service import CacheService
 from common import jsonlog
 from common.grpcserver import create_server, enable_reflection, serve_until_signalled
-
-log = logging.getLogger("cache")
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 
@@ -38,7 +35,9 @@ async def serve(settings: Settings) -> None:
     variants = await asyncio.to_thread(open_variant_cache, settings)
     staged, orphans = await reconcile(blobs, metadata)
     if staged or orphans:
-        log.info("recovered after a crash", extra={"staged": staged, "orphans": orphans})
+        jsonlog.lifecycle.info(
+            "recovered after a crash", extra={"staged": staged, "orphans": orphans}
+        )
 
     service = CacheService(settings, blobs, metadata, variants)
     # Chunks are at most 3 MiB; a little headroom over that for the envelope.
@@ -53,7 +52,7 @@ async def serve(settings: Settings) -> None:
     enable_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(settings.listen)
     await server.start()
-    log.info("listening", extra={"address": settings.listen, "port": port})
+    jsonlog.lifecycle.info("listening", extra={"address": settings.listen, "port": port})
     try:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
     finally:

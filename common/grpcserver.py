@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.errors import ServiceError
-from common.jsonlog import request_id
+from common.jsonlog import lifecycle, request_id
 
 log = logging.getLogger("grpc")
 
@@ -167,7 +167,7 @@ async def serve_until_signalled(
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await stop.wait()
-    log.info("shutting down", extra={"grace_seconds": grace_seconds})
+    lifecycle.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_seconds)
-    log.info("stopped")
+    lifecycle.info("stopped")

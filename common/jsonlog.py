@@ -42,6 +42,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Start, stop and recovery lines: always logged, whatever the level (tools and tests
+# read the "listening" line to learn the port).
+lifecycle = logging.getLogger("lifecycle")
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Send every logger's records to stderr as JSON lines tagged with service."""
     handler = logging.StreamHandler(sys.stderr)
@@ -49,3 +54,4 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    lifecycle.setLevel(logging.INFO)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import sys
@@ -13,8 +12,6 @@ from uvicorn.supervisors import Multiprocess
 from common import jsonlog
 from common.env import ConfigError
 from gateway.config import Settings
-
-log = logging.getLogger("gateway")
 
 
 def main() -> None:
@@ -39,7 +36,7 @@ def main() -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
+    jsonlog.lifecycle.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler
     # found at start: make that a clean exit.

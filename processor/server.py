@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from imageservice.v1 import (
     cache_service_pb2,
@@ -18,8 +17,6 @@ from common.grpcclient import insecure_channel
 from common.grpcserver import create_server, enable_reflection, serve_until_signalled
 from processor.config import Settings
 from processor.service import ProcessorService
-
-log = logging.getLogger("processor")
 
 SERVICE_NAME = processor_service_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -47,7 +44,7 @@ async def serve(settings: Settings) -> None:
     port = server.add_insecure_port(settings.listen)
     watcher = asyncio.create_task(service.hot.watch(service.cache))
     await server.start()
-    log.info(
+    jsonlog.lifecycle.info(
         "listening",
         extra={"address": settings.listen, "port": port, "workers": settings.workers},
     )

@@ -64,3 +64,19 @@ def test_bad_value_stops_the_service_with_a_clear_message(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert b"bad configuration: IMAGESVC_MAX_PIXELS" in result.stderr
+
+
+def test_a_quiet_service_still_says_where_it_listens(tmp_path: Path) -> None:
+    from imageservice.v1 import cache_service_pb2 as pb
+    from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+
+    from tests.support import ServiceProcess, channel
+
+    server = ServiceProcess("cache", tmp_path / "data", {"IMAGESVC_LOG_LEVEL": "WARNING"}).start()
+    try:
+        with channel(server.address) as ch:
+            pb_grpc.CacheServiceStub(ch).ListImages(pb.ListImagesRequest())
+    finally:
+        assert server.terminate() == 0
+    messages = [entry["msg"] for entry in server.log_entries()]
+    assert messages == ["listening", "shutting down", "stopped"]  # no per-call lines
