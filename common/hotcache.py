@@ -33,6 +33,9 @@ class HotCache(Generic[V]):
         self.budget = budget
         self.max_entry = max_entry
         self.connected = False
+        # Bumped whenever everything is forgotten: an answer fetched before that moment
+        # may belong to an image deleted while the watch was down, so it is not kept.
+        self.generation = 0
         self._size = size
         self._lru: ImageLRU[V] = ImageLRU(budget, size)
         self._deleted: ByteLRU[str, bool] = ByteLRU(DELETED_IDS, lambda _: 1)
@@ -46,8 +49,14 @@ class HotCache(Generic[V]):
             return None
         return self._lru.get(image_id, key)
 
-    def put(self, image_id: str, key: str, value: V) -> None:
-        if not self.enabled or self._size(value) > self.max_entry or image_id in self._deleted:
+    def put(self, image_id: str, key: str, value: V, generation: int) -> None:
+        """Keep value, unless the cache was emptied since `generation` was read."""
+        if (
+            not self.enabled
+            or generation != self.generation
+            or self._size(value) > self.max_entry
+            or image_id in self._deleted
+        ):
             return
         self._lru.put(image_id, key, value)
 
@@ -56,6 +65,7 @@ class HotCache(Generic[V]):
         self._lru.purge(image_id)
 
     def clear(self) -> None:
+        self.generation += 1
         self._lru.clear()
 
     async def watch(self, cache: pb_grpc.CacheServiceAsyncStub) -> None:

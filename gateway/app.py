@@ -97,10 +97,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await upstream.close()
 
     routes = [
-        Route("/images", images.post_image, methods=["POST"]),
-        Route("/images", images.list_images, methods=["GET"]),
-        Route("/images/{image_id}", images.get_image, methods=["GET", "HEAD"]),
-        Route("/images/{image_id}", images.delete_image, methods=["DELETE"]),
+        # One route per path, so a 405 lists every method the path has.
+        Route("/images", images.images, methods=["GET", "POST"]),
+        Route("/images/{image_id}", images.image, methods=["GET", "HEAD", "DELETE"]),
         Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
         Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),

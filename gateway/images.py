@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any, TypeVar, cast
@@ -103,17 +107,31 @@ EOF = grpc.aio.EOF  # type: ignore[attr-defined]
 M = TypeVar("M")
 
 
-async def _first(call: Any, kind: type[M]) -> M:
-    """The stream's first message (the metadata); an empty stream is the upstream's fault."""
-    message = await call.read()
+async def _first(call: Any, kind: type[M], deadline_seconds: float) -> M:
+    """The stream's first message (the metadata), within the deadline.
+
+    Streams get no gRPC deadline of their own: it would also cut off a slow client
+    halfway through the body. The wait for each message is bounded instead.
+    """
+    try:
+        message = await asyncio.wait_for(call.read(), deadline_seconds)
+    except TimeoutError:
+        call.cancel()
+        raise HTTPProblem(504, "Upstream timed out", kind="timeout") from None
+    except BaseException:
+        call.cancel()
+        raise
     if message is EOF:
         raise HTTPProblem(502, "Bad gateway", kind="upstream-error")
     return cast(M, message)
 
 
-async def _body(call: Any) -> AsyncIterator[bytes]:
-    while (message := await call.read()) is not EOF:
-        yield message.chunk
+async def _body(call: Any, idle_seconds: float) -> AsyncIterator[bytes]:
+    try:
+        while (message := await asyncio.wait_for(call.read(), idle_seconds)) is not EOF:
+            yield message.chunk
+    finally:
+        call.cancel()  # a client that went away, or an upstream that stalled
 
 
 def _answer(
@@ -127,7 +145,8 @@ def _answer(
     if request.method == "HEAD":
         call.cancel()
         return Response(headers=headers, media_type=media_type)
-    return StreamingResponse(_body(call), headers=headers, media_type=media_type)
+    idle = settings_of(request).timeout_seconds
+    return StreamingResponse(_body(call, idle), headers=headers, media_type=media_type)
 
 
 def _from_memory(request: Request, entry: Entry) -> Response:
@@ -149,7 +168,8 @@ def _hot_key(request: Request) -> str:
     query = request.scope["query_string"].decode("latin-1")
     if not query:
         return ""
-    return f"{query}|{request.headers.get('accept', '')[:256]}"
+    accept = hashlib.sha256(request.headers.get("accept", "").encode("latin-1")).hexdigest()
+    return f"{query}|{accept}"
 
 
 async def _answer_and_keep(
@@ -167,9 +187,11 @@ async def _answer_and_keep(
     if _not_modified(request, headers["ETag"]):
         call.cancel()
         return Response(status_code=304, headers=headers)
-    body = b"".join([chunk async for chunk in _body(call)])
+    idle = settings_of(request).timeout_seconds
+    body = b"".join([chunk async for chunk in _body(call, idle)])
     image_id, key, owner, visibility = keep
-    hot.put(image_id, key, Entry(body, media_type, dict(headers), owner, visibility))
+    entry = Entry(body, media_type, dict(headers), owner, visibility)
+    hot.put(image_id, key, entry, request.state.hot_generation)
     return Response(body, headers=headers, media_type=media_type)
 
 
@@ -178,7 +200,9 @@ async def get_image(request: Request) -> Response:
     image_id = image_id_of(request)
     caller = identify(request, settings_of(request))
     key = _hot_key(request)
-    entry = hot_of(request).get(image_id, key)
+    hot = hot_of(request)
+    request.state.hot_generation = hot.generation  # a put after a watch gap is refused
+    entry = hot.get(image_id, key)
     if entry is not None:
         if not (entry.visibility == image_pb2.VISIBILITY_PUBLIC or entry.owner == caller.owner):
             raise not_found()
@@ -204,9 +228,9 @@ async def get_blurred(request: Request) -> Response:
 async def _original(request: Request, image_id: str, caller: Caller, key: str) -> Response:
     settings = settings_of(request)
     call = upstream_of(request).cache.GetImage(
-        pb.GetImageRequest(id=image_id), timeout=settings.timeout_seconds, metadata=call_metadata()
+        pb.GetImageRequest(id=image_id), metadata=call_metadata()
     )
-    image = (await _first(call, pb.GetImageResponse)).image
+    image = (await _first(call, pb.GetImageResponse, settings.timeout_seconds)).image
     if not can_read(image, caller):
         call.cancel()
         raise not_found()
@@ -232,10 +256,9 @@ async def _variant(
         visibility, owner = image.visibility, image.owner
     call = upstream_of(request).processor.Process(
         ppb.ProcessRequest(image_id=image_id, operations=wanted.operations, output=wanted.output),
-        timeout=settings.timeout_seconds,
         metadata=call_metadata(),
     )
-    variant = (await _first(call, ppb.ProcessResponse)).variant
+    variant = (await _first(call, ppb.ProcessResponse, settings.timeout_seconds)).variant
     served = dict(await call.initial_metadata()).get("x-variant-cache", "")
     metrics_of(request).variants.labels(served or "unknown").inc()
     headers = {"ETag": f'"{variant.sha256}"', "Cache-Control": _cache_control(visibility)}
@@ -255,7 +278,14 @@ async def get_info(request: Request) -> Response:
     image = await _stat(request, image_id)
     if not can_read(image, caller):
         raise not_found()
-    return JSONResponse(image_json(image), headers={"ETag": f'"{image.sha256}"'})
+    body = json.dumps(image_json(image), separators=(",", ":")).encode()
+    headers = {
+        "ETag": f'"info-{hashlib.sha256(body).hexdigest()[:32]}"',
+        "Cache-Control": "private, no-cache",
+    }
+    if _not_modified(request, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    return Response(body, headers=headers, media_type="application/json")
 
 
 async def post_image(request: Request) -> Response:
@@ -290,7 +320,7 @@ async def list_images(request: Request) -> Response:
         if name not in ("limit", "cursor"):
             raise params.bad(name, "unknown parameter")
     raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= LIST_LIMIT_MAX:
         raise params.bad("limit", f"must be between 1 and {LIST_LIMIT_MAX}")
     cursor = request.query_params.get("cursor", "")
     try:
@@ -331,3 +361,17 @@ async def delete_image(request: Request) -> Response:
     # This process forgets at once; the others hear of it through WatchDeletions.
     hot_of(request).forget(image_id)
     return Response(status_code=204)
+
+
+async def images(request: Request) -> Response:
+    """/images: list (GET) or upload (POST)."""
+    if request.method == "POST":
+        return await post_image(request)
+    return await list_images(request)
+
+
+async def image(request: Request) -> Response:
+    """/images/{id}: read (GET, HEAD) or delete (DELETE)."""
+    if request.method == "DELETE":
+        return await delete_image(request)
+    return await get_image(request)

@@ -86,8 +86,32 @@ class Observability:
                 sent += len(message.get("body", b""))
             await send(message)
 
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await tagged_send(message)
+
         try:
-            await self.app(scope, counting_receive, tagged_send)
+            await self.app(scope, counting_receive, watched_send)
+        except Exception:
+            # Answered here, inside the request id's scope, as a problem document; the
+            # traceback goes to the log only.
+            log.exception("unhandled error")
+            if not started:
+                body = b'{"type":"about:blank","title":"Internal error","status":500}'
+                await tagged_send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await tagged_send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")

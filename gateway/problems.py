@@ -75,8 +75,23 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "Upstream timed out", "timeout"),
     grpc.StatusCode.CANCELLED: (503, "Service unavailable", "unavailable"),
 }
-# Public wording for what callers may see; upstream messages are shown only for 4xx.
 _RETRY = {503}
+# The processor names request fields; callers of the gateway know query parameters.
+QUERY_NAMES = {
+    "resize.width": "w",
+    "resize.height": "h",
+    "resize.dpr": "dpr",
+    "resize.fit": "fit",
+    "resize.gravity": "gravity",
+    "rotate.angle": "rotate",
+    "blur.sigma": "blur",
+    "sharpen.sigma": "sharpen",
+    "pixelate.size": "pixelate",
+    "output.quality": "q",
+    "output.format": "format",
+    "color": "bg",
+    "adjust": "brightness, contrast or saturation",
+}
 
 
 def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
@@ -91,7 +106,8 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
     if remote.reason:
         extensions["reason"] = remote.reason
     if "field" in remote.metadata:
-        extensions["parameter"] = remote.metadata["field"]
+        field = remote.metadata["field"]
+        extensions["parameter"] = QUERY_NAMES.get(field, field)
     if status == 404:
         # The same answer whatever is missing, or hidden: nothing leaks.
         return HTTPProblem(404, "Not found", "no such image", kind="not-found")

@@ -9,6 +9,7 @@ and the caller gets 413 without the gateway reading the rest.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import image_pb2
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -25,7 +26,9 @@ from gateway.problems import HTTPProblem
 from gateway.upstream import Upstream
 
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file's bytes
+MAX_BOUNDARY = 70  # RFC 2046
 RAW_TYPES = ("image/", "application/octet-stream")
+MIN_UPLOAD_RATE = 64 * 1024  # bytes/s a client is allowed to be as slow as
 
 
 def too_large(limit: int) -> HTTPProblem:
@@ -59,7 +62,12 @@ class _FilePart:
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
-        self._parser = MultipartParser(boundary, callbacks, max_header_count=16)
+        try:
+            self._parser = MultipartParser(boundary, callbacks, max_header_count=16)
+        except FormParserError as exc:
+            raise HTTPProblem(
+                400, "Bad request", f"bad multipart boundary: {exc}", kind="bad-multipart"
+            ) from None
 
     def feed(self, chunk: bytes) -> list[bytes]:
         try:
@@ -103,10 +111,38 @@ class _FilePart:
 @dataclass
 class _Upload:
     limit: int
+    body_limit: int
+    idle_seconds: float
     sent: int = 0
+    received: int = 0
     over: bool = False
+    error: HTTPProblem | None = None
     call: Any = None
     pending: list[bytes] = field(default_factory=list)
+
+
+def bad_multipart(detail: str) -> HTTPProblem:
+    return HTTPProblem(400, "Bad request", detail, kind="bad-multipart")
+
+
+async def _body(request: Request, state: _Upload) -> AsyncIterator[bytes]:
+    """The request body, counted against the limit, with an idle timeout between chunks."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), state.idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise HTTPProblem(
+                408, "Request timeout", "the upload stalled", kind="timeout"
+            ) from None
+        state.received += len(chunk)
+        if state.received > state.body_limit:
+            state.over = True
+            raise too_large(state.limit)
+        if chunk:
+            yield chunk
 
 
 async def upload(
@@ -124,21 +160,17 @@ async def upload(
     kind = media_type.decode("latin-1").lower()
     multipart = kind == "multipart/form-data"
     slack = MULTIPART_SLACK if multipart else 0
-    if declared and declared.isdigit() and int(declared) > limit + slack:
+    if declared and re.fullmatch(r"[0-9]{1,19}", declared) and int(declared) > limit + slack:
         raise too_large(limit)
-    state = _Upload(limit)
-    body = request.stream()
+    state = _Upload(limit, limit + slack, deadline_seconds)
+    body = _body(request, state)
     filename = request.query_params.get("filename", "")[:255]
     if multipart:
-        boundary = options.get(b"boundary")
-        if not boundary:
-            raise HTTPProblem(400, "Bad request", "multipart body without a boundary")
+        boundary = options.get(b"boundary", b"")
+        if not 1 <= len(boundary) <= MAX_BOUNDARY:
+            raise bad_multipart(f"the boundary must be 1-{MAX_BOUNDARY} characters")
         part = _FilePart(boundary)
-        received = 0
         async for chunk in body:
-            received += len(chunk)
-            if received > limit + slack:
-                raise too_large(limit)
             state.pending += part.feed(chunk)
             if part.started:
                 break
@@ -149,7 +181,7 @@ async def upload(
         filename = part.filename
         chunks = _multipart_rest(body, part, state)
     elif kind.startswith(RAW_TYPES):
-        chunks = _raw(body)
+        chunks = body
     else:
         raise HTTPProblem(
             415,
@@ -164,28 +196,23 @@ async def upload(
         owner=owner,
         visibility=visibility,
     )
+    # The deadline covers a client sending at a modest rate; a stalled one is cut off by
+    # the idle timeout between chunks instead.
+    expected = int(declared) if declared and declared.isdecimal() else limit
     state.call = upstream.cache.PutImage(
         _requests(header, chunks, state),
-        timeout=deadline_seconds,
+        timeout=deadline_seconds + expected / MIN_UPLOAD_RATE,
         metadata=call_metadata(),
     )
     try:
         response: pb.PutImageResponse = await state.call
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, grpc.aio.AioRpcError):
+        if state.error is not None:
+            raise state.error from None
         if state.over:
             raise too_large(limit) from None
         raise
-    except grpc.aio.AioRpcError as exc:
-        if state.over:
-            raise too_large(limit) from None
-        raise exc
     return response.image
-
-
-async def _raw(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for chunk in body:
-        if chunk:
-            yield chunk
 
 
 async def _multipart_rest(
@@ -195,10 +222,12 @@ async def _multipart_rest(
         yield piece
     state.pending = []
     async for chunk in body:
-        if part.finished:
-            continue  # drain the rest of the body; later fields are ignored
         for piece in part.feed(chunk):
             yield piece
+        if part.finished:
+            return  # later fields are not read
+    if not part.finished:
+        raise bad_multipart("the body ends before the file part does")
 
 
 async def _requests(
@@ -213,5 +242,10 @@ async def _requests(
                 state.call.cancel()
                 return
             yield pb.PutImageRequest(chunk=chunk)
+    except HTTPProblem as problem:
+        # Raised here, gRPC would swallow it: keep it for the handler, stop the call.
+        state.error = problem
+        state.call.cancel()
     except ClientDisconnect:
+        state.error = HTTPProblem(400, "Bad request", "the client went away")
         state.call.cancel()

@@ -84,6 +84,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             raise invalid_argument("image_id", "not a valid image id") from None
         wanted = spec.parse(request.operations, request.output, self.spec_limits)
         key = wanted.key(image_id)
+        generation = self.hot.generation
         held = self.hot.get(image_id, key)
         if held is not None:
             await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
@@ -124,7 +125,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 if not started:
                     raise ServiceError(Reason.INTERNAL, "the cache service sent nothing")
                 if variant.byte_size <= HOT_ENTRY_BYTES:
-                    self.hot.put(image_id, key, (variant, b"".join(body)))
+                    self.hot.put(image_id, key, (variant, b"".join(body)), generation)
                 return
         except grpc.aio.AioRpcError as exc:
             if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
@@ -133,7 +134,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         rendered = await (made or self._make(image_id, key, wanted, context))
         await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
         variant = _variant(image_id, key, rendered)
-        self.hot.put(image_id, key, (variant, rendered.data))
+        self.hot.put(image_id, key, (variant, rendered.data), generation)
         yield pb.ProcessResponse(variant=variant)
         for chunk in self._chunks(rendered.data):
             yield pb.ProcessResponse(chunk=chunk)
