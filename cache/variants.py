@@ -25,7 +25,7 @@ _MAGIC = b"IMGSVC-VARIANT-1\n"
 
 
 def valid_key(key: str) -> bool:
-    return bool(_KEY.match(key))
+    return bool(_KEY.fullmatch(key))
 
 
 @dataclass(frozen=True)

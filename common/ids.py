@@ -19,6 +19,6 @@ def new_image_id() -> ImageId:
 
 def parse_image_id(value: str) -> ImageId:
     """Return value as an ImageId, or raise ValueError if it cannot be one."""
-    if not _IMAGE_ID.match(value):
+    if not _IMAGE_ID.fullmatch(value):
         raise ValueError("not a valid image id")
     return ImageId(value)

@@ -17,6 +17,7 @@ from common.errors import Reason, ServiceError, invalid_argument
 from common.imaging import SOURCE_FORMATS, decoding_errors, open_checked, too_large
 from processor import smartcrop
 from processor.spec import (
+    DEFAULT_QUALITY,
     RGBA,
     Adjust,
     Blur,
@@ -85,7 +86,8 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
             fmt = SOURCE_KIND[image.format or "PNG"]
         metadata = _metadata(image) if spec.output.keep_metadata else {}
         frames, durations = _frames(image, spec, fmt, limits)
-        loop = int(image.info.get("loop", 0))
+        # None: play once (no loop extension); 0 would mean forever.
+        loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
 
 
@@ -360,7 +362,7 @@ def _has_alpha(image: Image.Image) -> bool:
 def _encode(
     frames: list[Image.Image],
     durations: list[int],
-    loop: int,
+    loop: int | None,
     fmt: str,
     output: Output,
     metadata: dict[str, object],
@@ -374,16 +376,20 @@ def _encode(
     options: dict[str, object] = dict(metadata) if fmt != "gif" else {}
     if icc:
         options["icc_profile"] = icc
+    # 0 means the format's default: "source" learns its format only here.
+    quality = output.quality or DEFAULT_QUALITY.get(fmt, 0)
     if fmt == "jpeg":
-        options.update(quality=output.quality, progressive=output.progressive)
+        options.update(quality=quality, progressive=output.progressive)
     elif fmt == "webp":
-        options.update(quality=output.quality or 80, lossless=output.lossless, method=4)
+        options.update(quality=quality, lossless=output.lossless, method=4)
     elif fmt == "avif":
-        options.update(quality=output.quality, speed=8)
+        options.update(quality=quality, speed=8)
     elif fmt == "png":
         options.update(compress_level=6)
     if len(frames) > 1:
-        options.update(save_all=True, append_images=frames[1:], duration=durations, loop=loop)
+        options.update(save_all=True, append_images=frames[1:], duration=durations)
+        if loop is not None:
+            options["loop"] = loop
         if fmt == "gif":
             options.update(disposal=2)
     out = io.BytesIO()

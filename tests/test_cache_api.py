@@ -203,3 +203,11 @@ def test_health_and_reflection(cache_channel: grpc.Channel) -> None:
         answer.file_descriptor_response.file_descriptor_proto[0]
     )
     assert proto.package == "imageservice.v1"
+
+
+def test_ids_and_keys_with_a_trailing_newline_are_refused(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(4, 4, seed=77)).id
+    error = failure(stub.StatImage, pb.StatImageRequest(id=image_id + "\n"))
+    assert error.reason == Reason.INVALID_ARGUMENT
+    error = failure(stub.GetVariant, pb.GetVariantRequest(image_id=image_id, key="abc\n"))
+    assert error.metadata["field"] == "key"

@@ -328,3 +328,37 @@ def test_bad_parameters_name_the_field(
         assert error.metadata["field"] == "image_id"
     error = failure(pstub.Process, process_request("Z" * 22))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, Reason.IMAGE_NOT_FOUND)
+
+
+def test_the_sources_own_kind_gets_the_formats_default_quality(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    photo = Image.effect_noise((300, 200), 40).convert("RGB")
+    image_id = upload(stub, encode(photo, "JPEG", quality=95)).id
+    auto = collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=150)))))[1]
+    explicit = collect(
+        pstub.Process(
+            process_request(
+                image_id, Op(resize=ppb.Resize(width=150)), format=ppb.OUTPUT_FORMAT_JPEG
+            )
+        )
+    )[1]
+    assert auto == explicit  # JPEG at 82, not at quality 0
+
+
+def test_a_gif_that_plays_once_still_plays_once(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    frames = [Image.new("RGB", (20, 20), (80 * n, 0, 0)) for n in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert "loop" not in Image.open(io.BytesIO(out.getvalue())).info
+    image_id = upload(stub, out.getvalue()).id
+    flipped, _ = run(pstub, image_id, Op(flip=ppb.Flip()), format=ppb.OUTPUT_FORMAT_GIF)
+    assert getattr(flipped, "n_frames", 1) == 3 and "loop" not in flipped.info
+    looping = io.BytesIO()
+    frames[0].save(looping, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    image_id = upload(stub, looping.getvalue()).id
+    assert (
+        run(pstub, image_id, Op(flop=ppb.Flop()), format=ppb.OUTPUT_FORMAT_GIF)[0].info["loop"] == 0
+    )
