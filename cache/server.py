@@ -11,20 +11,27 @@ from cache.blobs import BlobStore
 from cache.config import Settings
 from cache.metadata import MetadataStore
 from cache.service import CacheService
+from cache.variants import VariantCache
 from common import jsonlog
 from common.grpcserver import create_server, enable_reflection, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 
 
-async def reconcile(blobs: BlobStore, metadata: MetadataStore) -> tuple[int, int]:
-    """Drop what a crash left: staged files, and blobs whose metadata never committed."""
+async def reconcile(
+    blobs: BlobStore, metadata: MetadataStore, variants: VariantCache
+) -> tuple[int, int]:
+    """Drop what a crash left: staged files, blobs whose metadata never committed, and
+    variants of images whose delete did not finish."""
     staged = await asyncio.to_thread(blobs.recover)
     keys = await asyncio.to_thread(lambda: list(blobs.keys()))
     orphans = await metadata.missing(keys)
     for key in orphans:
         await asyncio.to_thread(blobs.delete, key)
-    return staged, len(orphans)
+    gone = await metadata.missing(variants.held_images())
+    for image_id in gone:
+        await variants.purge(image_id)
+    return staged, len(orphans) + len(gone)
 
 
 async def serve(settings: Settings) -> None:
@@ -33,7 +40,7 @@ async def serve(settings: Settings) -> None:
     blobs = open_blob_store(settings.blob_url)
     metadata = open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)
-    staged, orphans = await reconcile(blobs, metadata)
+    staged, orphans = await reconcile(blobs, metadata, variants)
     if staged or orphans:
         jsonlog.lifecycle.info(
             "recovered after a crash", extra={"staged": staged, "orphans": orphans}

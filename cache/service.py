@@ -259,11 +259,21 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request: pb.DeleteImageRequest, context: Context
     ) -> pb.DeleteImageResponse:
         image_id = _image_id(request.id)
-        # Metadata first: from this moment the image is not listed nor served.
+        # Metadata first: from this moment the image is not listed nor served. The rest
+        # is shielded: a caller hanging up must not leave variants or watchers behind.
         if not await self.metadata.delete(image_id):
             raise _not_found(image_id)
+        purged = await asyncio.shield(self._forget(image_id))
+        log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
+        return pb.DeleteImageResponse(purged_variants=purged)
+
+    async def _forget(self, image_id: str) -> int:
+        """Everything of a deleted image after its metadata: watchers, blob, variants."""
+        self._announce(image_id)
         await asyncio.to_thread(self.blobs.delete, image_id)
-        purged = await self.variants.purge(image_id)
+        return await self.variants.purge(image_id)
+
+    def _announce(self, image_id: str) -> None:
         for queue in list(self._watchers):
             try:
                 queue.put_nowait(image_id)
@@ -271,8 +281,6 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 # A watcher this far behind cannot be trusted: cut it off, and it will
                 # forget what it holds and watch again.
                 self._watchers.discard(queue)
-        log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
-        return pb.DeleteImageResponse(purged_variants=purged)
 
     async def GetVariant(
         self, request: pb.GetVariantRequest, context: Context

@@ -51,6 +51,9 @@ class VariantCache(Protocol):
     async def purge(self, image_id: str) -> int:
         """Drop every variant of image_id; return how many there were."""
 
+    def held_images(self) -> set[str]:
+        """Every image some variant is held for (for start-up reconciliation)."""
+
 
 class MemoryLRU:
     """Least-recently-used variants in memory, within a byte budget."""
@@ -177,6 +180,9 @@ class DiskLRU:
         await asyncio.to_thread(shutil.rmtree, self._dir(image_id), ignore_errors=True)
         return keys
 
+    def held_images(self) -> set[str]:
+        return self._lru.images()
+
 
 def _unlink_all(paths: list[Path]) -> None:
     for path in paths:
@@ -191,14 +197,23 @@ class TieredVariantCache:
     def __init__(self, memory: MemoryLRU, disk: DiskLRU | None) -> None:
         self.memory = memory
         self.disk = disk
+        # Counts purges, so a disk read that a purge overtook is not promoted (or served).
+        self._purges = 0
 
     async def get(self, image_id: str, key: str) -> Variant | None:
         variant = self.memory.get(image_id, key)
         if variant is None and self.disk is not None:
+            before = self._purges
             variant = await self.disk.get(image_id, key)
+            if variant is not None and self._purges != before:
+                return None  # maybe this image's purge: a miss is always safe
             if variant is not None:
                 self.memory.put(variant)
         return variant
+
+    def held_images(self) -> set[str]:
+        """Images with variants on disk (memory is empty at start)."""
+        return set() if self.disk is None else self.disk.held_images()
 
     async def put(self, variant: Variant) -> None:
         self.memory.put(variant)
@@ -206,6 +221,7 @@ class TieredVariantCache:
             await self.disk.put(variant)
 
     async def purge(self, image_id: str) -> int:
+        self._purges += 1
         keys = self.memory.purge(image_id)
         if self.disk is not None:
             keys |= await self.disk.purge(image_id)

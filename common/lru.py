@@ -93,6 +93,9 @@ class ImageLRU(Generic[V]):
     def keys_of(self, image_id: str) -> set[str]:
         return set(self._by_image.get(image_id, ()))
 
+    def images(self) -> set[str]:
+        return set(self._by_image)
+
     def pop(self, image_id: str, key: str) -> V | None:
         value = self._lru.pop((image_id, key))
         if value is not None:

@@ -85,9 +85,14 @@ def test_start_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
     orphan.write_bytes(b"a blob whose metadata never committed")
     torn_variant = data_dir / "variants" / "tmp" / "0.partial"
     torn_variant.write_bytes(b"torn")
+    deleted = "ZZ" + "q" * 20  # its delete crashed after the metadata went
+    stale_variant = data_dir / "variants" / "ZZ" / deleted / "somekey"
+    stale_variant.parent.mkdir(parents=True)
+    stale_variant.write_bytes(b"variant bytes of a deleted image")
     server.start()
     try:
         assert not staged.exists() and not orphan.exists() and not torn_variant.exists()
+        assert not stale_variant.exists()
         assert any(e.get("msg") == "recovered after a crash" for e in server.log_entries())
     finally:
         server.terminate()
