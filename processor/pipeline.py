@@ -119,6 +119,7 @@ def _frames(
         return [_transform(image, spec, orientation, limits)], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
+    held = 0
     for n, frame in enumerate(ImageSequence.Iterator(image)):
         if n >= limits.max_frames:
             raise too_large(f"more than {limits.max_frames} frames")
@@ -129,6 +130,13 @@ def _frames(
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
         frames.append(_transform(pixels, spec, orientation, limits))
+        # Every frame is held until the encode: bound them together, not one by one.
+        held += frames[-1].width * frames[-1].height
+        if held > limits.max_pixels:
+            raise ServiceError(
+                Reason.OUTPUT_TOO_LARGE,
+                f"the animation's frames together would exceed {limits.max_pixels} pixels",
+            )
     return frames, durations
 
 
@@ -206,6 +214,11 @@ def _check_output(size: tuple[int, int], limits: Limits) -> None:
         raise ServiceError(
             Reason.OUTPUT_TOO_LARGE,
             f"the result would exceed {limits.max_output_dimension} pixels on a side",
+        )
+    if size[0] * size[1] > limits.max_pixels:
+        raise ServiceError(
+            Reason.OUTPUT_TOO_LARGE,
+            f"the result would exceed {limits.max_pixels} pixels",
         )
 
 

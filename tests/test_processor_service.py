@@ -267,3 +267,17 @@ def test_process_bytes_refuses_a_bad_spec_before_reading_the_bytes(
     error = failure(pstub.ProcessBytes, requests())
     assert error.metadata["field"] == "blur.sigma"
     assert pulled < 1000
+
+
+def test_animations_are_bounded_as_a_whole(pstub: ppb_grpc.ProcessorServiceStub) -> None:
+    from tests.support import CORPUS
+
+    data = (CORPUS / "pillow/iss634.webp").read_bytes()  # 42 frames
+    big = Op(resize=ppb.Resize(width=2048, height=2048, fit=ppb.FIT_FILL, enlarge=True))
+    error = failure(pstub.ProcessBytes, bytes_requests(data, big, format=ppb.OUTPUT_FORMAT_WEBP))
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.OUTPUT_TOO_LARGE)
+    small = Op(resize=ppb.Resize(width=64))
+    meta, _ = collect(
+        pstub.ProcessBytes(bytes_requests(data, small, format=ppb.OUTPUT_FORMAT_WEBP))
+    )
+    assert meta.width == 64
