@@ -67,6 +67,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         # Variant keys asked for lately (hits and misses), so early starts are only
         # tried for keys that are probably new.
         self.seen: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
+        # Keys an early render was started for but the cache turned out to hold.
+        self.already_stored: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
         # Admitted renders not yet finished (running or queued); past the bound, refuse.
         self.pending = 0
         self.capacity = settings.workers + settings.queue_size
@@ -124,6 +126,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             else:
                 if not started:
                     raise ServiceError(Reason.INTERNAL, "the cache service sent nothing")
+                if made is not None:
+                    self.already_stored.put(key, True)  # the early render need not store it
                 if variant.byte_size <= HOT_ENTRY_BYTES:
                     self.hot.put(image_id, key, (variant, b"".join(body)), generation)
                 return
@@ -131,7 +135,14 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
                 self.originals.pop(image_id)
             raise upstream_error(exc, "cache") from None
-        rendered = await (made or self._make(image_id, key, wanted, context))
+        shared = made or asyncio.ensure_future(self._make(image_id, key, wanted, context))
+        remaining = context.time_remaining()
+        try:
+            rendered = await asyncio.wait_for(asyncio.shield(shared), remaining)
+        except TimeoutError:
+            raise ServiceError(
+                Reason.DEADLINE_EXCEEDED, "the call's deadline passed while rendering"
+            ) from None
         await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
         variant = _variant(image_id, key, rendered)
         self.hot.put(image_id, key, (variant, rendered.data), generation)
@@ -152,23 +163,24 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         """Render once per key among concurrent callers, then store the variant."""
         rendered, _ = await self.flights.run(
             key,
-            lambda: self._render_stored(image_id, key, wanted, context),
+            lambda: self._render_stored(image_id, key, wanted),
             lambda result: self._store(image_id, key, result),
         )
         return rendered
 
-    async def _render_stored(
-        self, image_id: str, key: str, wanted: spec.Spec, context: Context
-    ) -> pipeline.Rendered:
+    async def _render_stored(self, image_id: str, key: str, wanted: spec.Spec) -> pipeline.Rendered:
         # Originals never change under an id, and the miss that brought us here said the
         # image still exists, so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
         if original is None:
+            self._admit()  # before pulling up to 50 MB in, not only before rendering
             original = await self._fetch(image_id)
             self.originals.put(image_id, original)
+        # Shared by every caller of this key: bounded by the processor's own limit, not
+        # by whichever caller came first (each caller applies its own deadline).
         return await self._run(
             lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits),
-            context,
+            None,
             label=key,
         )
 
@@ -187,6 +199,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         return bytes(body)
 
     async def _store(self, image_id: str, key: str, rendered: pipeline.Rendered) -> None:
+        if self.already_stored.pop(key):
+            return
         header = cache_pb.PutVariantHeader(
             image_id=image_id,
             key=key,
@@ -224,19 +238,22 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             inspect(io.BytesIO(data), self.source_limits)
             return pipeline.render(io.BytesIO(data), wanted, self.render_limits)
 
-        rendered = await self._run(work, context, label="bytes")
+        rendered = await self._run(work, context.time_remaining(), label="bytes")
         yield pb.ProcessBytesResponse(variant=_variant("", "", rendered))
         for chunk in self._chunks(rendered.data):
             yield pb.ProcessBytesResponse(chunk=chunk)
 
-    async def _run(self, work: Callable[[], T], context: Context, label: str) -> T:
-        """Run CPU work on the pool: refuse when the queue is full, bound it in time."""
+    def _admit(self) -> None:
         if self.pending >= self.capacity:
             raise ServiceError(
                 Reason.OVERLOADED,
                 "the processor is at capacity; retry shortly",
                 {"retry_after_seconds": "1"},
             )
+
+    async def _run(self, work: Callable[[], T], deadline: float | None, label: str) -> T:
+        """Run CPU work on the pool: refuse when the queue is full, bound it in time."""
+        self._admit()
         self.pending += 1
         start = time.perf_counter()
         future = asyncio.get_running_loop().run_in_executor(self.workers, work)
@@ -247,9 +264,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
 
         future.add_done_callback(finished)
         timeout = self.settings.processing_timeout_seconds
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if deadline is not None:
+            timeout = min(timeout, deadline)
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:

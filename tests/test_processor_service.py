@@ -281,3 +281,29 @@ def test_animations_are_bounded_as_a_whole(pstub: ppb_grpc.ProcessorServiceStub)
         pstub.ProcessBytes(bytes_requests(data, small, format=ppb.OUTPUT_FORMAT_WEBP))
     )
     assert meta.width == 64
+
+
+def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
+    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
+) -> None:
+    request = process_request(big_id, Op(blur=ppb.Blur(sigma=25)), Op(resize=ppb.Resize(width=999)))
+    outcomes: dict[str, object] = {}
+
+    def hasty() -> None:
+        try:
+            collect(pstub.Process(request, timeout=0.05))
+            outcomes["hasty"] = "ok"
+        except grpc.RpcError as exc:
+            outcomes["hasty"] = exc.code()
+
+    def patient() -> None:
+        time.sleep(0.01)  # joins the hasty caller's flight
+        outcomes["patient"] = collect(pstub.Process(request, timeout=60))[0].width
+
+    threads = [threading.Thread(target=hasty), threading.Thread(target=patient)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes["hasty"] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outcomes["patient"] == 999
