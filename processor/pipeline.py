@@ -6,12 +6,14 @@ most of the time spent here, so threads use every core (see docs/decisions.md).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import struct
 from dataclasses import dataclass
 from typing import IO, cast
 
-from PIL import Image, ImageEnhance, ImageFilter, ImageMath, ImageSequence
+from PIL import Image, ImageCms, ImageEnhance, ImageFilter, ImageMath, ImageSequence
 
 from common.errors import Reason, ServiceError, invalid_argument
 from common.imaging import SOURCE_FORMATS, decoding_errors, open_checked, too_large
@@ -97,7 +99,9 @@ def _metadata(image: Image.Image) -> dict[str, object]:
     exif = image.getexif()
     if exif:
         exif.pop(0x0112, None)
-        kept["exif"] = exif.tobytes()
+        # EXIF that Pillow cannot write back is dropped, as it is by default.
+        with contextlib.suppress(ValueError, TypeError, struct.error, OverflowError):
+            kept["exif"] = exif.tobytes()
     if xmp := image.info.get("xmp"):
         kept["xmp"] = xmp
     return kept
@@ -184,7 +188,22 @@ def _normalise(image: Image.Image) -> Image.Image:
         return grey
     if mode in ("RGBa", "La"):
         return image.convert("RGBA" if mode == "RGBa" else "LA")
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        return _cmyk_to_srgb(image)
     return image.convert("RGB")  # CMYK (Adobe inversion handled by the decoder), YCbCr, LAB...
+
+
+def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
+    """Convert through the image's own CMYK profile, so colours come out right."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        converted = ImageCms.profileToProfile(image, source, SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        converted = None
+    if converted is None:
+        converted = image.convert("RGB")
+    converted.info["icc_profile"] = SRGB_BYTES
+    return converted
 
 
 def _transform(image: Image.Image, spec: Spec, orientation: int, limits: Limits) -> Image.Image:
@@ -372,6 +391,23 @@ def _has_alpha(image: Image.Image) -> bool:
     return low < 255
 
 
+ENCODE_ERRORS = (OSError, ValueError, TypeError, struct.error)
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_BYTES = SRGB.tobytes()
+# An ICC profile's colour space (header bytes 16-20) must match the pixels it describes.
+PROFILE_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB "}
+
+
+def _profile_fits(icc: bytes, mode: str) -> bool:
+    return icc[16:20] == PROFILE_SPACES.get(mode)
+
+
+def _save(image: Image.Image, fmt: str, options: dict[str, object]) -> io.BytesIO:
+    out = io.BytesIO()
+    image.save(out, PILLOW_NAMES[fmt], **options)
+    return out
+
+
 def _encode(
     frames: list[Image.Image],
     durations: list[int],
@@ -387,8 +423,8 @@ def _encode(
     first = frames[0]
     icc = first.info.get("icc_profile")
     options: dict[str, object] = dict(metadata) if fmt != "gif" else {}
-    if icc:
-        options["icc_profile"] = icc
+    # Always said: some encoders fall back to the image's own profile when not told.
+    options["icc_profile"] = icc if icc and _profile_fits(icc, first.mode) else None
     # 0 means the format's default: "source" learns its format only here.
     quality = output.quality or DEFAULT_QUALITY.get(fmt, 0)
     if fmt == "jpeg":
@@ -405,6 +441,16 @@ def _encode(
             options["loop"] = loop
         if fmt == "gif":
             options.update(disposal=2)
-    out = io.BytesIO()
-    first.save(out, PILLOW_NAMES[fmt], **options)
+    try:
+        out = _save(first, fmt, options)
+    except ENCODE_ERRORS as exc:
+        if not metadata:
+            # A decoded image that will not encode is our failure, not a corrupt upload.
+            raise ServiceError(Reason.INTERNAL, f"could not encode {fmt}: {exc}") from None
+        # Kept metadata an encoder rejects is dropped rather than failing the image.
+        plain = {k: v for k, v in options.items() if k not in metadata}
+        try:
+            out = _save(first, fmt, plain)
+        except ENCODE_ERRORS as again:
+            raise ServiceError(Reason.INTERNAL, f"could not encode {fmt}: {again}") from None
     return Rendered(out.getvalue(), MEDIA_TYPES[fmt], first.width, first.height, len(frames))

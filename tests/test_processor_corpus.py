@@ -142,6 +142,10 @@ def test_colour_modes_convert_faithfully(
     assert ("A" in png.mode) == has_alpha, (png.mode, source.mode)
     jpeg = process_stored(pstub, image_id, format=ppb.OUTPUT_FORMAT_JPEG)
     assert jpeg.mode in ("RGB", "L")
+    for out in (png, jpeg):  # a profile, when kept, describes the pixels it comes with
+        icc = out.info.get("icc_profile")
+        if icc:
+            assert icc[16:20] == (b"GRAY" if out.mode in ("L", "LA") else b"RGB "), name
     # Compare against Pillow's own 8-bit rendering of the source; 16-bit grey must be
     # scaled, not clipped to white.
     expected: Image.Image | None = None

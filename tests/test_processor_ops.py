@@ -296,6 +296,8 @@ def test_metadata_is_stripped_but_icc_kept(
         assert not image.getexif(), fmt
         assert "xmp" not in image.info
         assert image.info.get("icc_profile") == icc, fmt
+    grey, _ = run(pstub, image_id, Op(grayscale=ppb.Grayscale()), format=ppb.OUTPUT_FORMAT_PNG)
+    assert grey.mode == "L" and "icc_profile" not in grey.info  # an RGB profile would lie
     kept, _ = run(pstub, image_id, format=ppb.OUTPUT_FORMAT_JPEG, keep_metadata=True)
     assert kept.getexif()[0x010F] == "CameraMaker" and 0x0112 not in kept.getexif()
 
