@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,8 @@ class FileBlobStore:
         self.root = root
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._durable: set[Path] = set()
+        self._lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key
@@ -71,10 +74,15 @@ class FileBlobStore:
         with temp.open("rb+") as f:
             os.fsync(f.fileno())
         final = self._path(key)
-        if not final.parent.is_dir():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(final.parent.parent)
-            _fsync_dir(self.root)
+        if final.parent not in self._durable:
+            # The shard folders' own entries must be on disk too, whoever made them (a
+            # concurrent commit, or a run that crashed before its fsync): once per run.
+            with self._lock:
+                if final.parent not in self._durable:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    _fsync_dir(final.parent.parent)
+                    _fsync_dir(self.root)
+                    self._durable.add(final.parent)
         os.replace(temp, final)
         _fsync_dir(final.parent)
 
