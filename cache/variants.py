@@ -159,9 +159,15 @@ class DiskLRU:
         size = len(header) + len(variant.data)
         if size > self.budget:
             return
-        await asyncio.to_thread(
-            self._write, self._path(record.image_id, record.key), header, variant.data
-        )
+        try:
+            await asyncio.to_thread(
+                self._write, self._path(record.image_id, record.key), header, variant.data
+            )
+        except OSError as exc:
+            # A full disk, or a purge removing the folder mid-write: the memory tier
+            # still has it, and a cache may always miss.
+            log.warning("variant not written to disk", extra={"err": str(exc)})
+            return
         self._lru.put(record.image_id, record.key, size)
         victims = self._take_victims()
         if victims:
@@ -169,11 +175,14 @@ class DiskLRU:
 
     def _write(self, path: Path, header: bytes, data: bytes) -> None:
         temp = self.tmp / f"{uuid.uuid4().hex}.partial"
-        with temp.open("wb") as f:
-            f.write(header)
-            f.write(data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, path)
+        try:
+            with temp.open("wb") as f:
+                f.write(header)
+                f.write(data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)  # gone already when the rename happened
 
     async def purge(self, image_id: str) -> set[str]:
         keys = self._lru.purge(image_id)
