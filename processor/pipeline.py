@@ -57,6 +57,7 @@ SOURCE_KIND = {
     "ICO": "png",
 }
 ANIMATED_OUTPUTS = {"gif", "webp", "png"}
+DECODE_BLOCK = 64 * 1024 * 1024
 ANIMATED_SOURCES = {"GIF", "WEBP", "PNG", "AVIF"}
 ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
 
@@ -119,6 +120,9 @@ def _frames(
     if not animated:
         if image.format == "JPEG":
             _draft(image, spec, orientation)
+            # Hand the decoder all the data in one call (it reads 64 KiB at a time by
+            # default): each call gives the GIL back and must win it again.
+            image.decodermaxblock = max(image.decodermaxblock, DECODE_BLOCK)  # type: ignore[attr-defined]
         image.load()
         return [_transform(image, spec, orientation, limits)], [0]
     frames: list[Image.Image] = []
