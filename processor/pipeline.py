@@ -16,7 +16,13 @@ from typing import IO, cast
 from PIL import Image, ImageCms, ImageEnhance, ImageFilter, ImageMath, ImageSequence
 
 from common.errors import Reason, ServiceError, invalid_argument
-from common.imaging import SOURCE_FORMATS, decoding_errors, open_checked, too_large
+from common.imaging import (
+    SOURCE_FORMATS,
+    decoding_errors,
+    fast_decode,
+    open_checked,
+    too_large,
+)
 from processor import smartcrop
 from processor.spec import (
     DEFAULT_QUALITY,
@@ -57,7 +63,6 @@ SOURCE_KIND = {
     "ICO": "png",
 }
 ANIMATED_OUTPUTS = {"gif", "webp", "png"}
-DECODE_BLOCK = 64 * 1024 * 1024
 ANIMATED_SOURCES = {"GIF", "WEBP", "PNG", "AVIF"}
 ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
 
@@ -120,9 +125,7 @@ def _frames(
     if not animated:
         if image.format == "JPEG":
             _draft(image, spec, orientation)
-            # Hand the decoder all the data in one call (it reads 64 KiB at a time by
-            # default): each call gives the GIL back and must win it again.
-            image.decodermaxblock = max(image.decodermaxblock, DECODE_BLOCK)  # type: ignore[attr-defined]
+        fast_decode(image)
         image.load()
         return [_transform(image, spec, orientation, limits)], [0]
     frames: list[Image.Image] = []
