@@ -34,10 +34,17 @@ CHUNK = 256 * 1024
 class ServiceProcess:
     """`python -m <module>` with IMAGESVC_* settings, listening on a port it picks itself."""
 
-    def __init__(self, module: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.module = module
         self.data_dir = data_dir
         self.env = env or {}
+        self.prefix = prefix  # e.g. ("taskset", "-c", "0") to pin it to one core
         self.log_path = data_dir.parent / f"{data_dir.name}-{module}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -62,7 +69,11 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         offset = log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], cwd=ROOT, env=env, stdout=log, stderr=log
+            [*self.prefix, sys.executable, "-m", self.module],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
