@@ -82,3 +82,24 @@ def test_dockerfile_copies_what_exists() -> None:
         for path in source.split():
             assert (ROOT / path).exists(), path
     assert Path(ROOT / "gen" / "imageservice" / "v1").is_dir()  # generated code ships
+
+
+def test_the_healthcheck_command_the_compose_file_uses(
+    cache_server: object, gateway_server: object
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import ServiceProcess, free_port
+
+    assert isinstance(cache_server, ServiceProcess) and isinstance(gateway_server, ServiceProcess)
+
+    def check(*args: str) -> int:
+        command = [sys.executable, "-m", "common.healthcheck", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, timeout=30).returncode
+
+    assert check("grpc", cache_server.address) == 0
+    assert check("grpc", f"127.0.0.1:{free_port()}") == 1
+    assert check("http", f"{gateway_server.url}/readyz") == 0
+    assert check("http", f"http://127.0.0.1:{free_port()}/readyz") == 1
+    assert check("nonsense") == 2
