@@ -26,7 +26,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
 
-from bench.timing import median_ms
+from bench.timing import interleaved_ms, median_ms
 from tests.support import CORPUS, ServiceProcess, channel, collect, process_request, upload
 
 SIZES = [(300 + 4 * n, 200) for n in range(25)]
@@ -118,13 +118,15 @@ def main() -> None:
                     f"processor: 4000x3000 JPEG ({len(originals[0]) / 1e6:.1f} MB) -> 300x200 JPEG"
                 )
 
-                base = median_ms(lambda i: pillow_thumbnail(originals[0], (300, 200)), 30)
-
                 def cold(i: int) -> None:
                     request = jpeg(process_request(ids[0], resize(300, 200)), quality=50 + i)
                     collect(pstub.Process(request, metadata=(("x-request-id", f"cold-{i}"),)))
 
-                svc = median_ms(cold, 30)
+                # In alternating blocks: the machine's speed drifts, and timing
+                # all of one and then all of the other would measure the drift.
+                base, svc = interleaved_ms(
+                    lambda i: pillow_thumbnail(originals[0], (300, 200)), cold, 30
+                )
                 inside = statistics.median(
                     float(str(e["ms"]))
                     for e in two.log_entries()

@@ -126,8 +126,11 @@ async def _first(call: Any, kind: type[M], deadline_seconds: float) -> M:
     return cast(M, message)
 
 
-async def _body(call: Any, idle_seconds: float) -> AsyncIterator[bytes]:
+async def _body(call: Any, idle_seconds: float, head: bytes) -> AsyncIterator[bytes]:
+    """head (bytes that came with the first message), then the rest of the stream."""
     try:
+        if head:
+            yield head
         while (message := await asyncio.wait_for(call.read(), idle_seconds)) is not EOF:
             yield message.chunk
     finally:
@@ -135,7 +138,12 @@ async def _body(call: Any, idle_seconds: float) -> AsyncIterator[bytes]:
 
 
 def _answer(
-    request: Request, call: Any, headers: dict[str, str], media_type: str, size: int
+    request: Request,
+    call: Any,
+    headers: dict[str, str],
+    media_type: str,
+    size: int,
+    head: bytes,
 ) -> Response:
     """304, a HEAD answer or the streamed body, with the same validators on each."""
     if _not_modified(request, headers["ETag"]):
@@ -146,7 +154,7 @@ def _answer(
         call.cancel()
         return Response(headers=headers, media_type=media_type)
     idle = settings_of(request).timeout_seconds
-    return StreamingResponse(_body(call, idle), headers=headers, media_type=media_type)
+    return StreamingResponse(_body(call, idle, head), headers=headers, media_type=media_type)
 
 
 def _from_memory(request: Request, entry: Entry) -> Response:
@@ -179,16 +187,17 @@ async def _answer_and_keep(
     media_type: str,
     size: int,
     keep: tuple[str, str, str, int] | None,
+    head: bytes = b"",
 ) -> Response:
     """Like _answer; small bodies are read whole and kept in the hot cache."""
     hot = hot_of(request)
     if keep is None or size > MAX_ENTRY_BYTES or not hot.enabled or request.method != "GET":
-        return _answer(request, call, headers, media_type, size)
+        return _answer(request, call, headers, media_type, size, head)
     if _not_modified(request, headers["ETag"]):
         call.cancel()
         return Response(status_code=304, headers=headers)
     idle = settings_of(request).timeout_seconds
-    body = b"".join([chunk async for chunk in _body(call, idle)])
+    body = b"".join([chunk async for chunk in _body(call, idle, head)])
     image_id, key, owner, visibility = keep
     entry = Entry(body, media_type, dict(headers), owner, visibility)
     hot.put(image_id, key, entry, request.state.hot_generation)
@@ -258,17 +267,20 @@ async def _variant(
         ppb.ProcessRequest(image_id=image_id, operations=wanted.operations, output=wanted.output),
         metadata=call_metadata(),
     )
-    variant = (await _first(call, ppb.ProcessResponse, settings.timeout_seconds)).variant
-    served = dict(await call.initial_metadata()).get("x-variant-cache", "")
-    metrics_of(request).variants.labels(served or "unknown").inc()
-    headers = {"ETag": f'"{variant.sha256}"', "Cache-Control": _cache_control(visibility)}
-    if served:
-        headers["X-Cache"] = str(served).upper()
+    first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)
+    variant = first.variant
+    served = "hit" if first.cache_hit else "miss"
+    metrics_of(request).variants.labels(served).inc()
+    headers = {
+        "ETag": f'"{variant.sha256}"',
+        "Cache-Control": _cache_control(visibility),
+        "X-Cache": served.upper(),
+    }
     if wanted.negotiated:
         headers["Vary"] = "Accept"
     keep = None if key is None else (image_id, key, owner, visibility)
     return await _answer_and_keep(
-        request, call, headers, variant.media_type, variant.byte_size, keep
+        request, call, headers, variant.media_type, variant.byte_size, keep, first.chunk
     )
 
 

@@ -38,8 +38,6 @@ T = TypeVar("T")
 # Calls to the cache service: a hit is a handful of milliseconds; originals may be large.
 CACHE_DEADLINE_SECONDS = 30.0
 SEEN_KEYS = 100_000
-# Initial metadata of Process: "hit" or "miss", for callers' metrics and X-Cache headers.
-CACHE_HEADER = "x-variant-cache"
 HOT_ENTRY_BYTES = 1024 * 1024
 Held = tuple[image_pb2.VariantMetadata, bytes]
 
@@ -89,10 +87,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         generation = self.hot.generation
         held = self.hot.get(image_id, key)
         if held is not None:
-            await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
-            yield pb.ProcessResponse(variant=held[0])
-            for chunk in self._chunks(held[1]):
-                yield pb.ProcessResponse(chunk=chunk)
+            for response in self._responses(held[0], held[1], cache_hit=True):
+                yield response
             return
         made: asyncio.Future[pipeline.Rendered] | None = None
         if self._worth_starting_early(image_id, key):
@@ -107,25 +103,25 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             metadata=call_metadata(),
         )
         started = False
-        variant = image_pb2.VariantMetadata()
+        variant: image_pb2.VariantMetadata | None = None
         body: list[bytes] = []
         try:
             async for message in hit:
                 kind = message.WhichOneof("payload")
                 if kind == "miss":
                     break  # the image exists; make the variant
-                if not started:
-                    started = True
-                    await context.send_initial_metadata(((CACHE_HEADER, "hit"),))
                 if kind == "variant":
-                    variant = message.variant
-                    yield pb.ProcessResponse(variant=variant)
-                else:
-                    body.append(message.chunk)
-                    yield pb.ProcessResponse(chunk=message.chunk)
+                    variant = message.variant  # sent with the first chunk
+                    continue
+                body.append(message.chunk)
+                first = not started
+                started = True
+                yield pb.ProcessResponse(
+                    variant=variant if first else None, chunk=message.chunk, cache_hit=first
+                )
             else:
-                if not started:
-                    raise ServiceError(Reason.INTERNAL, "the cache service sent nothing")
+                if not started or variant is None:
+                    raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
                 if made is not None:
                     self.already_stored.put(key, True)  # the early render need not store it
                 if variant.byte_size <= HOT_ENTRY_BYTES:
@@ -143,12 +139,19 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             raise ServiceError(
                 Reason.DEADLINE_EXCEEDED, "the call's deadline passed while rendering"
             ) from None
-        await context.send_initial_metadata(((CACHE_HEADER, "miss"),))
-        variant = _variant(image_id, key, rendered)
-        self.hot.put(image_id, key, (variant, rendered.data), generation)
-        yield pb.ProcessResponse(variant=variant)
-        for chunk in self._chunks(rendered.data):
-            yield pb.ProcessResponse(chunk=chunk)
+        made_variant = _variant(image_id, key, rendered)
+        self.hot.put(image_id, key, (made_variant, rendered.data), generation)
+        for response in self._responses(made_variant, rendered.data, cache_hit=False):
+            yield response
+
+    def _responses(
+        self, variant: image_pb2.VariantMetadata, data: bytes, cache_hit: bool
+    ) -> list[pb.ProcessResponse]:
+        """The variant with its first chunk in one message, then the rest: a small
+        result is a single message."""
+        chunks = self._chunks(data) or [b""]
+        first = pb.ProcessResponse(variant=variant, chunk=chunks[0], cache_hit=cache_hit)
+        return [first, *(pb.ProcessResponse(chunk=chunk) for chunk in chunks[1:])]
 
     def _worth_starting_early(self, image_id: str, key: str) -> bool:
         return (
@@ -239,8 +242,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             return pipeline.render(io.BytesIO(data), wanted, self.render_limits)
 
         rendered = await self._run(work, context.time_remaining(), label="bytes")
-        yield pb.ProcessBytesResponse(variant=_variant("", "", rendered))
-        for chunk in self._chunks(rendered.data):
+        chunks = self._chunks(rendered.data)
+        yield pb.ProcessBytesResponse(variant=_variant("", "", rendered), chunk=chunks[0])
+        for chunk in chunks[1:]:
             yield pb.ProcessBytesResponse(chunk=chunk)
 
     def _admit(self) -> None:

@@ -207,10 +207,9 @@ def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]
     meta = image_pb2.VariantMetadata()
     body = bytearray()
     for message in responses:
-        if message.WhichOneof("payload") == "variant":
+        if message.HasField("variant"):  # the first message, which may carry bytes too
             meta = message.variant
-        else:
-            body += message.chunk
+        body += message.chunk
     return meta, bytes(body)
 
 

@@ -501,11 +501,18 @@ Global___ProcessRequest: _TypeAlias = ProcessRequest  # noqa: Y015
 
 @_typing.final
 class ProcessResponse(_message.Message):
+    """A result in one or more messages: the first carries `variant` (and `cache_hit`) and,
+    for most results, all the bytes too; later messages carry only further chunks.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VARIANT_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    cache_hit: _builtins.bool
+    """First message only: the variant came from the cache (no decoding happened)."""
     @_builtins.property
     def variant(self) -> _image_pb2.VariantMetadata: ...
     def __init__(
@@ -513,14 +520,13 @@ class ProcessResponse(_message.Message):
         *,
         variant: _image_pb2.VariantMetadata | None = ...,
         chunk: _builtins.bytes = ...,
+        cache_hit: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "chunk", b"chunk", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["variant", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessResponse: _TypeAlias = ProcessResponse  # noqa: Y015
 
@@ -575,6 +581,8 @@ Global___ProcessBytesRequest: _TypeAlias = ProcessBytesRequest  # noqa: Y015
 
 @_typing.final
 class ProcessBytesResponse(_message.Message):
+    """As ProcessResponse: the first message carries `variant` and the first chunk."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VARIANT_FIELD_NUMBER: _builtins.int
@@ -588,12 +596,10 @@ class ProcessBytesResponse(_message.Message):
         variant: _image_pb2.VariantMetadata | None = ...,
         chunk: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "payload", b"payload", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["variant", "chunk"]  # noqa: Y015
-    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessBytesResponse: _TypeAlias = ProcessBytesResponse  # noqa: Y015

@@ -57,7 +57,7 @@ class ProcessorServiceServicer:
 
     def Process(self, request, context):
         """Transforms a stored image; the result is cached in the cache service.
-        Streams back: first message the variant metadata, then the chunks.
+        Streams back the variant's metadata and its bytes (see ProcessResponse).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,7 @@ class ProcessorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProcessorServiceAsyncStub: ...
     Process: _grpc.UnaryStreamMultiCallable[_processor_service_pb2.ProcessRequest, _processor_service_pb2.ProcessResponse]
     """Transforms a stored image; the result is cached in the cache service.
-    Streams back: first message the variant metadata, then the chunks.
+    Streams back the variant's metadata and its bytes (see ProcessResponse).
     """
     ProcessBytes: _grpc.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -55,7 +55,7 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryStreamMultiCallable[_processor_service_pb2.ProcessRequest, _processor_service_pb2.ProcessResponse]  # type: ignore[assignment]
     """Transforms a stored image; the result is cached in the cache service.
-    Streams back: first message the variant metadata, then the chunks.
+    Streams back the variant's metadata and its bytes (see ProcessResponse).
     """
     ProcessBytes: _aio.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]  # type: ignore[assignment]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -75,7 +75,7 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.ProcessResponse], _abc.AsyncIterator[_processor_service_pb2.ProcessResponse]]:
         """Transforms a stored image; the result is cached in the cache service.
-        Streams back: first message the variant metadata, then the chunks.
+        Streams back the variant's metadata and its bytes (see ProcessResponse).
         """
 
     @_abc_1.abstractmethod
