@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import grpc
@@ -14,7 +13,7 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common.grpcclient import retry_config
+from common.grpcclient import insecure_channel
 from gateway.config import Settings
 
 CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -27,21 +26,6 @@ def processor_target(addresses: tuple[str, ...]) -> str:
         address = addresses[0]
         return address if "://" in address or ":///" in address else f"dns:///{address}"
     return "ipv4:" + ",".join(addresses)
-
-
-def _options(service: str, idempotent: list[str], max_message: int) -> list[tuple[str, object]]:
-    config = json.loads(retry_config(service, idempotent))
-    config["loadBalancingConfig"] = [{"round_robin": {}}]
-    return [
-        ("grpc.service_config", json.dumps(config)),
-        ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.max_send_message_length", max_message),
-        # Come back quickly when a service returns, instead of gRPC's 2-minute backoff cap.
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
 
 
 @dataclass
@@ -58,15 +42,17 @@ class Upstream:
     @classmethod
     def connect(cls, settings: Settings) -> Upstream:
         message = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
-        cache_channel = grpc.aio.insecure_channel(
+        cache_channel = insecure_channel(
             settings.cache_address,
-            options=_options(
-                CACHE_SERVICE, ["GetImage", "StatImage", "ListImages", "GetVariant"], message
-            ),
+            CACHE_SERVICE,
+            ["GetImage", "StatImage", "ListImages", "GetVariant"],
+            message,
         )
-        processor_channel = grpc.aio.insecure_channel(
+        processor_channel = insecure_channel(
             processor_target(settings.processor_addresses),
-            options=_options(PROCESSOR_SERVICE, ["Process"], message),
+            PROCESSOR_SERVICE,
+            ["Process"],
+            message,
         )
         return cls(
             cache_channel,
