@@ -11,55 +11,52 @@ T = TypeVar("T")
 
 
 class Flights(Generic[T]):
-    """Runs work once per key among concurrent callers.
+    """Work in flight by key, so identical concurrent requests share one result.
 
-    The work runs in its own task, so a caller hanging up does not cancel it for the
-    others. Its result is shared as soon as it exists; the key stays registered until
-    the follow-up (storing the variant) finishes, so callers arriving in that window
-    get the result instead of starting the work again.
+    The caller that starts the work registers it and, once it has its answer, settles
+    it: the follow-up (storing the variant) runs after the work ends, in its own task,
+    off the starting caller's path. The key stays registered until then, so callers
+    arriving in that window get the result instead of starting the work again.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Task[T]] = {}
+        self._flights: dict[str, asyncio.Future[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._flights)
 
-    async def run(
-        self,
-        key: str,
-        work: Callable[[], Awaitable[T]],
-        then: Callable[[T], Awaitable[None]],
-    ) -> tuple[T, bool]:
-        """(result, whether this caller started the work)."""
-        flight = self._flights.get(key)
-        if flight is not None:
-            return await asyncio.shield(flight), False
-        flight = asyncio.create_task(self._lead(key, work, then))
-        self._flights[key] = flight
+    def get(self, key: str) -> asyncio.Future[T] | None:
+        """The work running (or just finished) for key, to join."""
+        return self._flights.get(key)
+
+    def add(self, key: str, flight: asyncio.Future[T]) -> None:
+        """Register started work; its starter must settle it."""
         # Retrieve the exception even when every caller has gone away.
-        flight.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(flight), True
+        flight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._flights[key] = flight
 
-    async def _lead(
-        self, key: str, work: Callable[[], Awaitable[T]], then: Callable[[T], Awaitable[None]]
-    ) -> T:
-        try:
-            result = await work()
-        except BaseException:
-            del self._flights[key]
-            raise
-        follow_up = asyncio.create_task(self._finish(key, then, result))
-        self._tasks.add(follow_up)
-        follow_up.add_done_callback(self._tasks.discard)
-        return result
+    def settle(
+        self, key: str, flight: asyncio.Future[T], then: Callable[[T], Awaitable[None]] | None
+    ) -> None:
+        """When the work ends: run then(result) if it succeeded, then forget key."""
+        task = asyncio.ensure_future(self._settle(key, flight, then))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, key: str, then: Callable[[T], Awaitable[None]], result: T) -> None:
+    async def _settle(
+        self, key: str, flight: asyncio.Future[T], then: Callable[[T], Awaitable[None]] | None
+    ) -> None:
         try:
-            await then(result)
+            try:
+                result = await asyncio.shield(flight)
+            except Exception:
+                return  # its callers got the error; the next caller starts afresh
+            if then is not None:
+                await then(result)
         finally:
-            self._flights.pop(key, None)
+            if self._flights.get(key) is flight:
+                del self._flights[key]
 
     async def drain(self) -> None:
         """Wait for work and follow-ups still running (at shutdown)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import logging
@@ -65,8 +66,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         # Variant keys asked for lately (hits and misses), so early starts are only
         # tried for keys that are probably new.
         self.seen: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
-        # Keys an early render was started for but the cache turned out to hold.
-        self.already_stored: ByteLRU[str, bool] = ByteLRU(SEEN_KEYS, lambda _: 1)
         # Admitted renders not yet finished (running or queued); past the bound, refuse.
         self.pending = 0
         self.capacity = settings.workers + settings.queue_size
@@ -90,59 +89,58 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             for response in self._responses(held[0], held[1], cache_hit=True):
                 yield response
             return
-        made: asyncio.Future[pipeline.Rendered] | None = None
-        if self._worth_starting_early(image_id, key):
-            # Never seen this key, the original is at hand and a worker is idle: start
-            # rendering while the cache is asked, so a miss does not wait for the answer.
-            made = asyncio.ensure_future(self._make(image_id, key, wanted, context))
-            made.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.seen.put(key, True)
-        hit = self.cache.GetVariant(
-            cache_pb.GetVariantRequest(image_id=image_id, key=key),
-            timeout=CACHE_DEADLINE_SECONDS,
-            metadata=call_metadata(),
-        )
-        started = False
-        variant: image_pb2.VariantMetadata | None = None
-        body: list[bytes] = []
+        flight: asyncio.Future[pipeline.Rendered] | None = None
+        started = False  # whether this call started the render (and so stores it)
+        hit = False
         try:
-            async for message in hit:
-                kind = message.WhichOneof("payload")
-                if kind == "miss":
-                    break  # the image exists; make the variant
-                if kind == "variant":
-                    variant = message.variant  # sent with the first chunk
-                    continue
-                body.append(message.chunk)
-                first = not started
-                started = True
-                yield pb.ProcessResponse(
-                    variant=variant if first else None, chunk=message.chunk, cache_hit=first
-                )
-            else:
-                if not started or variant is None:
-                    raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
-                if made is not None:
-                    self.already_stored.put(key, True)  # the early render need not store it
-                if variant.byte_size <= HOT_ENTRY_BYTES:
-                    self.hot.put(image_id, key, (variant, b"".join(body)), generation)
-                return
-        except grpc.aio.AioRpcError as exc:
-            if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
-                self.originals.pop(image_id)
-            raise upstream_error(exc, "cache") from None
-        shared = made or asyncio.ensure_future(self._make(image_id, key, wanted, context))
-        remaining = context.time_remaining()
-        try:
-            rendered = await asyncio.wait_for(asyncio.shield(shared), remaining)
-        except TimeoutError:
-            raise ServiceError(
-                Reason.DEADLINE_EXCEEDED, "the call's deadline passed while rendering"
-            ) from None
-        made_variant = _variant(image_id, key, rendered)
-        self.hot.put(image_id, key, (made_variant, rendered.data), generation)
-        for response in self._responses(made_variant, rendered.data, cache_hit=False):
-            yield response
+            if self._worth_starting_early(image_id, key):
+                # Never seen this key, the original is at hand and a worker is idle: the
+                # render starts now, while the cache is asked, so a miss does not wait.
+                flight, started = self._flight(image_id, key, wanted)
+            self.seen.put(key, True)
+            variant: image_pb2.VariantMetadata | None = None
+            body: list[bytes] = []
+            try:
+                async for message in self.cache.GetVariant(
+                    cache_pb.GetVariantRequest(image_id=image_id, key=key),
+                    timeout=CACHE_DEADLINE_SECONDS,
+                    metadata=call_metadata(),
+                ):
+                    kind = message.WhichOneof("payload")
+                    if kind == "miss":
+                        break  # the image exists; make the variant
+                    if kind == "variant":
+                        variant = message.variant  # sent with the first chunk
+                        continue
+                    body.append(message.chunk)
+                    first = not hit
+                    hit = True
+                    yield pb.ProcessResponse(
+                        variant=variant if first else None, chunk=message.chunk, cache_hit=first
+                    )
+                else:
+                    if not hit or variant is None:
+                        raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
+                    if variant.byte_size <= HOT_ENTRY_BYTES:
+                        self.hot.put(image_id, key, (variant, b"".join(body)), generation)
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
+                    self.originals.pop(image_id)
+                raise upstream_error(exc, "cache") from None
+            if flight is None:
+                flight, started = self._flight(image_id, key, wanted)
+            rendered = await self._wait(flight, context.time_remaining(), "rendering")
+            made = _variant(image_id, key, rendered)
+            self.hot.put(image_id, key, (made, rendered.data), generation)
+            for response in self._responses(made, rendered.data, cache_hit=False):
+                yield response
+        finally:
+            if flight is not None and started:
+                # After the answer has gone: storing is not on the caller's path. A
+                # variant the cache turned out to hold needs no storing.
+                store = None if hit else functools.partial(self._store, image_id, key)
+                self.flights.settle(key, flight, store)
 
     def _responses(
         self, variant: image_pb2.VariantMetadata, data: bytes, cache_hit: bool
@@ -160,31 +158,38 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             and self.pending < self.settings.workers
         )
 
-    async def _make(
-        self, image_id: str, key: str, wanted: spec.Spec, context: Context
-    ) -> pipeline.Rendered:
-        """Render once per key among concurrent callers, then store the variant."""
-        rendered, _ = await self.flights.run(
-            key,
-            lambda: self._render_stored(image_id, key, wanted),
-            lambda result: self._store(image_id, key, result),
-        )
-        return rendered
+    def _flight(
+        self, image_id: str, key: str, wanted: spec.Spec
+    ) -> tuple[asyncio.Future[pipeline.Rendered], bool]:
+        """(the render of key, whether this call started it): joined if one is running.
 
-    async def _render_stored(self, image_id: str, key: str, wanted: spec.Spec) -> pipeline.Rendered:
-        # Originals never change under an id, and the miss that brought us here said the
-        # image still exists, so a copy held from an earlier miss is as good as a fetch.
+        Shared by every caller of the key, so it is bounded by the processor's own
+        limit, not by whichever caller came first; each caller applies its own deadline.
+        """
+        flight = self.flights.get(key)
+        if flight is not None:
+            return flight, False
+        # Originals never change under an id, and the image exists (a miss says so, or
+        # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
-        if original is None:
-            self._admit()  # before pulling up to 50 MB in, not only before rendering
-            original = await self._fetch(image_id)
-            self.originals.put(image_id, original)
-        # Shared by every caller of this key: bounded by the processor's own limit, not
-        # by whichever caller came first (each caller applies its own deadline).
-        return await self._run(
-            lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits),
-            None,
-            label=key,
+        if original is not None:
+            # Submitted to a worker here and now, not when a task first gets to run.
+            flight = self._submit(
+                lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
+            )
+        else:
+            flight = asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
+        self.flights.add(key, flight)
+        return flight, True
+
+    async def _fetch_and_render(
+        self, image_id: str, key: str, wanted: spec.Spec
+    ) -> pipeline.Rendered:
+        self._admit()  # before pulling up to 50 MB in, not only before rendering
+        original = await self._fetch(image_id)
+        self.originals.put(image_id, original)
+        return await self._submit(
+            lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
         )
 
     async def _fetch(self, image_id: str) -> bytes:
@@ -202,8 +207,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         return bytes(body)
 
     async def _store(self, image_id: str, key: str, rendered: pipeline.Rendered) -> None:
-        if self.already_stored.pop(key):
-            return
         header = cache_pb.PutVariantHeader(
             image_id=image_id,
             key=key,
@@ -241,7 +244,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             inspect(io.BytesIO(data), self.source_limits)
             return pipeline.render(io.BytesIO(data), wanted, self.render_limits)
 
-        rendered = await self._run(work, context.time_remaining(), label="bytes")
+        rendered = await self._wait(
+            self._submit(work, "bytes"), context.time_remaining(), "processing"
+        )
         chunks = self._chunks(rendered.data)
         yield pb.ProcessBytesResponse(variant=_variant("", "", rendered), chunk=chunks[0])
         for chunk in chunks[1:]:
@@ -255,31 +260,34 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 {"retry_after_seconds": "1"},
             )
 
-    async def _run(self, work: Callable[[], T], deadline: float | None, label: str) -> T:
-        """Run CPU work on the pool: refuse when the queue is full, bound it in time."""
+    def _submit(self, work: Callable[[], T], label: str) -> asyncio.Future[T]:
+        """Start CPU work on the pool, or refuse at once when the queue is full."""
         self._admit()
         self.pending += 1
         start = time.perf_counter()
         future = asyncio.get_running_loop().run_in_executor(self.workers, work)
 
-        def finished(_: object) -> None:
-            # Counted down when the thread really stops, not when the caller stops waiting.
+        def finished(done: asyncio.Future[T]) -> None:
+            # Counted down when the thread really stops, not when a caller stops waiting.
             self.pending -= 1
+            if not done.cancelled() and done.exception() is None:
+                ms = round((time.perf_counter() - start) * 1000, 2)
+                log.info("processed", extra={"key": label, "ms": ms})
 
         future.add_done_callback(finished)
+        return future
+
+    async def _wait(self, work: asyncio.Future[T], deadline: float | None, doing: str) -> T:
+        """Work's result, within the caller's deadline and the processing time limit."""
         timeout = self.settings.processing_timeout_seconds
         if deadline is not None:
             timeout = min(timeout, deadline)
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(work), timeout)
         except TimeoutError:
             raise ServiceError(
-                Reason.DEADLINE_EXCEEDED, f"processing took longer than {timeout:.1f}s"
+                Reason.DEADLINE_EXCEEDED, f"{doing} took longer than the {timeout:.1f}s allowed"
             ) from None
-        log.info(
-            "processed", extra={"key": label, "ms": round((time.perf_counter() - start) * 1000, 2)}
-        )
-        return result
 
     def _chunks(self, data: bytes) -> list[bytes]:
         step = self.settings.chunk_bytes
