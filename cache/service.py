@@ -313,6 +313,23 @@ class CacheService(pb_grpc.CacheServiceServicer):
             "variant",
             _checked_variant_header,
         )
+        return pb.PutVariantResponse(variant=await self._put_variant(header, payload))
+
+    async def PutSmallVariant(
+        self, request: pb.PutSmallVariantRequest, context: Context
+    ) -> pb.PutSmallVariantResponse:
+        if not request.HasField("header"):
+            raise invalid_argument("header", "the request carried no header")
+        header = _checked_variant_header(request.header)
+        if not request.data:
+            raise invalid_argument("data", "the variant holds no bytes")
+        if len(request.data) > self.settings.max_variant_bytes:
+            raise too_large(self.settings.max_variant_bytes, "variant")
+        return pb.PutSmallVariantResponse(variant=await self._put_variant(header, request.data))
+
+    async def _put_variant(
+        self, header: pb.PutVariantHeader, payload: bytes
+    ) -> image_pb2.VariantMetadata:
         image_id = ImageId(header.image_id)
         record = VariantRecord(
             image_id=image_id,
@@ -329,7 +346,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         if await self.metadata.get(image_id) is None:
             await self.variants.purge(image_id)
             raise _not_found(image_id)
-        return pb.PutVariantResponse(variant=variant_proto(record))
+        return variant_proto(record)
 
     async def WatchDeletions(
         self, request: pb.WatchDeletionsRequest, context: Context

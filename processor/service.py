@@ -220,10 +220,18 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             for chunk in self._chunks(rendered.data):
                 yield cache_pb.PutVariantRequest(chunk=chunk)
 
+        metadata = call_metadata()
         try:
-            await self.cache.PutVariant(
-                requests(), timeout=CACHE_DEADLINE_SECONDS, metadata=call_metadata()
-            )
+            if len(rendered.data) <= self.settings.chunk_bytes:
+                # One message: a unary call costs the cache less CPU than a stream.
+                small = cache_pb.PutSmallVariantRequest(header=header, data=rendered.data)
+                await self.cache.PutSmallVariant(
+                    small, timeout=CACHE_DEADLINE_SECONDS, metadata=metadata
+                )
+            else:
+                await self.cache.PutVariant(
+                    requests(), timeout=CACHE_DEADLINE_SECONDS, metadata=metadata
+                )
         except grpc.aio.AioRpcError as exc:
             # The caller has its bytes already; a variant not cached is only a later miss.
             log.warning("variant not stored", extra={"key": key, "code": exc.code().name})

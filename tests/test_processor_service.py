@@ -140,7 +140,7 @@ def test_request_id_reaches_the_cache_logs(
     collect(pstub.Process(request, metadata=(("x-request-id", "trace-me-123"),)))
     time.sleep(0.3)  # the variant is stored just after the answer
     seen = [e for e in cache_server.log_entries() if e.get("request_id") == "trace-me-123"]
-    assert {str(e["method"]).rsplit("/", 1)[1] for e in seen} >= {"GetVariant", "PutVariant"}
+    assert {str(e["method"]).rsplit("/", 1)[1] for e in seen} >= {"GetVariant", "PutSmallVariant"}
 
 
 @pytest.fixture
@@ -161,6 +161,44 @@ def start_processor(
     yield start
     for server in started:
         server.kill()
+
+
+def test_variants_are_stored_whole_or_in_chunks_by_size(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    cache_server: ServiceProcess,
+    stub: pb_grpc.CacheServiceStub,
+    big_id: str,
+) -> None:
+    server = start_processor({"IMAGESVC_CHUNK_BYTES": "4KiB"})
+    sizes = {"tiny": 16, "large": 900}  # a 16 px JPEG fits one 4 KiB message; 900 px does not
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        made = {
+            name: collect(
+                pstub.Process(
+                    process_request(big_id, Op(resize=ppb.Resize(width=width)), quality=37),
+                    metadata=(("x-request-id", f"store-{name}"),),
+                )
+            )
+            for name, width in sizes.items()
+        }
+    assert len(made["tiny"][1]) <= 4096 < len(made["large"][1])
+    deadline = time.monotonic() + 5
+    while True:  # stored just after the answers went out
+        stores = {
+            str(e["request_id"]): str(e["method"]).rsplit("/", 1)[1]
+            for e in cache_server.log_entries()
+            if str(e.get("request_id", "")).startswith("store-") and "Put" in str(e.get("method"))
+        }
+        if len(stores) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert stores == {"store-tiny": "PutSmallVariant", "store-large": "PutVariant"}
+    for meta, data in made.values():
+        held = b"".join(
+            m.chunk for m in stub.GetVariant(pb.GetVariantRequest(image_id=big_id, key=meta.key))
+        )
+        assert held == data
 
 
 def test_overload_is_refused_promptly(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +17,7 @@ from common.errors import Reason
 from tests.support import ServiceProcess, channel, failure, png_bytes, upload
 
 IMAGE = "I" * 22
+PutFunction = Callable[[pb_grpc.CacheServiceStub, str, str, bytes], object]
 
 
 def variant(key: str, size: int, image_id: str = IMAGE) -> Variant:
@@ -118,6 +119,15 @@ def put_variant(
     return response
 
 
+def put_small_variant(
+    stub: pb_grpc.CacheServiceStub, image_id: str, key: str, data: bytes
+) -> pb.PutSmallVariantResponse:
+    header = pb.PutVariantHeader(image_id=image_id, key=key, media_type="image/png", width=3)
+    request = pb.PutSmallVariantRequest(header=header, data=data)
+    response: pb.PutSmallVariantResponse = stub.PutSmallVariant(request, timeout=30)
+    return response
+
+
 def get_variant(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes | None:
     """The variant's bytes; None for a miss, or for an image that is gone."""
     body = bytearray()
@@ -171,18 +181,52 @@ def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: Service
         assert not list((small_cache.data_dir / "variants").glob("??/*/*"))
 
 
-def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub) -> None:
+@pytest.mark.parametrize("put", [put_variant, put_small_variant])
+def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) -> None:
     image_id = upload(stub, png_bytes(5, 5)).id
-    error = failure(put_variant, stub, "B" * 22, "k", b"x")
+    error = failure(put, stub, "B" * 22, "k", b"x")
     assert error.reason == Reason.IMAGE_NOT_FOUND
     for key in ("", "../../etc", "a/b", "k" * 129):
-        error = failure(put_variant, stub, image_id, key, b"x")
+        error = failure(put, stub, image_id, key, b"x")
         assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
-    error = failure(put_variant, stub, image_id, "k", b"")
+    error = failure(put, stub, image_id, "k", b"")
     assert error.reason == Reason.INVALID_ARGUMENT
     assert get_variant(stub, image_id, "k") is None
     answers = list(stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key="nope")))
     assert [a.WhichOneof("payload") for a in answers] == ["miss"]
+
+
+def test_a_small_variant_is_stored_like_a_streamed_one(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(7, 7)).id
+    data = b"\x89PNG small variant"
+    meta = put_small_variant(stub, image_id, "whole", data).variant
+    streamed = put_variant(stub, image_id, "streamed", data).variant
+    assert (meta.byte_size, meta.sha256, meta.media_type, meta.width) == (
+        streamed.byte_size,
+        streamed.sha256,
+        streamed.media_type,
+        streamed.width,
+    )
+    assert get_variant(stub, image_id, "whole") == data
+    error = failure(stub.PutSmallVariant, pb.PutSmallVariantRequest(data=data))
+    assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "header")
+
+
+def test_small_variants_have_the_same_size_limit(tmp_path: Path) -> None:
+    server = ServiceProcess("cache", tmp_path, {"IMAGESVC_MAX_VARIANT_BYTES": "1000"}).start()
+    try:
+        with channel(server.address) as ch:
+            stub = pb_grpc.CacheServiceStub(ch)
+            image_id = upload(stub, png_bytes(5, 5)).id
+            for put in (put_variant, put_small_variant):
+                error = failure(put, stub, image_id, "k", b"x" * 1001)
+                assert (error.code, error.reason) == (
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    Reason.PAYLOAD_TOO_LARGE,
+                )
+                assert put(stub, image_id, "k", b"x" * 1000).variant.byte_size == 1000
+    finally:
+        server.kill()
 
 
 def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheServiceStub) -> None:

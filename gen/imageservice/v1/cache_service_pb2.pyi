@@ -411,6 +411,49 @@ class PutVariantResponse(_message.Message):
 Global___PutVariantResponse: _TypeAlias = PutVariantResponse  # noqa: Y015
 
 @_typing.final
+class PutSmallVariantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___PutVariantHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___PutVariantHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSmallVariantRequest: _TypeAlias = PutSmallVariantRequest  # noqa: Y015
+
+@_typing.final
+class PutSmallVariantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def variant(self) -> _image_pb2.VariantMetadata: ...
+    def __init__(
+        self,
+        *,
+        variant: _image_pb2.VariantMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSmallVariantResponse: _TypeAlias = PutSmallVariantResponse  # noqa: Y015
+
+@_typing.final
 class WatchDeletionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

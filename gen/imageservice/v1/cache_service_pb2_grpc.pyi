@@ -63,6 +63,10 @@ class CacheServiceStub:
     """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
+    PutSmallVariant: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.PutSmallVariantRequest, _cache_service_pb2.PutSmallVariantResponse]
+    """Stores a variant sent whole in one message, for variants that fit one (up to
+    the chunk size): the same effect as PutVariant, with less work per call.
+    """
     WatchDeletions: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]
     """Streams the id of every image deleted from now on, for callers that keep copies
     (the gateway's hot cache). Slow watchers are cut off; a broken stream means
@@ -104,6 +108,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
+    PutSmallVariant: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.PutSmallVariantRequest, _cache_service_pb2.PutSmallVariantResponse]  # type: ignore[assignment]
+    """Stores a variant sent whole in one message, for variants that fit one (up to
+    the chunk size): the same effect as PutVariant, with less work per call.
+    """
     WatchDeletions: _aio.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]  # type: ignore[assignment]
     """Streams the id of every image deleted from now on, for callers that keep copies
     (the gateway's hot cache). Slow watchers are cut off; a broken stream means
@@ -184,6 +192,16 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_service_pb2.PutVariantResponse, _abc.Awaitable[_cache_service_pb2.PutVariantResponse]]:
         """Stores a variant: first message the header, then the chunks."""
+
+    @_abc_1.abstractmethod
+    def PutSmallVariant(
+        self,
+        request: _cache_service_pb2.PutSmallVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_service_pb2.PutSmallVariantResponse, _abc.Awaitable[_cache_service_pb2.PutSmallVariantResponse]]:
+        """Stores a variant sent whole in one message, for variants that fit one (up to
+        the chunk size): the same effect as PutVariant, with less work per call.
+        """
 
     @_abc_1.abstractmethod
     def WatchDeletions(
