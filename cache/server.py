@@ -64,4 +64,5 @@ async def serve(settings: Settings) -> None:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
     finally:
         service.close()
+        await asyncio.to_thread(variants.close)
         await metadata.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -83,16 +85,21 @@ def test_start_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
     orphan = data_dir / "blobs" / "AB" / "CD" / ("ABCD" + "x" * 18)
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"a blob whose metadata never committed")
-    torn_variant = data_dir / "variants" / "tmp" / "0.partial"
-    torn_variant.write_bytes(b"torn")
     deleted = "ZZ" + "q" * 20  # its delete crashed after the metadata went
-    stale_variant = data_dir / "variants" / "ZZ" / deleted / "somekey"
-    stale_variant.parent.mkdir(parents=True)
-    stale_variant.write_bytes(b"variant bytes of a deleted image")
+    variants_db = data_dir / "variants" / "variants.db"
+    with contextlib.closing(sqlite3.connect(variants_db)) as db:
+        db.execute(
+            "INSERT INTO variants (image_id, key, record, data, used) VALUES (?, ?, '{}', ?, 1)",
+            (deleted, "somekey", b"variant bytes of a deleted image"),
+        )
+        db.commit()
     server.start()
     try:
-        assert not staged.exists() and not orphan.exists() and not torn_variant.exists()
-        assert not stale_variant.exists()
+        assert not staged.exists() and not orphan.exists()
+        with contextlib.closing(sqlite3.connect(variants_db)) as db:
+            assert not db.execute(
+                "SELECT * FROM variants WHERE image_id = ?", (deleted,)
+            ).fetchall()
         assert any(e.get("msg") == "recovered after a crash" for e in server.log_entries())
     finally:
         server.terminate()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,19 +44,28 @@ def test_memory_lru_evicts_least_recently_used_within_budget() -> None:
     assert lru.purge(IMAGE) == set("acd") and lru.used == 0
 
 
+def stored_keys(root: Path) -> set[str]:
+    """The keys in the disk tier's file, as another process would see them."""
+    with contextlib.closing(sqlite3.connect(root / "variants.db")) as db:
+        return {row[0] for row in db.execute("SELECT key FROM variants")}
+
+
 def test_disk_lru_evicts_within_budget_and_survives_reload(tmp_path: Path) -> None:
     async def scenario() -> None:
-        entry = 1000 + 300  # payload plus header, roughly
+        entry = 1000 + 256  # payload plus the row's overhead
         disk = DiskLRU(tmp_path, budget=3 * entry)
         disk.load()
         for key in "abc":
             await disk.put(variant(key, 1000))
-        assert await disk.get(IMAGE, "a") is not None
+        assert (await disk.get(IMAGE, "c")).data == b"c" * 1000  # type: ignore[union-attr]
+        await disk.flush()
+        assert await disk.get(IMAGE, "a") is not None  # read back from the file
         await disk.put(variant("d", 1000))
         assert await disk.get(IMAGE, "b") is None
         assert disk.used <= disk.budget
-        files = {p.name for p in tmp_path.glob("??/*/*")}
-        assert files == set("acd")
+        await disk.flush()
+        assert stored_keys(tmp_path) == set("acd")
+        disk.close()
 
         reloaded = DiskLRU(tmp_path, budget=3 * entry)
         reloaded.load()
@@ -65,23 +76,46 @@ def test_disk_lru_evicts_within_budget_and_survives_reload(tmp_path: Path) -> No
         await reloaded.put(variant("e", 1000))
         assert await reloaded.get(IMAGE, "a") is None
         assert await reloaded.get(IMAGE, "c") is not None
+        reloaded.close()
 
         smaller = DiskLRU(tmp_path, budget=entry)  # a smaller budget on restart evicts
         smaller.load()
-        assert len(list(tmp_path.glob("??/*/*"))) == 1
+        assert stored_keys(tmp_path) == {"c"}
+        smaller.close()
 
     asyncio.run(scenario())
 
 
-def test_disk_lru_treats_a_damaged_file_as_a_miss(tmp_path: Path) -> None:
+def test_disk_lru_treats_damaged_bytes_as_a_miss(tmp_path: Path) -> None:
     async def scenario() -> None:
         disk = DiskLRU(tmp_path, budget=10_000)
         disk.load()
         await disk.put(variant("a", 100))
-        path = next(tmp_path.glob("??/*/a"))
-        path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)
+        await disk.flush()
+        with contextlib.closing(sqlite3.connect(tmp_path / "variants.db")) as db:
+            db.execute("UPDATE variants SET data = ? WHERE key = 'a'", (b"x" * 100,))
+            db.commit()
         assert await disk.get(IMAGE, "a") is None
-        assert not path.exists() and disk.used == 0
+        await disk.flush()
+        assert stored_keys(tmp_path) == set() and disk.used == 0
+        disk.close()
+
+    asyncio.run(scenario())
+
+
+def test_disk_lru_serves_writes_still_queued_and_purges_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        disk = DiskLRU(tmp_path, budget=100_000)
+        disk.load()
+        for n in range(50):  # not waited for: read back at once, from the queue or the file
+            await disk.put(variant(f"k{n}", 500))
+            got = await disk.get(IMAGE, f"k{n}")
+            assert got is not None and got.data == b"k" * 500
+        await disk.put(variant("other", 10, image_id="J" * 22))
+        assert len(await disk.purge(IMAGE)) == 50  # queued after the writes: removes them all
+        assert stored_keys(tmp_path) == {"other"}
+        assert await disk.get(IMAGE, "k3") is None
+        disk.close()
 
     asyncio.run(scenario())
 
@@ -178,7 +212,7 @@ def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: Service
         assert deleted.purged_variants == 3
         for key in blobs:
             assert get_variant(stub, image_id, key) is None
-        assert not list((small_cache.data_dir / "variants").glob("??/*/*"))
+        assert not stored_keys(small_cache.data_dir / "variants")
 
 
 @pytest.mark.parametrize("put", [put_variant, put_small_variant])
