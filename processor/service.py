@@ -58,6 +58,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         )
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
         self.flights: Flights[pipeline.Rendered] = Flights()
+        self.fetches: Flights[bytes] = Flights()
         self.originals: ByteLRU[str, bytes] = ByteLRU(settings.originals_cache_bytes, len)
         # Recent variants in memory, dropped when their image is deleted (see HotCache).
         self.hot: HotCache[Held] = HotCache(
@@ -72,6 +73,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
 
     async def close(self) -> None:
         await self.flights.drain()
+        await self.fetches.drain()
         self.workers.shutdown(wait=True, cancel_futures=True)
 
     async def Process(
@@ -186,11 +188,24 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self, image_id: str, key: str, wanted: spec.Spec
     ) -> pipeline.Rendered:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
-        original = await self._fetch(image_id)
-        self.originals.put(image_id, original)
+        original = await self._original(image_id)
         return await self._submit(
             lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
         )
+
+    async def _original(self, image_id: str) -> bytes:
+        """The original's bytes: held, or fetched once however many renders want them."""
+        held = self.originals.get(image_id)
+        if held is not None:
+            return held
+        fetch = self.fetches.get(image_id)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(image_id))
+            self.fetches.add(image_id, fetch)
+            self.fetches.settle(image_id, fetch, None)
+        original = await asyncio.shield(fetch)
+        self.originals.put(image_id, original)
+        return original
 
     async def _fetch(self, image_id: str) -> bytes:
         body = bytearray()

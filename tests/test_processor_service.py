@@ -201,6 +201,33 @@ def test_variants_are_stored_whole_or_in_chunks_by_size(
         assert held == data
 
 
+def test_concurrent_misses_of_one_original_fetch_it_once(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    cache_server: ServiceProcess,
+    stub: pb_grpc.CacheServiceStub,
+) -> None:
+    image_id = upload(stub, big_jpeg(2)).id
+    server = start_processor({})  # holds no originals yet
+    barrier = threading.Barrier(6)
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+
+        def call(n: int) -> int:
+            request = process_request(image_id, Op(resize=ppb.Resize(width=40 + n)))
+            barrier.wait()
+            metadata = (("x-request-id", f"herd-{n}"),)
+            return collect(pstub.Process(request, timeout=60, metadata=metadata))[0].width
+
+        with ThreadPoolExecutor(6) as pool:
+            assert sorted(pool.map(call, range(6))) == [40, 41, 42, 43, 44, 45]
+    fetches = [
+        e
+        for e in cache_server.log_entries()
+        if str(e.get("request_id", "")).startswith("herd-") and "GetImage" in str(e["method"])
+    ]
+    assert len(fetches) == 1
+
+
 def test_overload_is_refused_promptly(
     start_processor: Callable[[dict[str, str]], ServiceProcess], big_id: str
 ) -> None:
