@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS variants (
 """
 # Bytes a row costs beyond its data, roughly: the record's JSON and SQLite's own keeping.
 _ROW_OVERHEAD = 256
+_QUEUED_PRUNE = 64
 
 
 class DiskLRU:
@@ -110,7 +111,9 @@ class DiskLRU:
         self.path = root / "variants.db"
         # Values are row sizes; evicted entries are deleted from the file.
         self._lru: ImageLRU[int] = ImageLRU(budget, lambda size: size, self._evicted)
-        self._queued: dict[tuple[str, str], Variant] = {}
+        # Variants not yet known to be written, with their write; pruned as puts come,
+        # not by a callback per write (each would wake the event loop).
+        self._queued: dict[tuple[str, str], tuple[Variant, Future[None]]] = {}
         self._clock = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="variants")
         self._reading = threading.Lock()
@@ -162,7 +165,12 @@ class DiskLRU:
             return None
         queued = self._queued.get((image_id, key))
         if queued is not None:
-            return queued
+            if not queued[1].done():
+                return queued[0]
+            del self._queued[(image_id, key)]
+            if queued[1].exception() is not None:
+                self._lru.pop(image_id, key)
+                return None
         variant = await asyncio.to_thread(self._read, image_id, key)
         if variant is None:
             if self._lru.pop(image_id, key) is not None:
@@ -200,22 +208,21 @@ class DiskLRU:
         if not self._lru.put(*ident, len(variant.data) + _ROW_OVERHEAD):
             return
         self._clock += 1
-        self._queued[ident] = variant
         written = self._write(
             "INSERT OR REPLACE INTO variants (image_id, key, record, data, used) "
             "VALUES (?, ?, ?, ?, ?)",
             (*ident, json.dumps(asdict(record)), variant.data, self._clock),
         )
-        loop = asyncio.get_running_loop()
-        written.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._written, ident, variant, done)
-        )
+        self._queued[ident] = (variant, written)
+        if len(self._queued) > _QUEUED_PRUNE:
+            self._prune()
 
-    def _written(self, ident: tuple[str, str], variant: Variant, done: Future[None]) -> None:
-        if self._queued.get(ident) is variant:
-            del self._queued[ident]
-            if done.exception() is not None:
-                self._lru.pop(*ident)
+    def _prune(self) -> None:
+        for ident, (_, written) in list(self._queued.items()):
+            if written.done():
+                del self._queued[ident]
+                if written.exception() is not None:
+                    self._lru.pop(*ident)
 
     async def purge(self, image_id: str) -> set[str]:
         keys = self._lru.purge(image_id)

@@ -120,6 +120,21 @@ def test_disk_lru_serves_writes_still_queued_and_purges_them(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_disk_lru_forgets_a_variant_whose_write_failed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        disk = DiskLRU(tmp_path, budget=100_000)
+        disk.load()
+        await disk.flush()
+        disk._db.close()  # every write fails from now on, as on a full disk
+        await disk.put(variant("a", 100))
+        await disk.flush()
+        assert await disk.get(IMAGE, "a") is None
+        assert disk.used == 0
+        disk.close()
+
+    asyncio.run(scenario())
+
+
 def test_tiered_cache_promotes_from_disk_and_purges_both(tmp_path: Path) -> None:
     async def scenario() -> None:
         disk = DiskLRU(tmp_path, budget=100_000)
