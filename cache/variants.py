@@ -20,7 +20,7 @@ from common.lru import ImageLRU
 
 log = logging.getLogger("variants")
 
-# Keys become file names: only this alphabet, so no key can name a path.
+# Keys are ids in URLs, logs and the disk tier: a short, plain alphabet.
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -162,7 +162,7 @@ class DiskLRU:
                 self._db.execute(sql, args)
             except sqlite3.Error as exc:
                 # A full disk, say: the memory tier still has it, and a cache may miss.
-                log.warning("variant file not written", extra={"err": str(exc)})
+                log.warning("variant not written to disk", extra={"err": str(exc)})
                 raise
 
         return self._writer.submit(run)
@@ -176,12 +176,10 @@ class DiskLRU:
             return None
         queued = self._queued.get((image_id, key))
         if queued is not None:
-            if not queued[1].done():
+            if not self._forget_if_written((image_id, key)):
                 return queued[0]
-            del self._queued[(image_id, key)]
             if queued[1].exception() is not None:
-                self._lru.pop(image_id, key)
-                return None
+                return None  # its write failed
         variant = await asyncio.to_thread(self._read, image_id, key)
         if variant is None:
             if self._lru.pop(image_id, key) is not None:
@@ -229,11 +227,18 @@ class DiskLRU:
             self._prune()
 
     def _prune(self) -> None:
-        for ident, (_, written) in list(self._queued.items()):
-            if written.done():
-                del self._queued[ident]
-                if written.exception() is not None:
-                    self._lru.pop(*ident)
+        for ident in list(self._queued):
+            self._forget_if_written(ident)
+
+    def _forget_if_written(self, ident: tuple[str, str]) -> bool:
+        """Drop a queued variant once its write has ended (and the index entry, if the
+        write failed); False while it is still queued."""
+        if not self._queued[ident][1].done():
+            return False
+        _, written = self._queued.pop(ident)
+        if written.exception() is not None:
+            self._lru.pop(*ident)
+        return True
 
     async def purge(self, image_id: str) -> set[str]:
         keys = self._lru.purge(image_id)

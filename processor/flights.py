@@ -26,15 +26,21 @@ class Flights(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def get(self, key: str) -> asyncio.Future[T] | None:
-        """The work running (or just finished) for key, to join."""
-        return self._flights.get(key)
+    def join(
+        self, key: str, start: Callable[[], asyncio.Future[T]]
+    ) -> tuple[asyncio.Future[T], bool]:
+        """(key's work, whether this call started it): joined if running, else start()ed.
 
-    def add(self, key: str, flight: asyncio.Future[T]) -> None:
-        """Register started work; its starter must settle it."""
+        Whoever starts the work must settle it.
+        """
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight, False
+        flight = start()
         # Retrieve the exception even when every caller has gone away.
         flight.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[key] = flight
+        return flight, True
 
     def settle(
         self, key: str, flight: asyncio.Future[T], then: Callable[[T], Awaitable[None]] | None

@@ -168,28 +168,29 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         Shared by every caller of the key, so it is bounded by the processor's own
         limit, not by whichever caller came first; each caller applies its own deadline.
         """
-        flight = self.flights.get(key)
-        if flight is not None:
-            return flight, False
+        return self.flights.join(key, lambda: self._start_render(image_id, key, wanted))
+
+    def _start_render(
+        self, image_id: str, key: str, wanted: spec.Spec
+    ) -> asyncio.Future[pipeline.Rendered]:
         # Originals never change under an id, and the image exists (a miss says so, or
         # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
         if original is not None:
             # Submitted to a worker here and now, not when a task first gets to run.
-            flight = self._submit(
-                lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
-            )
-        else:
-            flight = asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
-        self.flights.add(key, flight)
-        return flight, True
+            return self._render(original, wanted, key)
+        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
 
     async def _fetch_and_render(
         self, image_id: str, key: str, wanted: spec.Spec
     ) -> pipeline.Rendered:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
-        original = await self._original(image_id)
-        return await self._submit(
+        return await self._render(await self._original(image_id), wanted, key)
+
+    def _render(
+        self, original: bytes, wanted: spec.Spec, key: str
+    ) -> asyncio.Future[pipeline.Rendered]:
+        return self._submit(
             lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
         )
 
@@ -198,10 +199,10 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         held = self.originals.get(image_id)
         if held is not None:
             return held
-        fetch = self.fetches.get(image_id)
-        if fetch is None:
-            fetch = asyncio.ensure_future(self._fetch(image_id))
-            self.fetches.add(image_id, fetch)
+        fetch, started = self.fetches.join(
+            image_id, lambda: asyncio.ensure_future(self._fetch(image_id))
+        )
+        if started:
             self.fetches.settle(image_id, fetch, None)
         original = await asyncio.shield(fetch)
         self.originals.put(image_id, original)
