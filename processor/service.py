@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import io
@@ -99,6 +100,10 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 # Never seen this key, the original is at hand and a worker is idle: the
                 # render starts now, while the cache is asked, so a miss does not wait.
                 flight, started = self._flight(image_id, key, wanted)
+                if started:
+                    # Hand the GIL to the worker just woken: otherwise it waits while
+                    # this thread sets up the lookup, and the render starts ~0.4 ms late.
+                    time.sleep(0)
             self.seen.put(key, True)
             variant: image_pb2.VariantMetadata | None = None
             body: list[bytes] = []
@@ -139,10 +144,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 yield response
         finally:
             if flight is not None and started:
-                # After the answer has gone: storing is not on the caller's path. A
-                # variant the cache turned out to hold needs no storing.
+                # A variant the cache turned out to hold needs no storing.
                 store = None if hit else functools.partial(self._store, image_id, key)
-                self.flights.settle(key, flight, store)
+                _after_call(context, functools.partial(self.flights.settle, key, flight, store))
 
     def _responses(
         self, variant: image_pb2.VariantMetadata, data: bytes, cache_hit: bool
@@ -316,6 +320,17 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     def _chunks(self, data: bytes) -> list[bytes]:
         step = self.settings.chunk_bytes
         return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _after_call(context: Context, action: Callable[[], None]) -> None:
+    """Run action once the call has ended, its status sent: follow-up work (storing a
+    variant) then costs the caller nothing, not even the CPU it would share."""
+    if context.done():
+        action()
+    else:
+        # In this call's context, so the follow-up carries its request id.
+        call = contextvars.copy_context()
+        context.add_done_callback(lambda _: call.run(action))
 
 
 def _variant(image_id: str, key: str, rendered: pipeline.Rendered) -> image_pb2.VariantMetadata:
