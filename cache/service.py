@@ -35,6 +35,7 @@ MAX_PAGE_SIZE = 1000
 MAX_FILENAME = 255
 MAX_OWNER = 128
 WATCH_BACKLOG = 10_000
+MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
 
 
 def _image_id(value: str, field_name: str = "id") -> ImageId:
@@ -315,17 +316,31 @@ class CacheService(pb_grpc.CacheServiceServicer):
         )
         return pb.PutVariantResponse(variant=await self._put_variant(header, payload))
 
-    async def PutSmallVariant(
-        self, request: pb.PutSmallVariantRequest, context: Context
-    ) -> pb.PutSmallVariantResponse:
-        if not request.HasField("header"):
-            raise invalid_argument("header", "the request carried no header")
-        header = _checked_variant_header(request.header)
-        if not request.data:
-            raise invalid_argument("data", "the variant holds no bytes")
-        if len(request.data) > self.settings.max_variant_bytes:
-            raise too_large(self.settings.max_variant_bytes, "variant")
-        return pb.PutSmallVariantResponse(variant=await self._put_variant(header, request.data))
+    async def PutVariantBatch(
+        self, request: pb.PutVariantBatchRequest, context: Context
+    ) -> pb.PutVariantBatchResponse:
+        if not 0 < len(request.variants) <= MAX_BATCH_VARIANTS:
+            raise invalid_argument("variants", f"send 1 to {MAX_BATCH_VARIANTS} variants")
+        # A malformed entry is the caller's bug and refuses the batch before any is
+        # stored; what can befall one variant on its own is answered in its result.
+        for n, whole in enumerate(request.variants):
+            if not whole.HasField("header"):
+                raise invalid_argument(f"variants[{n}].header", "the variant has no header")
+            _checked_variant_header(whole.header)
+            if not whole.data:
+                raise invalid_argument(f"variants[{n}].data", "the variant holds no bytes")
+        results = []
+        for whole in request.variants:
+            try:
+                if len(whole.data) > self.settings.max_variant_bytes:
+                    raise too_large(self.settings.max_variant_bytes, "variant")
+                stored = await self._put_variant(whole.header, whole.data)
+            except ServiceError as exc:
+                refusal = pb.VariantRefusal(reason=exc.reason.value, message=exc.message)
+                results.append(pb.PutVariantResult(refused=refusal))
+            else:
+                results.append(pb.PutVariantResult(variant=stored))
+        return pb.PutVariantBatchResponse(results=results)
 
     async def _put_variant(
         self, header: pb.PutVariantHeader, payload: bytes

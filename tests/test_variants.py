@@ -181,13 +181,19 @@ def put_variant(
     return response
 
 
-def put_small_variant(
+def put_batched(
     stub: pb_grpc.CacheServiceStub, image_id: str, key: str, data: bytes
-) -> pb.PutSmallVariantResponse:
+) -> pb.PutVariantBatchResponse:
+    """One variant through PutVariantBatch."""
     header = pb.PutVariantHeader(image_id=image_id, key=key, media_type="image/png", width=3)
-    request = pb.PutSmallVariantRequest(header=header, data=data)
-    response: pb.PutSmallVariantResponse = stub.PutSmallVariant(request, timeout=30)
+    request = pb.PutVariantBatchRequest(variants=[pb.WholeVariant(header=header, data=data)])
+    response: pb.PutVariantBatchResponse = stub.PutVariantBatch(request, timeout=30)
     return response
+
+
+def whole(image_id: str, key: str, data: bytes) -> pb.WholeVariant:
+    header = pb.PutVariantHeader(image_id=image_id, key=key, media_type="image/png", width=3)
+    return pb.WholeVariant(header=header, data=data)
 
 
 def get_variant(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes | None:
@@ -243,11 +249,9 @@ def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: Service
         assert not stored_keys(small_cache.data_dir / "variants")
 
 
-@pytest.mark.parametrize("put", [put_variant, put_small_variant])
+@pytest.mark.parametrize("put", [put_variant, put_batched])
 def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) -> None:
     image_id = upload(stub, png_bytes(5, 5)).id
-    error = failure(put, stub, "B" * 22, "k", b"x")
-    assert error.reason == Reason.IMAGE_NOT_FOUND
     for key in ("", "../../etc", "a/b", "k" * 129):
         error = failure(put, stub, image_id, key, b"x")
         assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
@@ -258,11 +262,20 @@ def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) 
     assert [a.WhichOneof("payload") for a in answers] == ["miss"]
 
 
-def test_a_small_variant_is_stored_like_a_streamed_one(stub: pb_grpc.CacheServiceStub) -> None:
+def test_a_variant_of_an_unknown_image_is_refused(stub: pb_grpc.CacheServiceStub) -> None:
+    unknown = "B" * 22
+    assert failure(put_variant, stub, unknown, "k", b"x").reason == Reason.IMAGE_NOT_FOUND
+    (result,) = put_batched(stub, unknown, "k", b"x").results
+    assert result.WhichOneof("outcome") == "refused"
+    assert result.refused.reason == Reason.IMAGE_NOT_FOUND
+
+
+def test_a_batched_variant_is_stored_like_a_streamed_one(stub: pb_grpc.CacheServiceStub) -> None:
     image_id = upload(stub, png_bytes(7, 7)).id
     data = b"\x89PNG small variant"
-    meta = put_small_variant(stub, image_id, "whole", data).variant
+    (result,) = put_batched(stub, image_id, "whole", data).results
     streamed = put_variant(stub, image_id, "streamed", data).variant
+    meta = result.variant
     assert (meta.byte_size, meta.sha256, meta.media_type, meta.width) == (
         streamed.byte_size,
         streamed.sha256,
@@ -270,25 +283,59 @@ def test_a_small_variant_is_stored_like_a_streamed_one(stub: pb_grpc.CacheServic
         streamed.width,
     )
     assert get_variant(stub, image_id, "whole") == data
-    error = failure(stub.PutSmallVariant, pb.PutSmallVariantRequest(data=data))
-    assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "header")
 
 
-def test_small_variants_have_the_same_size_limit(tmp_path: Path) -> None:
+def test_a_batch_answers_each_variant_in_order(tmp_path: Path) -> None:
     server = ServiceProcess("cache", tmp_path, {"IMAGESVC_MAX_VARIANT_BYTES": "1000"}).start()
     try:
         with channel(server.address) as ch:
             stub = pb_grpc.CacheServiceStub(ch)
             image_id = upload(stub, png_bytes(5, 5)).id
-            for put in (put_variant, put_small_variant):
-                error = failure(put, stub, image_id, "k", b"x" * 1001)
-                assert (error.code, error.reason) == (
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    Reason.PAYLOAD_TOO_LARGE,
-                )
-                assert put(stub, image_id, "k", b"x" * 1000).variant.byte_size == 1000
+            batch = [
+                whole(image_id, "first", b"1" * 1000),
+                whole("C" * 22, "orphan", b"2"),  # no such image
+                whole(image_id, "big", b"3" * 1001),
+                whole(image_id, "last", b"4"),
+            ]
+            request = pb.PutVariantBatchRequest(variants=batch)
+            results = stub.PutVariantBatch(request, timeout=30).results
+            outcomes = [
+                r.variant.key if r.WhichOneof("outcome") == "variant" else r.refused.reason
+                for r in results
+            ]
+            assert outcomes == ["first", Reason.IMAGE_NOT_FOUND, Reason.PAYLOAD_TOO_LARGE, "last"]
+            assert get_variant(stub, image_id, "first") == b"1" * 1000
+            assert get_variant(stub, image_id, "last") == b"4"
+            assert get_variant(stub, image_id, "big") is None
+            # The streamed way has the same limit, as an error of its call.
+            error = failure(put_variant, stub, image_id, "big", b"3" * 1001)
+            assert (error.code, error.reason) == (
+                grpc.StatusCode.OUT_OF_RANGE,
+                Reason.PAYLOAD_TOO_LARGE,
+            )
     finally:
         server.kill()
+
+
+def test_a_malformed_batch_stores_nothing(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(6, 5)).id
+
+    def refused(variants: list[pb.WholeVariant]) -> str:
+        error = failure(stub.PutVariantBatch, pb.PutVariantBatchRequest(variants=variants))
+        assert error.reason == Reason.INVALID_ARGUMENT
+        return error.metadata["field"]
+
+    assert refused([]) == "variants"
+    assert refused([whole(image_id, f"k{n}", b"x") for n in range(65)]) == "variants"
+    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "bad/key", b"x")]) == "key"
+    assert refused([whole(image_id, "fine", b"x"), pb.WholeVariant(data=b"x")]) == (
+        "variants[1].header"
+    )
+    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "empty", b"")]) == (
+        "variants[1].data"
+    )
+    assert get_variant(stub, image_id, "fine") is None
+    assert get_variant(stub, image_id, "k0") is None
 
 
 def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheServiceStub) -> None:

@@ -411,7 +411,29 @@ class PutVariantResponse(_message.Message):
 Global___PutVariantResponse: _TypeAlias = PutVariantResponse  # noqa: Y015
 
 @_typing.final
-class PutSmallVariantRequest(_message.Message):
+class PutVariantBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___WholeVariant]: ...
+    def __init__(
+        self,
+        *,
+        variants: _abc.Iterable[Global___WholeVariant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["variants", b"variants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutVariantBatchRequest: _TypeAlias = PutVariantBatchRequest  # noqa: Y015
+
+@_typing.final
+class WholeVariant(_message.Message):
+    """A variant with its bytes in one message."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
@@ -431,27 +453,82 @@ class PutSmallVariantRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PutSmallVariantRequest: _TypeAlias = PutSmallVariantRequest  # noqa: Y015
+Global___WholeVariant: _TypeAlias = WholeVariant  # noqa: Y015
 
 @_typing.final
-class PutSmallVariantResponse(_message.Message):
+class PutVariantBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutVariantResult]:
+        """One per variant sent, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PutVariantResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutVariantBatchResponse: _TypeAlias = PutVariantBatchResponse  # noqa: Y015
+
+@_typing.final
+class PutVariantResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VARIANT_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def variant(self) -> _image_pb2.VariantMetadata: ...
+    def variant(self) -> _image_pb2.VariantMetadata:
+        """stored"""
+
+    @_builtins.property
+    def refused(self) -> Global___VariantRefusal: ...
     def __init__(
         self,
         *,
         variant: _image_pb2.VariantMetadata | None = ...,
+        refused: Global___VariantRefusal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "variant", b"variant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["variant", "refused"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___PutVariantResult: _TypeAlias = PutVariantResult  # noqa: Y015
+
+@_typing.final
+class VariantRefusal(_message.Message):
+    """Why one variant of a batch was not stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """An ErrorInfo reason from the list above: IMAGE_NOT_FOUND or PAYLOAD_TOO_LARGE."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PutSmallVariantResponse: _TypeAlias = PutSmallVariantResponse  # noqa: Y015
+Global___VariantRefusal: _TypeAlias = VariantRefusal  # noqa: Y015
 
 @_typing.final
 class WatchDeletionsRequest(_message.Message):

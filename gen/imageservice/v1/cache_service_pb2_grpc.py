@@ -80,10 +80,10 @@ class CacheServiceStub:
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.FromString,
                 _registered_method=True)
-        self.PutSmallVariant = channel.unary_unary(
-                '/imageservice.v1.CacheService/PutSmallVariant',
-                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantRequest.SerializeToString,
-                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantResponse.FromString,
+        self.PutVariantBatch = channel.unary_unary(
+                '/imageservice.v1.CacheService/PutVariantBatch',
+                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.SerializeToString,
+                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.FromString,
                 _registered_method=True)
         self.WatchDeletions = channel.unary_stream(
                 '/imageservice.v1.CacheService/WatchDeletions',
@@ -158,9 +158,11 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PutSmallVariant(self, request, context):
-        """Stores a variant sent whole in one message, for variants that fit one (up to
-        the chunk size): the same effect as PutVariant, with less work per call.
+    def PutVariantBatch(self, request, context):
+        """Stores up to 64 variants, each sent whole (for variants that fit one message):
+        the same effect as a PutVariant per variant, for the work of one call. A
+        variant refused on its own (its image unknown or deleted meanwhile, or too
+        large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,10 +215,10 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.SerializeToString,
             ),
-            'PutSmallVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.PutSmallVariant,
-                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantRequest.FromString,
-                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantResponse.SerializeToString,
+            'PutVariantBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutVariantBatch,
+                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.FromString,
+                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.SerializeToString,
             ),
             'WatchDeletions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDeletions,
@@ -435,7 +437,7 @@ class CacheService:
             _registered_method=True)
 
     @staticmethod
-    def PutSmallVariant(request,
+    def PutVariantBatch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -448,9 +450,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/imageservice.v1.CacheService/PutSmallVariant',
-            imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantRequest.SerializeToString,
-            imageservice_dot_v1_dot_cache__service__pb2.PutSmallVariantResponse.FromString,
+            '/imageservice.v1.CacheService/PutVariantBatch',
+            imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.SerializeToString,
+            imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,9 +63,11 @@ class CacheServiceStub:
     """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
-    PutSmallVariant: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.PutSmallVariantRequest, _cache_service_pb2.PutSmallVariantResponse]
-    """Stores a variant sent whole in one message, for variants that fit one (up to
-    the chunk size): the same effect as PutVariant, with less work per call.
+    PutVariantBatch: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.PutVariantBatchRequest, _cache_service_pb2.PutVariantBatchResponse]
+    """Stores up to 64 variants, each sent whole (for variants that fit one message):
+    the same effect as a PutVariant per variant, for the work of one call. A
+    variant refused on its own (its image unknown or deleted meanwhile, or too
+    large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
     """
     WatchDeletions: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]
     """Streams the id of every image deleted from now on, for callers that keep copies
@@ -108,9 +110,11 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
-    PutSmallVariant: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.PutSmallVariantRequest, _cache_service_pb2.PutSmallVariantResponse]  # type: ignore[assignment]
-    """Stores a variant sent whole in one message, for variants that fit one (up to
-    the chunk size): the same effect as PutVariant, with less work per call.
+    PutVariantBatch: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.PutVariantBatchRequest, _cache_service_pb2.PutVariantBatchResponse]  # type: ignore[assignment]
+    """Stores up to 64 variants, each sent whole (for variants that fit one message):
+    the same effect as a PutVariant per variant, for the work of one call. A
+    variant refused on its own (its image unknown or deleted meanwhile, or too
+    large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
     """
     WatchDeletions: _aio.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]  # type: ignore[assignment]
     """Streams the id of every image deleted from now on, for callers that keep copies
@@ -194,13 +198,15 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stores a variant: first message the header, then the chunks."""
 
     @_abc_1.abstractmethod
-    def PutSmallVariant(
+    def PutVariantBatch(
         self,
-        request: _cache_service_pb2.PutSmallVariantRequest,
+        request: _cache_service_pb2.PutVariantBatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cache_service_pb2.PutSmallVariantResponse, _abc.Awaitable[_cache_service_pb2.PutSmallVariantResponse]]:
-        """Stores a variant sent whole in one message, for variants that fit one (up to
-        the chunk size): the same effect as PutVariant, with less work per call.
+    ) -> _typing.Union[_cache_service_pb2.PutVariantBatchResponse, _abc.Awaitable[_cache_service_pb2.PutVariantBatchResponse]]:
+        """Stores up to 64 variants, each sent whole (for variants that fit one message):
+        the same effect as a PutVariant per variant, for the work of one call. A
+        variant refused on its own (its image unknown or deleted meanwhile, or too
+        large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
