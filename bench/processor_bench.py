@@ -132,11 +132,13 @@ def main() -> None:
 
                 # In alternating blocks: the machine's speed drifts, and timing
                 # all of one and then all of the other would measure the drift.
+                # Pillow's blocks take each core in turn: the render runs on either.
                 base, svc = interleaved_ms(
                     lambda i: pillow_thumbnail(originals[0], (300, 200)),
                     cold,
                     COLD_RUNS,
                     COLD_ROUNDS,
+                    spread_first=True,
                 )
                 inside = statistics.median(
                     float(str(e["ms"]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def median_ms(op: Callable[[int], object], runs: int) -> float:
@@ -18,24 +20,46 @@ def median_ms(op: Callable[[int], object], runs: int) -> float:
     return statistics.median(samples) * 1000
 
 
+@contextlib.contextmanager
+def on_cpu(cpu: int | None) -> Iterator[None]:
+    """Run the block on one CPU (None: wherever the scheduler likes), then as before."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def interleaved_ms(
     first: Callable[[int], object],
     second: Callable[[int], object],
     runs: int,
     rounds: int = 3,
+    spread_first: bool = False,
 ) -> tuple[float, float]:
     """Median ms per call of each, in alternating blocks of runs // rounds calls.
 
     Blocks keep each side warm (calling them strictly in turn makes each wait on the
     other's cold caches); alternating them spreads the machine's drift over both.
+    With spread_first, first's blocks run on each CPU in turn: where second's work
+    runs in another process, on whichever CPU, and the CPUs drift apart (on this
+    machine one may run 25% slower than the other for seconds at a time), a baseline
+    from one CPU would stand for that CPU only.
     """
     samples: tuple[list[float], list[float]] = ([], [])
     block = max(1, runs // rounds)
+    cpus = sorted(os.sched_getaffinity(0))
     for r in range(rounds):
         for op, out in zip((first, second), samples, strict=True):
-            op(-1 - r)  # warm-up, not counted
-            for i in range(r * block, (r + 1) * block):
-                start = time.perf_counter()
-                op(i)
-                out.append(time.perf_counter() - start)
+            cpu = cpus[r % len(cpus)] if spread_first and op is first else None
+            with on_cpu(cpu):
+                op(-1 - r)  # warm-up, not counted
+                for i in range(r * block, (r + 1) * block):
+                    start = time.perf_counter()
+                    op(i)
+                    out.append(time.perf_counter() - start)
     return statistics.median(samples[0]) * 1000, statistics.median(samples[1]) * 1000
