@@ -36,6 +36,7 @@ async def reconcile(
 
 async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
+    jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
     blobs = open_blob_store(settings.blob_url)
     metadata = open_metadata_store(settings.metadata_url)

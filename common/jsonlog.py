@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -55,3 +57,36 @@ def configure(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     lifecycle.setLevel(logging.INFO)
+
+
+def capture_native_output() -> None:
+    """Turn what C libraries write to descriptor 2 into log records.
+
+    libtiff, for one, prints a line to stderr for every damaged TIFF it meets; raw
+    text would break the JSON lines. Descriptor 2 becomes a pipe whose lines a thread
+    logs (logger "native"); Python's own sys.stderr keeps the real one, so call this
+    before configure(). Once per process; not for processes that start others.
+    """
+    global _captured
+    if _captured:
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    sys.stderr = os.fdopen(real, "w", buffering=1, errors="backslashreplace")
+    threading.Thread(target=_relay, args=(read,), name="native-output", daemon=True).start()
+    _captured = True
+
+
+_captured = False
+
+
+def _relay(fd: int) -> None:
+    native = logging.getLogger("native")
+    with os.fdopen(fd, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                native.warning(line)

@@ -24,6 +24,7 @@ CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].fu
 
 async def serve(settings: Settings) -> None:
     """Run the processor until SIGTERM or SIGINT."""
+    jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
     message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
     channel = insecure_channel(

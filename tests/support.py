@@ -159,6 +159,21 @@ def failure(call: object, *args: object, **kwargs: object) -> RemoteError:
     raise AssertionError("the call succeeded")
 
 
+def native_messages(server: ServiceProcess, timeout: float = 5.0) -> list[str]:
+    """What C libraries printed in server, as its log gives them; fails if any line of
+    the log is not JSON, or if nothing such arrives within timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        native = [str(e["msg"]) for e in server.log_entries() if e.get("logger") == "native"]
+        if native or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    assert [line for line in lines if line.strip() and not line.startswith("{")] == []
+    assert native, "nothing a C library printed reached the log"
+    return native
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import grpc
@@ -13,10 +14,13 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from cache.config import DEFAULT_FORMATS
 from common.errors import Reason
 from tests.support import (
+    CORPUS,
     CorpusFile,
+    ServiceProcess,
     corpus,
     download,
     failure,
+    native_messages,
     png_bytes,
     sha256,
     upload,
@@ -81,6 +85,16 @@ def test_hostile_file_is_refused_and_leaves_nothing(
     assert error.code in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
     assert stored_files(data_dir) == before
     assert stub.ListImages(pb.ListImagesRequest(page_size=1000)).images == listed
+
+
+def test_native_library_messages_come_out_as_json_lines(
+    stub: pb_grpc.CacheServiceStub, cache_server: ServiceProcess
+) -> None:
+    # libtiff prints to stderr about this fuzzed CCITT strip; the log stays JSON lines.
+    data = (CORPUS / "pillow" / "crash-0da013a13571cc8eb457a39fee8db18f8a3c7127.tif").read_bytes()
+    with contextlib.suppress(grpc.RpcError):  # Pillow decodes it in the end
+        upload(stub, data)
+    assert any("Fax4Decode" in message for message in native_messages(cache_server))
 
 
 def test_service_keeps_serving_after_the_hostile_corpus(

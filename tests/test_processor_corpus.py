@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
@@ -12,10 +14,12 @@ from PIL import Image, ImageChops, ImageStat
 from common.errors import Reason
 from tests.support import (
     CORPUS,
+    ServiceProcess,
     bytes_requests,
     collect,
     corpus,
     failure,
+    native_messages,
     open_image,
     process_request,
     upload,
@@ -77,6 +81,16 @@ def test_every_hostile_file_is_refused(pstub: ppb_grpc.ProcessorServiceStub, f: 
         return
     error = failure(pstub.ProcessBytes, requests, timeout=30)
     assert error.reason in expected_reasons(f), (error.code, error.reason, error.message)  # type: ignore[arg-type]
+
+
+def test_native_library_messages_come_out_as_json_lines(
+    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess
+) -> None:
+    # libtiff prints to stderr about this fuzzed CCITT strip; the log stays JSON lines.
+    data = (CORPUS / "pillow" / "crash-0da013a13571cc8eb457a39fee8db18f8a3c7127.tif").read_bytes()
+    with contextlib.suppress(grpc.RpcError):  # Pillow decodes it in the end
+        collect(pstub.ProcessBytes(bytes_requests(data, CONTAIN_300), timeout=30))
+    assert any("Fax4Decode" in message for message in native_messages(processor_server))
 
 
 @pytest.mark.parametrize("kind", ["Landscape", "Portrait"])
