@@ -127,10 +127,13 @@ def _frames(
             _draft(image, spec, orientation)
         fast_decode(image)
         image.load()
-        return [_transform(image, spec, orientation, limits)], [0]
+        return [_transform(image, spec, orientation, limits, {})], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
+    # Smart crops are chosen on the first frame and kept: a window chosen per frame
+    # would jump about as the content moves.
+    windows: Windows = {}
     for n, frame in enumerate(ImageSequence.Iterator(image)):
         if n >= limits.max_frames:
             raise too_large(f"more than {limits.max_frames} frames")
@@ -140,7 +143,7 @@ def _frames(
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        frames.append(_transform(pixels, spec, orientation, limits))
+        frames.append(_transform(pixels, spec, orientation, limits, windows))
         # Every frame is held until the encode: bound them together, not one by one.
         held += frames[-1].width * frames[-1].height
         if held > limits.max_pixels:
@@ -213,7 +216,13 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
     return converted
 
 
-def _transform(image: Image.Image, spec: Spec, orientation: int, limits: Limits) -> Image.Image:
+# Smart-crop windows chosen so far (top-left corners), by the index of their Resize op.
+Windows = dict[int, tuple[int, int]]
+
+
+def _transform(
+    image: Image.Image, spec: Spec, orientation: int, limits: Limits, windows: Windows
+) -> Image.Image:
     image = _normalise(image)
     if orientation != 1:
         method = {
@@ -227,10 +236,12 @@ def _transform(image: Image.Image, spec: Spec, orientation: int, limits: Limits)
         }.get(orientation)
         if method is not None:
             image = image.transpose(method)
-    for op in spec.ops:
+    for n, op in enumerate(spec.ops):
         if isinstance(op, Resize):  # refuse before allocating, not after
             _check_output(_resize_geometry(image.size, op)[0], limits)
-        image = _apply(image, op)
+            image = _resize(image, op, windows, n)
+        else:
+            image = _apply(image, op)
         _check_output(image.size, limits)
     return image
 
@@ -251,8 +262,6 @@ def _check_output(size: tuple[int, int], limits: Limits) -> None:
 def _apply(image: Image.Image, op: Op) -> Image.Image:
     if isinstance(op, Crop):
         return _crop(image, op)
-    if isinstance(op, Resize):
-        return _resize(image, op)
     if isinstance(op, Rotate):
         return _rotate(image, op.angle, op.background)
     if isinstance(op, Flip):
@@ -318,7 +327,7 @@ def _resize_geometry(size: tuple[int, int], op: Resize) -> tuple[tuple[int, int]
     return resized, resized
 
 
-def _resize(image: Image.Image, op: Resize) -> Image.Image:
+def _resize(image: Image.Image, op: Resize, windows: Windows, n: int) -> Image.Image:
     resized, box = _resize_geometry(image.size, op)
     if resized != image.size:
         # Lanczos where the scale changes a lot (aliasing shows); bicubic for the last
@@ -329,17 +338,21 @@ def _resize(image: Image.Image, op: Resize) -> Image.Image:
         image = image.resize(resized, method, reducing_gap=2.0)
     if box == resized:
         return image
-    return image.crop(_cover_box(image, box, op.gravity))
-
-
-def _cover_box(image: Image.Image, box: tuple[int, int], gravity: str) -> tuple[int, int, int, int]:
-    spare_x, spare_y = image.width - box[0], image.height - box[1]
-    if gravity == "smart":
-        left, top = smartcrop.best_window(image, box)
+    if op.gravity == "smart":
+        if n not in windows:
+            windows[n] = smartcrop.best_window(image, box)
+        left, top = windows[n]
     else:
-        left = 0 if "west" in gravity else spare_x if "east" in gravity else spare_x // 2
-        top = 0 if "north" in gravity else spare_y if "south" in gravity else spare_y // 2
-    return (left, top, left + box[0], top + box[1])
+        left, top = _gravity_corner(image.size, box, op.gravity)
+    return image.crop((left, top, left + box[0], top + box[1]))
+
+
+def _gravity_corner(size: tuple[int, int], box: tuple[int, int], gravity: str) -> tuple[int, int]:
+    """Top-left corner of a box-sized window placed by a compass gravity."""
+    spare_x, spare_y = size[0] - box[0], size[1] - box[1]
+    left = 0 if "west" in gravity else spare_x if "east" in gravity else spare_x // 2
+    top = 0 if "north" in gravity else spare_y if "south" in gravity else spare_y // 2
+    return left, top
 
 
 def _rotate(image: Image.Image, angle: float, background: RGBA) -> Image.Image:

@@ -124,6 +124,30 @@ def test_smart_gravity_finds_the_detail(
     assert ImageStat.Stat(result.convert("L")).stddev[0] > 50
 
 
+def test_an_animation_keeps_one_smart_window_for_every_frame(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    frames = []
+    for left in (420, 0):  # the detail is on the right, then on the left
+        frame = Image.new("L", (600, 200), 200)
+        draw = ImageDraw.Draw(frame)
+        for x in range(left, left + 180, 6):
+            draw.line((x, 0, x, 200), fill=0, width=3)
+        frames.append(frame.convert("P"))
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    image_id = upload(stub, gif).id
+    resize = ppb.Resize(width=100, height=100, fit=ppb.FIT_COVER, gravity=ppb.GRAVITY_SMART)
+    result, _ = run(pstub, image_id, Op(resize=resize), format=ppb.OUTPUT_FORMAT_GIF)
+    assert getattr(result, "n_frames", 1) == 2
+    spread = []
+    for n in range(2):
+        result.seek(n)
+        spread.append(ImageStat.Stat(result.convert("L")).stddev[0])
+    # Chosen on the first frame, where the stripes are on the right; the same window
+    # on the second frame sees flat grey, as a crop that does not jump about must.
+    assert spread[0] > 50 and spread[1] < 5, spread
+
+
 def test_crop_takes_the_rectangle(
     pstub: ppb_grpc.ProcessorServiceStub, ids: dict[str, str]
 ) -> None:
