@@ -283,19 +283,37 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 # forget what it holds and watch again.
                 self._watchers.discard(queue)
 
-    async def GetVariant(
-        self, request: pb.GetVariantRequest, context: Context
-    ) -> AsyncIterator[pb.GetVariantResponse]:
+    async def _lookup(
+        self, request: pb.GetVariantRequest | pb.LookupVariantRequest
+    ) -> Variant | None:
+        """The variant asked for; None for a miss, which also says the image exists."""
         image_id = _image_id(request.image_id, "image_id")
         if not valid_key(request.key):
             raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
         variant = await self.variants.get(image_id, request.key)
+        # A miss is an expected answer, not an error (errors cost far more to build and
+        # to read). It also says the image exists, so a processor may reuse an original
+        # it holds.
+        if variant is None and await self.metadata.get(image_id) is None:
+            raise _not_found(image_id)
+        return variant
+
+    async def LookupVariant(
+        self, request: pb.LookupVariantRequest, context: Context
+    ) -> pb.LookupVariantResponse:
+        variant = await self._lookup(request)
         if variant is None:
-            # A miss is an expected answer, not an error (errors cost far more to build
-            # and to read). It also says the image exists, so a processor may reuse an
-            # original it holds.
-            if await self.metadata.get(image_id) is None:
-                raise _not_found(image_id)
+            return pb.LookupVariantResponse(miss=pb.VariantMiss())
+        meta = variant_proto(variant.record)
+        if len(variant.data) > self.settings.chunk_bytes:
+            return pb.LookupVariantResponse(too_large=meta)
+        return pb.LookupVariantResponse(found=pb.FoundVariant(variant=meta, data=variant.data))
+
+    async def GetVariant(
+        self, request: pb.GetVariantRequest, context: Context
+    ) -> AsyncIterator[pb.GetVariantResponse]:
+        variant = await self._lookup(request)
+        if variant is None:
             yield pb.GetVariantResponse(miss=pb.VariantMiss())
             return
         yield pb.GetVariantResponse(variant=variant_proto(variant.record))

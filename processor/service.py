@@ -118,32 +118,34 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     # this thread sets up the lookup, and the render starts ~0.4 ms late.
                     os.sched_yield()
             self.seen.put(key, True)
-            variant: image_pb2.VariantMetadata | None = None
-            body: list[bytes] = []
             try:
-                async for message in self.cache.GetVariant(
-                    cache_pb.GetVariantRequest(image_id=image_id, key=key),
+                # One message answers a miss or a small variant; a large one is streamed.
+                lookup = await self.cache.LookupVariant(
+                    cache_pb.LookupVariantRequest(image_id=image_id, key=key),
                     timeout=CACHE_DEADLINE_SECONDS,
                     metadata=call_metadata(),
-                ):
-                    kind = message.WhichOneof("payload")
-                    if kind == "miss":
-                        break  # the image exists; make the variant
-                    if kind == "variant":
-                        variant = message.variant  # sent with the first chunk
-                        continue
-                    body.append(message.chunk)
-                    first = not hit
+                )
+                outcome = lookup.WhichOneof("outcome")
+                if outcome == "found":
                     hit = True
-                    yield pb.ProcessResponse(
-                        variant=variant if first else None, chunk=message.chunk, cache_hit=first
-                    )
-                else:
-                    if not hit or variant is None:
-                        raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
-                    if variant.byte_size <= HOT_ENTRY_BYTES:
-                        self.hot.put(image_id, key, (variant, b"".join(body)), generation)
+                    found = lookup.found
+                    if found.variant.byte_size <= HOT_ENTRY_BYTES:
+                        self.hot.put(image_id, key, (found.variant, found.data), generation)
+                    for response in self._responses(found.variant, found.data, cache_hit=True):
+                        yield response
                     return
+                if outcome == "too_large":
+                    body: list[bytes] = []
+                    async for response in self._stream_cached(image_id, key):
+                        hit = True
+                        body.append(response.chunk)
+                        yield response
+                    if hit:
+                        variant = lookup.too_large
+                        if variant.byte_size <= HOT_ENTRY_BYTES:
+                            self.hot.put(image_id, key, (variant, b"".join(body)), generation)
+                        return
+                    # Evicted between the two calls: made afresh, like any miss.
             except grpc.aio.AioRpcError as exc:
                 if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
                     self.originals.pop(image_id)
@@ -160,6 +162,29 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 # A variant the cache turned out to hold needs no storing.
                 store = None if hit else functools.partial(self._store, image_id, key)
                 _after_call(context, functools.partial(self.flights.settle, key, flight, store))
+
+    async def _stream_cached(self, image_id: str, key: str) -> AsyncIterator[pb.ProcessResponse]:
+        """A cached variant too large for one message, chunk by chunk as the cache sends
+        it; nothing if it has gone meanwhile."""
+        variant: image_pb2.VariantMetadata | None = None
+        first = True
+        async for message in self.cache.GetVariant(
+            cache_pb.GetVariantRequest(image_id=image_id, key=key),
+            timeout=CACHE_DEADLINE_SECONDS,
+            metadata=call_metadata(),
+        ):
+            kind = message.WhichOneof("payload")
+            if kind == "miss":
+                return
+            if kind == "variant":
+                variant = message.variant  # sent with the first chunk
+                continue
+            if variant is None:
+                raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
+            yield pb.ProcessResponse(
+                variant=variant if first else None, chunk=message.chunk, cache_hit=first
+            )
+            first = False
 
     def _responses(
         self, variant: image_pb2.VariantMetadata, data: bytes, cache_hit: bool

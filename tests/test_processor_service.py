@@ -50,6 +50,14 @@ def processed_keys(server: ServiceProcess) -> list[str]:
     return [str(e["key"]) for e in server.log_entries() if e.get("msg") == "processed"]
 
 
+def cache_calls(cache_server: ServiceProcess, method: str) -> list[dict[str, object]]:
+    return [e for e in cache_server.log_entries() if str(e.get("method")).endswith("/" + method)]
+
+
+def variant_reads(cache_server: ServiceProcess) -> list[dict[str, object]]:
+    return cache_calls(cache_server, "LookupVariant") + cache_calls(cache_server, "GetVariant")
+
+
 def test_permuted_spellings_share_one_variant(
     pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
 ) -> None:
@@ -115,13 +123,10 @@ def test_delete_purges_the_processors_variants(
     for width in (50, 60, 70):
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width)))))
     time.sleep(0.3)
-    lookups = sum(1 for e in cache_server.log_entries() if "GetVariant" in str(e.get("method")))
+    lookups = len(variant_reads(cache_server))
     collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
     # Held in the processor's memory: the cache service was not even asked.
-    assert (
-        sum(1 for e in cache_server.log_entries() if "GetVariant" in str(e.get("method")))
-        == lookups
-    )
+    assert len(variant_reads(cache_server)) == lookups
     assert stub.DeleteImage(pb.DeleteImageRequest(id=image_id)).purged_variants == 3
     deadline = time.monotonic() + 2  # the processor hears of the delete through WatchDeletions
     while True:
@@ -141,7 +146,7 @@ def test_request_id_reaches_the_cache_logs(
     collect(pstub.Process(request, metadata=(("x-request-id", "trace-me-123"),)))
     seen = [e for e in cache_server.log_entries() if e.get("request_id") == "trace-me-123"]
     # The variant is stored later, in a batch that belongs to no one request.
-    assert "GetVariant" in {str(e["method"]).rsplit("/", 1)[1] for e in seen}
+    assert "LookupVariant" in {str(e["method"]).rsplit("/", 1)[1] for e in seen}
 
 
 @pytest.fixture
@@ -162,10 +167,6 @@ def start_processor(
     yield start
     for server in started:
         server.kill()
-
-
-def cache_calls(cache_server: ServiceProcess, method: str) -> list[dict[str, object]]:
-    return [e for e in cache_server.log_entries() if str(e.get("method")).endswith("/" + method)]
 
 
 def stored(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes:
@@ -205,6 +206,56 @@ def test_variants_are_stored_whole_or_in_chunks_by_size(
     streamed = {e.get("request_id") for e in cache_calls(cache_server, "PutVariant")}
     assert "store-large" in streamed and "store-tiny" not in streamed
     assert len(cache_calls(cache_server, "PutVariantBatch")) > batches
+
+
+def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
+    # The cache answers a variant whole when it fits one of its messages (4 KiB here).
+    env = {"IMAGESVC_CHUNK_BYTES": "4KiB", "IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": "0"}
+    cache = ServiceProcess("cache", tmp_path / "cache", env).start()
+    started = [cache]
+    try:
+        with channel(cache.address) as ch:
+            stub = pb_grpc.CacheServiceStub(ch)
+            image_id = upload(stub, big_jpeg(5)).id
+            sizes = {"tiny": 17, "large": 901}
+            made = {}
+            for name in ("maker", "reader"):
+                started.append(
+                    ServiceProcess(
+                        "processor",
+                        tmp_path / name,
+                        {**env, "IMAGESVC_CACHE_ADDRESS": cache.address},
+                    ).start()
+                )
+            with channel(started[1].address) as pch:
+                pstub = ppb_grpc.ProcessorServiceStub(pch)
+                for name, width in sizes.items():
+                    request = process_request(image_id, Op(resize=ppb.Resize(width=width)))
+                    meta, data = collect(pstub.Process(request))
+                    assert stored(stub, image_id, meta.key) == data
+                    made[name] = data
+            assert len(made["tiny"]) <= 4096 < len(made["large"])
+            with channel(started[2].address) as pch:  # holds nothing: answers from the cache
+                pstub = ppb_grpc.ProcessorServiceStub(pch)
+                for name, width in sizes.items():
+                    request = process_request(image_id, Op(resize=ppb.Resize(width=width)))
+                    rid = (("x-request-id", f"read-{name}"),)
+                    answers = list(pstub.Process(request, metadata=rid))
+                    assert answers[0].cache_hit
+                    assert b"".join(a.chunk for a in answers) == made[name]
+        reads = {
+            (str(e["request_id"]), str(e["method"]).rsplit("/", 1)[1])
+            for e in variant_reads(cache)
+            if str(e.get("request_id", "")).startswith("read-")
+        }
+        assert reads == {
+            ("read-tiny", "LookupVariant"),
+            ("read-large", "LookupVariant"),
+            ("read-large", "GetVariant"),
+        }
+    finally:
+        for server in started:
+            server.kill()
 
 
 def test_concurrent_misses_are_stored_in_batches(

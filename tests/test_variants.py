@@ -338,6 +338,33 @@ def test_a_malformed_batch_stores_nothing(stub: pb_grpc.CacheServiceStub) -> Non
     assert get_variant(stub, image_id, "k0") is None
 
 
+def test_a_lookup_answers_in_one_message(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(9, 9)).id
+    small, large = b"s" * 1000, b"L" * 300_000  # the chunk size is 256 KiB
+    put_variant(stub, image_id, "small", small)
+    put_variant(stub, image_id, "large", large)
+
+    def lookup(key: str, of: str = image_id) -> pb.LookupVariantResponse:
+        answer: pb.LookupVariantResponse = stub.LookupVariant(
+            pb.LookupVariantRequest(image_id=of, key=key)
+        )
+        return answer
+
+    found = lookup("small")
+    assert found.WhichOneof("outcome") == "found"
+    assert (found.found.data, found.found.variant.key) == (small, "small")
+    too_large = lookup("large")
+    assert too_large.WhichOneof("outcome") == "too_large"
+    assert too_large.too_large.byte_size == len(large)
+    assert get_variant(stub, image_id, "large") == large  # streamed the usual way
+    assert lookup("absent").WhichOneof("outcome") == "miss"
+    request = pb.LookupVariantRequest(image_id="D" * 22, key="absent")
+    assert failure(stub.LookupVariant, request).reason == Reason.IMAGE_NOT_FOUND
+    request = pb.LookupVariantRequest(image_id=image_id, key="../x")
+    error = failure(stub.LookupVariant, request)
+    assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
+
+
 def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheServiceStub) -> None:
     image_id = upload(stub, png_bytes(6, 6)).id
     answers = list(stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key="absent")))

@@ -335,6 +335,83 @@ class VariantMiss(_message.Message):
 Global___VariantMiss: _TypeAlias = VariantMiss  # noqa: Y015
 
 @_typing.final
+class LookupVariantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupVariantRequest: _TypeAlias = LookupVariantRequest  # noqa: Y015
+
+@_typing.final
+class LookupVariantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MISS_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    TOO_LARGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def miss(self) -> Global___VariantMiss: ...
+    @_builtins.property
+    def found(self) -> Global___FoundVariant: ...
+    @_builtins.property
+    def too_large(self) -> _image_pb2.VariantMetadata: ...
+    def __init__(
+        self,
+        *,
+        miss: Global___VariantMiss | None = ...,
+        found: Global___FoundVariant | None = ...,
+        too_large: _image_pb2.VariantMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "miss", b"miss", "outcome", b"outcome", "too_large", b"too_large"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "miss", b"miss", "outcome", b"outcome", "too_large", b"too_large"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["miss", "found", "too_large"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___LookupVariantResponse: _TypeAlias = LookupVariantResponse  # noqa: Y015
+
+@_typing.final
+class FoundVariant(_message.Message):
+    """A cached variant with its bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def variant(self) -> _image_pb2.VariantMetadata: ...
+    def __init__(
+        self,
+        *,
+        variant: _image_pb2.VariantMetadata | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoundVariant: _TypeAlias = FoundVariant  # noqa: Y015
+
+@_typing.final
 class PutVariantHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -75,6 +75,11 @@ class CacheServiceStub:
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantResponse.FromString,
                 _registered_method=True)
+        self.LookupVariant = channel.unary_unary(
+                '/imageservice.v1.CacheService/LookupVariant',
+                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.SerializeToString,
+                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.FromString,
+                _registered_method=True)
         self.PutVariant = channel.stream_unary(
                 '/imageservice.v1.CacheService/PutVariant',
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
@@ -151,6 +156,15 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupVariant(self, request, context):
+        """The same lookup answered in one message, which costs both sides less than a
+        stream: the variant whole when it fits one message (up to the chunk size), else
+        its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutVariant(self, request_iterator, context):
         """Stores a variant: first message the header, then the chunks.
         """
@@ -209,6 +223,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.GetVariant,
                     request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantResponse.SerializeToString,
+            ),
+            'LookupVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupVariant,
+                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.FromString,
+                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.SerializeToString,
             ),
             'PutVariant': grpc.stream_unary_rpc_method_handler(
                     servicer.PutVariant,
@@ -399,6 +418,33 @@ class CacheService:
             '/imageservice.v1.CacheService/GetVariant',
             imageservice_dot_v1_dot_cache__service__pb2.GetVariantRequest.SerializeToString,
             imageservice_dot_v1_dot_cache__service__pb2.GetVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imageservice.v1.CacheService/LookupVariant',
+            imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.SerializeToString,
+            imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,

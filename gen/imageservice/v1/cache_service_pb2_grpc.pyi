@@ -61,6 +61,11 @@ class CacheServiceStub:
     A miss is an answer, not an error: a single message with `miss` set (the image
     exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
     """
+    LookupVariant: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.LookupVariantRequest, _cache_service_pb2.LookupVariantResponse]
+    """The same lookup answered in one message, which costs both sides less than a
+    stream: the variant whole when it fits one message (up to the chunk size), else
+    its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+    """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
     PutVariantBatch: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.PutVariantBatchRequest, _cache_service_pb2.PutVariantBatchResponse]
@@ -107,6 +112,11 @@ class CacheServiceAsyncStub(CacheServiceStub):
     """Streams a cached variant back: first message the metadata, then the chunks.
     A miss is an answer, not an error: a single message with `miss` set (the image
     exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
+    """
+    LookupVariant: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.LookupVariantRequest, _cache_service_pb2.LookupVariantResponse]  # type: ignore[assignment]
+    """The same lookup answered in one message, which costs both sides less than a
+    stream: the variant whole when it fits one message (up to the chunk size), else
+    its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
@@ -187,6 +197,17 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a cached variant back: first message the metadata, then the chunks.
         A miss is an answer, not an error: a single message with `miss` set (the image
         exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupVariant(
+        self,
+        request: _cache_service_pb2.LookupVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_service_pb2.LookupVariantResponse, _abc.Awaitable[_cache_service_pb2.LookupVariantResponse]]:
+        """The same lookup answered in one message, which costs both sides less than a
+        stream: the variant whole when it fits one message (up to the chunk size), else
+        its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
         """
 
     @_abc_1.abstractmethod
