@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -103,7 +104,10 @@ class _Call:
                 "ms": round((time.perf_counter() - self.start) * 1000, 2),
             },
         )
-        request_id.reset(self.token)
+        # A stream abandoned mid-answer is closed later by asyncio, in another context,
+        # where the token cannot be reset (and needs not be: that context is its own).
+        with contextlib.suppress(ValueError):
+            request_id.reset(self.token)
 
 
 def _wrap_unary(

@@ -106,62 +106,69 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 yield response
             return
         flight: asyncio.Future[pipeline.Rendered] | None = None
-        started = False  # whether this call started the render (and so stores it)
-        hit = False
+        hit = False  # the cache held the variant: nothing to store
+
+        def join() -> tuple[asyncio.Future[pipeline.Rendered], bool]:
+            joined, started = self._flight(image_id, key, wanted)
+            if started:
+                # The call that starts a render stores what it makes, once the call has
+                # ended, however it ends: the caller never waits for the store, and a
+                # caller that hangs up still gets its render stored.
+                def settle() -> None:
+                    store = None if hit else functools.partial(self._store, image_id, key)
+                    self.flights.settle(key, joined, store)
+
+                _after_call(context, settle)
+            return joined, started
+
+        if self._worth_starting_early(image_id, key):
+            # Never seen this key, the original is at hand and a worker is idle: the
+            # render starts now, while the cache is asked, so a miss does not wait.
+            flight, started = join()
+            if started:
+                # Yield the GIL to the worker just woken: otherwise it waits while this
+                # thread sets up the lookup, and the render starts ~0.4 ms late.
+                os.sched_yield()
+        self.seen.put(key, True)
         try:
-            if self._worth_starting_early(image_id, key):
-                # Never seen this key, the original is at hand and a worker is idle: the
-                # render starts now, while the cache is asked, so a miss does not wait.
-                flight, started = self._flight(image_id, key, wanted)
-                if started:
-                    # Yield the GIL to the worker just woken: otherwise it waits while
-                    # this thread sets up the lookup, and the render starts ~0.4 ms late.
-                    os.sched_yield()
-            self.seen.put(key, True)
-            try:
-                # One message answers a miss or a small variant; a large one is streamed.
-                lookup = await self.cache.LookupVariant(
-                    cache_pb.LookupVariantRequest(image_id=image_id, key=key),
-                    timeout=CACHE_DEADLINE_SECONDS,
-                    metadata=call_metadata(),
-                )
-                outcome = lookup.WhichOneof("outcome")
-                if outcome == "found":
+            # One message answers a miss or a small variant; a large one is streamed.
+            lookup = await self.cache.LookupVariant(
+                cache_pb.LookupVariantRequest(image_id=image_id, key=key),
+                timeout=CACHE_DEADLINE_SECONDS,
+                metadata=call_metadata(),
+            )
+            outcome = lookup.WhichOneof("outcome")
+            if outcome == "found":
+                hit = True
+                found = lookup.found
+                if found.variant.byte_size <= HOT_ENTRY_BYTES:
+                    self.hot.put(image_id, key, (found.variant, found.data), generation)
+                for response in self._responses(found.variant, found.data, cache_hit=True):
+                    yield response
+                return
+            if outcome == "too_large":
+                body: list[bytes] = []
+                async for response in self._stream_cached(image_id, key):
                     hit = True
-                    found = lookup.found
-                    if found.variant.byte_size <= HOT_ENTRY_BYTES:
-                        self.hot.put(image_id, key, (found.variant, found.data), generation)
-                    for response in self._responses(found.variant, found.data, cache_hit=True):
-                        yield response
+                    body.append(response.chunk)
+                    yield response
+                if hit:
+                    variant = lookup.too_large
+                    if variant.byte_size <= HOT_ENTRY_BYTES:
+                        self.hot.put(image_id, key, (variant, b"".join(body)), generation)
                     return
-                if outcome == "too_large":
-                    body: list[bytes] = []
-                    async for response in self._stream_cached(image_id, key):
-                        hit = True
-                        body.append(response.chunk)
-                        yield response
-                    if hit:
-                        variant = lookup.too_large
-                        if variant.byte_size <= HOT_ENTRY_BYTES:
-                            self.hot.put(image_id, key, (variant, b"".join(body)), generation)
-                        return
-                    # Evicted between the two calls: made afresh, like any miss.
-            except grpc.aio.AioRpcError as exc:
-                if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
-                    self.originals.pop(image_id)
-                raise upstream_error(exc, "cache") from None
-            if flight is None:
-                flight, started = self._flight(image_id, key, wanted)
-            rendered = await self._wait(flight, context.time_remaining(), "rendering")
-            made = _variant(image_id, key, rendered)
-            self.hot.put(image_id, key, (made, rendered.data), generation)
-            for response in self._responses(made, rendered.data, cache_hit=False):
-                yield response
-        finally:
-            if flight is not None and started:
-                # A variant the cache turned out to hold needs no storing.
-                store = None if hit else functools.partial(self._store, image_id, key)
-                _after_call(context, functools.partial(self.flights.settle, key, flight, store))
+                # Evicted between the two calls: made afresh, like any miss.
+        except grpc.aio.AioRpcError as exc:
+            if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
+                self.originals.pop(image_id)
+            raise upstream_error(exc, "cache") from None
+        if flight is None:
+            flight, _ = join()
+        rendered = await self._wait(flight, context.time_remaining(), "rendering")
+        made = _variant(image_id, key, rendered)
+        self.hot.put(image_id, key, (made, rendered.data), generation)
+        for response in self._responses(made, rendered.data, cache_hit=False):
+            yield response
 
     async def _stream_cached(self, image_id: str, key: str) -> AsyncIterator[pb.ProcessResponse]:
         """A cached variant too large for one message, chunk by chunk as the cache sends
@@ -372,7 +379,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
 def _after_call(context: Context, action: Callable[[], None]) -> None:
     """Run action once the call has ended, its status sent: follow-up work (storing a
     variant) then costs the caller nothing, not even the CPU it would share."""
-    if context.done():
+    # A cancelled call may already have run its callbacks (and never reads as done).
+    if context.done() or context.cancelled():
         action()
     else:
         # In this call's context, so the follow-up carries its request id.

@@ -258,6 +258,29 @@ def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
             server.kill()
 
 
+def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    stub: pb_grpc.CacheServiceStub,
+    big_id: str,
+) -> None:
+    server = start_processor({"IMAGESVC_CHUNK_BYTES": "4KiB"})
+    # A big PNG in 4 KiB messages: far more than gRPC sends before the caller reads.
+    request = process_request(
+        big_id, Op(resize=ppb.Resize(width=1800)), format=ppb.OUTPUT_FORMAT_PNG
+    )
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        answer = pstub.Process(request, timeout=60)
+        first = next(iter(answer))
+        answer.cancel()  # type: ignore[no-untyped-call]  # hangs up, the rest unsent
+        key = first.variant.key
+        data = stored(stub, big_id, key)
+        assert len(data) == first.variant.byte_size
+        # The key is not stuck in flight: the same request is answered, from the cache.
+        meta, again = collect(pstub.Process(request, timeout=60))
+        assert (meta.key, again) == (key, data)
+
+
 def test_concurrent_misses_are_stored_in_batches(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
     cache_server: ServiceProcess,
