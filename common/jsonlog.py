@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import faulthandler
+import fcntl
 import json
 import logging
 import os
@@ -66,6 +69,11 @@ def capture_native_output() -> None:
     text would break the JSON lines. Descriptor 2 becomes a pipe whose lines a thread
     logs (logger "native"); Python's own sys.stderr keeps the real one, so call this
     before configure(). Once per process; not for processes that start others.
+
+    The pipe never blocks a writer (a full pipe drops the line: a C library holding the
+    GIL could otherwise wait on a relay that needs it), and if the relay stops, the
+    real stderr is put back. Python's fatal-error tracebacks (faulthandler) go to the
+    real stderr, so a crash is never lost in the pipe.
     """
     global _captured
     if _captured:
@@ -73,20 +81,34 @@ def capture_native_output() -> None:
     sys.stderr.flush()
     real = os.dup(2)
     read, write = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):  # Linux: room for bursts
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    os.set_blocking(write, False)
     os.dup2(write, 2)
     os.close(write)
     sys.stderr = os.fdopen(real, "w", buffering=1, errors="backslashreplace")
-    threading.Thread(target=_relay, args=(read,), name="native-output", daemon=True).start()
+    faulthandler.enable(sys.stderr)
+    threading.Thread(target=_relay, args=(read, real), name="native-output", daemon=True).start()
     _captured = True
 
 
 _captured = False
+PIPE_BYTES = 1024 * 1024
+LINE_CHARS = 4096  # a longer line is cut: one record per line, bounded
 
 
-def _relay(fd: int) -> None:
+def _relay(fd: int, real: int) -> None:
     native = logging.getLogger("native")
-    with os.fdopen(fd, "rb") as pipe:
-        for raw in pipe:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                native.warning(line)
+    pending = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > LINE_CHARS:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                line = raw[:LINE_CHARS].decode(errors="replace").rstrip()
+                if line:
+                    native.warning(line)
+    finally:
+        os.dup2(real, 2)  # whatever stopped the relay, C output goes somewhere again
