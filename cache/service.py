@@ -344,7 +344,11 @@ class CacheService(pb_grpc.CacheServiceServicer):
         for n, whole in enumerate(request.variants):
             if not whole.HasField("header"):
                 raise invalid_argument(f"variants[{n}].header", "the variant has no header")
-            _checked_variant_header(whole.header)
+            try:
+                _checked_variant_header(whole.header)
+            except ServiceError as exc:
+                field = f"variants[{n}].header.{exc.metadata.get('field', '')}".rstrip(".")
+                raise invalid_argument(field, exc.message) from None
             if not whole.data:
                 raise invalid_argument(f"variants[{n}].data", "the variant holds no bytes")
         results = []

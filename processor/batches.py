@@ -29,6 +29,7 @@ class VariantBatches:
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def put(self, variant: cache_pb.WholeVariant) -> cache_pb.PutVariantResult:
         """The variant's result once its batch is answered; the call's error if it failed."""
@@ -40,7 +41,8 @@ class VariantBatches:
         )
         self._pending.append((variant, future))
         self._bytes += size
-        if len(self._pending) >= self._max_count or self._bytes >= self._max_bytes:
+        full = len(self._pending) >= self._max_count or self._bytes >= self._max_bytes
+        if full or self._closing:
             self.flush()
         elif self._timer is None:
             # In a context of its own: the batch belongs to no one caller's request.
@@ -66,8 +68,10 @@ class VariantBatches:
     async def _call(self, batch: list[Pending]) -> None:
         try:
             results = await self._send([variant for variant, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{len(results)} results for {len(batch)} variants")
+            answered = [r.variant.key for r in results if r.WhichOneof("outcome") == "variant"]
+            sent = {variant.header.key for variant, _ in batch}
+            if len(results) != len(batch) or not sent.issuperset(answered):
+                raise RuntimeError(f"{len(results)} results do not answer {len(batch)} variants")
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -77,7 +81,16 @@ class VariantBatches:
             if not future.done():
                 future.set_result(result)
 
+    def close(self) -> None:
+        """From now on every variant leaves at once (shutting down)."""
+        self._closing = True
+        self.flush()
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._calls
+
     async def drain(self) -> None:
-        """Send what is waiting and wait for every batch to be answered (at shutdown)."""
+        """Send what is waiting and wait for every batch to be answered."""
         self.flush()
         await asyncio.gather(*self._calls, return_exceptions=True)

@@ -84,9 +84,15 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self.capacity = settings.workers + settings.queue_size
 
     async def close(self) -> None:
-        self.batches.flush()
-        await self.flights.drain()
-        await self.batches.drain()
+        """Finish renders, fetches and stores still under way (after the server stopped)."""
+        self.batches.close()
+        # A store may start while another is drained (a flight settles as it ends); a
+        # few passes catch those, without waiting forever on one that never settles.
+        for _ in range(5):
+            if not len(self.flights) and self.batches.idle:
+                break
+            await self.flights.drain()
+            await self.batches.drain()
         await self.fetches.drain()
         self.workers.shutdown(wait=True, cancel_futures=True)
 
@@ -299,6 +305,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         except grpc.aio.AioRpcError as exc:
             # The caller has its bytes already; a variant not cached is only a later miss.
             log.warning("variant not stored", extra={"key": key, "code": exc.code().name})
+        except Exception as exc:  # a batch answered wrongly, say: still only a miss later
+            log.warning("variant not stored", extra={"key": key, "err": repr(exc)})
 
     async def _put_batch(
         self, variants: list[cache_pb.WholeVariant]

@@ -96,3 +96,30 @@ def test_a_wrong_number_of_answers_is_an_error(answers: int) -> None:
             await batches.put(variant("k"))
 
     asyncio.run(main())
+
+
+def test_results_for_other_variants_are_an_error() -> None:
+    async def send(variants: list[pb.WholeVariant]) -> Sequence[pb.PutVariantResult]:
+        return [pb.PutVariantResult(variant=image_pb2.VariantMetadata(key="someone-else"))]
+
+    async def main() -> None:
+        batches = VariantBatches(send, 0, 64, 1000)
+        with pytest.raises(RuntimeError):
+            await batches.put(variant("k"))
+
+    asyncio.run(main())
+
+
+def test_once_closed_every_variant_leaves_at_once() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        batches = VariantBatches(recorder.send, 3600, 64, 1000)
+        batches.close()
+        assert batches.idle
+        result = await asyncio.wait_for(batches.put(variant("late")), 5)
+        assert result.variant.key == "late"
+        assert batches.idle
+
+    asyncio.run(main())
+    assert recorder.batches == [["late"]]

@@ -252,9 +252,10 @@ def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: Service
 @pytest.mark.parametrize("put", [put_variant, put_batched])
 def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) -> None:
     image_id = upload(stub, png_bytes(5, 5)).id
+    field = "key" if put is put_variant else "variants[0].header.key"
     for key in ("", "../../etc", "a/b", "k" * 129):
         error = failure(put, stub, image_id, key, b"x")
-        assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
+        assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, field)
     error = failure(put, stub, image_id, "k", b"")
     assert error.reason == Reason.INVALID_ARGUMENT
     assert get_variant(stub, image_id, "k") is None
@@ -327,7 +328,9 @@ def test_a_malformed_batch_stores_nothing(stub: pb_grpc.CacheServiceStub) -> Non
 
     assert refused([]) == "variants"
     assert refused([whole(image_id, f"k{n}", b"x") for n in range(65)]) == "variants"
-    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "bad/key", b"x")]) == "key"
+    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "bad/key", b"x")]) == (
+        "variants[1].header.key"
+    )
     assert refused([whole(image_id, "fine", b"x"), pb.WholeVariant(data=b"x")]) == (
         "variants[1].header"
     )
