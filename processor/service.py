@@ -112,16 +112,17 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 yield response
             return
         flight: asyncio.Future[pipeline.Rendered] | None = None
-        hit = False  # the cache held the variant: nothing to store
+        missed = False  # the cache said it lacks the variant (so the image exists): store it
 
         def join() -> tuple[asyncio.Future[pipeline.Rendered], bool]:
             joined, started = self._flight(image_id, key, wanted)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
-                # caller that hangs up still gets its render stored.
+                # caller that hangs up after the cache said "miss" still gets its render
+                # stored. (Not after a failed lookup: the image may be gone.)
                 def settle() -> None:
-                    store = None if hit else functools.partial(self._store, image_id, key)
+                    store = functools.partial(self._store, image_id, key) if missed else None
                     self.flights.settle(key, joined, store)
 
                 _after_call(context, settle)
@@ -145,7 +146,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             )
             outcome = lookup.WhichOneof("outcome")
             if outcome == "found":
-                hit = True
                 found = lookup.found
                 if found.variant.byte_size <= HOT_ENTRY_BYTES:
                     self.hot.put(image_id, key, (found.variant, found.data), generation)
@@ -155,10 +155,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             if outcome == "too_large":
                 body: list[bytes] = []
                 async for response in self._stream_cached(image_id, key):
-                    hit = True
                     body.append(response.chunk)
                     yield response
-                if hit:
+                if body:
                     variant = lookup.too_large
                     if variant.byte_size <= HOT_ENTRY_BYTES:
                         self.hot.put(image_id, key, (variant, b"".join(body)), generation)
@@ -168,6 +167,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
                 self.originals.pop(image_id)
             raise upstream_error(exc, "cache") from None
+        missed = True
         if flight is None:
             flight, _ = join()
         rendered = await self._wait(flight, context.time_remaining(), "rendering")

@@ -281,6 +281,28 @@ def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(
         assert (meta.key, again) == (key, data)
 
 
+def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    stub: pb_grpc.CacheServiceStub,
+) -> None:
+    image_id = upload(stub, png_bytes(60, 40, seed=9)).id
+    server = start_processor({})
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
+        stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
+        # The processor still holds the original and starts this render before the
+        # cache answers that the image is gone.
+        request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
+        assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
+    assert server.terminate() == 0  # every store there was to make is made by now
+    rendered = [e["key"] for e in server.log_entries() if e.get("msg") == "processed"]
+    assert len(rendered) == 2  # the second render did start early
+    # (The first variant's store may have met the delete too; the cache refused it.)
+    unstored = [e["key"] for e in server.log_entries() if e.get("msg") == "variant not stored"]
+    assert rendered[1] not in unstored
+
+
 def test_concurrent_misses_are_stored_in_batches(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
     cache_server: ServiceProcess,
