@@ -68,8 +68,13 @@ class HotCache(Generic[V]):
         self.generation += 1
         self._lru.clear()
 
-    async def watch(self, cache: pb_grpc.CacheServiceAsyncStub) -> None:
-        """Follow deletions for as long as the process runs (a background task)."""
+    async def watch(
+        self,
+        cache: pb_grpc.CacheServiceAsyncStub,
+        also_forget: Callable[[str], object] = lambda _: None,
+    ) -> None:
+        """Follow deletions for as long as the process runs (a background task); each
+        deleted id is also passed to also_forget, for other copies the caller holds."""
         if self.budget <= 0:
             return
         backoff = 0.2
@@ -81,6 +86,7 @@ class HotCache(Generic[V]):
                 backoff = 0.2
                 async for event in stream:
                     self.forget(event.image_id)
+                    also_forget(event.image_id)
             except grpc.aio.AioRpcError as exc:
                 log.warning("deletion watch broken", extra={"code": exc.code().name})
             finally:

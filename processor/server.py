@@ -43,7 +43,8 @@ async def serve(settings: Settings) -> None:
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(settings.listen)
-    watcher = asyncio.create_task(service.hot.watch(service.cache))
+    # A deleted image's original goes from memory too, not only its variants.
+    watcher = asyncio.create_task(service.hot.watch(service.cache, service.originals.pop))
     await server.start()
     jsonlog.lifecycle.info(
         "listening",

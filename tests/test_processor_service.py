@@ -286,7 +286,9 @@ def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
     stub: pb_grpc.CacheServiceStub,
 ) -> None:
     image_id = upload(stub, png_bytes(60, 40, seed=9)).id
-    server = start_processor({})
+    # No memory cache, so no deletion watch: the processor learns of the delete only
+    # from the cache's answer, as it does when a delete and a request cross.
+    server = start_processor({"IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": "0"})
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
@@ -301,6 +303,23 @@ def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
     # (The first variant's store may have met the delete too; the cache refused it.)
     unstored = [e["key"] for e in server.log_entries() if e.get("msg") == "variant not stored"]
     assert rendered[1] not in unstored
+
+
+def test_a_deleted_images_original_leaves_the_processors_memory(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    stub: pb_grpc.CacheServiceStub,
+) -> None:
+    image_id = upload(stub, png_bytes(60, 40, seed=10)).id
+    server = start_processor({})
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
+        stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
+        time.sleep(0.3)  # the deletion reaches the processor through WatchDeletions
+        request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
+        assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
+    # Had the original still been held, a render would have started with the lookup.
+    assert len([e for e in server.log_entries() if e.get("msg") == "processed"]) == 1
 
 
 def test_concurrent_misses_are_stored_in_batches(
