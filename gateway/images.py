@@ -228,8 +228,7 @@ async def get_image(request: Request) -> Response:
 async def get_blurred(request: Request) -> Response:
     """The original service's blur endpoint, kept for its clients."""
     image_id = image_id_of(request)
-    if request.query_params:
-        raise params.bad(next(iter(request.query_params)), "unknown parameter")
+    params.only(request.query_params)
     caller = identify(request, settings_of(request))
     return await _variant(request, image_id, caller, params.blurred(), None)
 
@@ -303,9 +302,7 @@ async def get_info(request: Request) -> Response:
 async def post_image(request: Request) -> Response:
     settings = settings_of(request)
     caller = require_writer(request, settings)
-    for name in request.query_params:
-        if name not in ("visibility", "filename"):
-            raise params.bad(name, "unknown parameter")
+    params.only(request.query_params, ("visibility", "filename"))
     default = "private" if settings.auth_enabled else "public"
     chosen = request.query_params.get("visibility", default)
     if chosen not in ("public", "private"):
@@ -328,9 +325,7 @@ async def post_image(request: Request) -> Response:
 async def list_images(request: Request) -> Response:
     settings = settings_of(request)
     caller = identify(request, settings)
-    for name in request.query_params:
-        if name not in ("limit", "cursor"):
-            raise params.bad(name, "unknown parameter")
+    params.only(request.query_params, ("limit", "cursor"))
     raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= LIST_LIMIT_MAX:
         raise params.bad("limit", f"must be between 1 and {LIST_LIMIT_MAX}")

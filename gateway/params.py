@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,13 @@ def bad(name: str, message: str) -> HTTPProblem:
     return HTTPProblem(
         400, "Bad request", f"{name}: {message}", kind="invalid-parameter", parameter=name
     )
+
+
+def only(names: Iterable[str], allowed: Collection[str] = ()) -> None:
+    """Refuse the first query parameter name not in allowed."""
+    for name in names:
+        if name not in allowed:
+            raise bad(name, "unknown parameter")
 
 
 def _int(lo: int, hi: int) -> Callable[[str, str], int]:
