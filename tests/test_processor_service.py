@@ -29,6 +29,7 @@ from tests.support import (
     process_request,
     upload,
 )
+from tests.test_variants import get_variant
 
 Op = ppb.Operation
 
@@ -172,12 +173,10 @@ def start_processor(
 def stored(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes:
     """The variant's bytes once the cache holds them (stores follow the answer)."""
     deadline = time.monotonic() + 5
-    while True:
-        answers = list(stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key)))
-        if answers[0].WhichOneof("payload") != "miss":
-            return b"".join(a.chunk for a in answers)
+    while (data := get_variant(stub, image_id, key)) is None:
         assert time.monotonic() < deadline, f"variant {key} was never stored"
         time.sleep(0.02)
+    return data
 
 
 def test_variants_are_stored_whole_or_in_chunks_by_size(
@@ -298,7 +297,7 @@ def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
         request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
         assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
     assert server.terminate() == 0  # every store there was to make is made by now
-    rendered = [e["key"] for e in server.log_entries() if e.get("msg") == "processed"]
+    rendered = processed_keys(server)
     assert len(rendered) == 2  # the second render did start early
     # (The first variant's store may have met the delete too; the cache refused it.)
     unstored = [e["key"] for e in server.log_entries() if e.get("msg") == "variant not stored"]
@@ -319,7 +318,7 @@ def test_a_deleted_images_original_leaves_the_processors_memory(
         request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
         assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
     # Had the original still been held, a render would have started with the lookup.
-    assert len([e for e in server.log_entries() if e.get("msg") == "processed"]) == 1
+    assert len(processed_keys(server)) == 1
 
 
 def test_concurrent_misses_are_stored_in_batches(
@@ -358,8 +357,7 @@ def test_a_processor_stopping_stores_what_it_made(
             pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=11))))
         )
     assert server.terminate() == 0  # at once: the variant has not been sent yet
-    answers = list(stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=meta.key)))
-    assert b"".join(a.chunk for a in answers) == data
+    assert get_variant(stub, image_id, meta.key) == data
 
 
 def test_concurrent_misses_of_one_original_fetch_it_once(
