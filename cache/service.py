@@ -98,14 +98,15 @@ def _inspect_file(path: Path, limits: Limits) -> ImageInfo:
         return inspect(fp, limits)
 
 
-def _checked_variant_header(header: pb.PutVariantHeader) -> pb.PutVariantHeader:
-    _image_id(header.image_id, "image_id")
+def _checked_variant_header(header: pb.PutVariantHeader, at: str = "") -> pb.PutVariantHeader:
+    """header, or an INVALID_ARGUMENT naming the field (after `at`, where it sits)."""
+    _image_id(header.image_id, f"{at}image_id")
     if not valid_key(header.key):
-        raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
+        raise invalid_argument(f"{at}key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
     if not header.media_type.startswith("image/") or len(header.media_type) > 64:
-        raise invalid_argument("media_type", "must be an image/* media type")
+        raise invalid_argument(f"{at}media_type", "must be an image/* media type")
     if header.width < 0 or header.height < 0:
-        raise invalid_argument("width", "dimensions cannot be negative")
+        raise invalid_argument(f"{at}width", "dimensions cannot be negative")
     return header
 
 
@@ -344,11 +345,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         for n, whole in enumerate(request.variants):
             if not whole.HasField("header"):
                 raise invalid_argument(f"variants[{n}].header", "the variant has no header")
-            try:
-                _checked_variant_header(whole.header)
-            except ServiceError as exc:
-                field = f"variants[{n}].header.{exc.metadata.get('field', '')}".rstrip(".")
-                raise invalid_argument(field, exc.message) from None
+            _checked_variant_header(whole.header, at=f"variants[{n}].header.")
             if not whole.data:
                 raise invalid_argument(f"variants[{n}].data", "the variant holds no bytes")
         results = []
