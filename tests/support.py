@@ -27,7 +27,30 @@ from PIL import Image
 from common.errors import RemoteError, remote_error
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def _corpus() -> Path:
+    """../shared/corpus beside this checkout; for a clone made elsewhere (CI clones into
+    a temporary folder), the one beside the checkout it was cloned from."""
+    if named := os.environ.get("IMAGESVC_TEST_CORPUS"):
+        return Path(named)
+    beside = ROOT.parent / "shared" / "corpus"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "corpus"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+CORPUS = _corpus()
 CHUNK = 256 * 1024
 
 
