@@ -29,12 +29,11 @@ from common.errors import RemoteError, remote_error
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _corpus() -> Path:
-    """../shared/corpus beside this checkout; for a clone made elsewhere (CI clones into
-    a temporary folder), the one beside the checkout it was cloned from."""
-    if named := os.environ.get("IMAGESVC_TEST_CORPUS"):
-        return Path(named)
-    beside = ROOT.parent / "shared" / "corpus"
+def _shared() -> Path:
+    """../shared (the corpus, the Compose schema) beside this checkout; for a clone made
+    elsewhere (CI clones into a temporary folder), the one beside the checkout it was
+    cloned from."""
+    beside = ROOT.parent / "shared"
     if beside.is_dir():
         return beside
     origin = subprocess.run(
@@ -44,13 +43,14 @@ def _corpus() -> Path:
         check=False,
     ).stdout.strip()
     if origin and Path(origin).is_dir():
-        cloned_from = Path(origin).resolve().parent / "shared" / "corpus"
+        cloned_from = Path(origin).resolve().parent / "shared"
         if cloned_from.is_dir():
             return cloned_from
     return beside
 
 
-CORPUS = _corpus()
+SHARED = _shared()
+CORPUS = Path(os.environ.get("IMAGESVC_TEST_CORPUS") or SHARED / "corpus")
 CHUNK = 256 * 1024
 
 

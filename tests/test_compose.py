@@ -15,9 +15,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, SHARED
 
-SPEC = ROOT.parent / "shared" / "compose-spec.json"
+SPEC = SHARED / "compose-spec.json"
 
 
 def compose() -> dict[str, Any]:
