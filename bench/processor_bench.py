@@ -1,8 +1,9 @@
 """Processor benchmarks, each against in-process Pillow measured in the same run.
 
-- single cold transform: a 4000x3000 JPEG to a 300x200 JPEG through Process (the
-  variant cold, the original stored in the cache service), against Pillow's
-  open + draft + thumbnail + save on bytes in memory;
+- single cold transform: a 4000x3000 JPEG to a 300x200 JPEG through ProcessWhole
+  (and, for comparison, the streamed Process; the variant cold, the original stored
+  in the cache service), against Pillow's open + draft + thumbnail + save on bytes
+  in memory;
 - cold throughput: 200 distinct transforms (8 originals x 25 sizes) at concurrency 8,
   against a 2-process Pillow pool doing the same 200 with no network; and the
   service with 2 workers against itself with 1;
@@ -17,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +29,15 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
 
 from bench.timing import interleaved_ms, median_ms
-from tests.support import CORPUS, ServiceProcess, channel, collect, process_request, upload
+from tests.support import (
+    CORPUS,
+    ServiceProcess,
+    channel,
+    collect,
+    process_request,
+    upload,
+    whole_request,
+)
 
 SIZES = [(300 + 4 * n, 200) for n in range(25)]
 ORIGINALS = 8
@@ -122,37 +132,55 @@ def main() -> None:
                     f"processor: 4000x3000 JPEG ({len(originals[0]) / 1e6:.1f} MB) -> 300x200 JPEG"
                 )
 
-                def cold(i: int) -> None:
-                    # Every call a new key (i counts from the warm-ups' negatives); the
-                    # box's width never binds, so each is the same 267x200 thumbnail.
-                    n = i + COLD_ROUNDS
-                    box = resize(300 + n // 60, 200)
-                    request = jpeg(process_request(ids[0], box), quality=20 + n % 60)
-                    collect(pstub.Process(request, metadata=(("x-request-id", f"cold-{i}"),)))
+                def cold(whole: bool) -> Callable[[int], None]:
+                    tag = "cold-whole" if whole else "cold-stream"
+
+                    def call(i: int) -> None:
+                        # Every call a new key (i counts from the warm-ups' negatives); the
+                        # box's width never binds, so each is the same 267x200 thumbnail.
+                        n = i + COLD_ROUNDS
+                        box = resize(300 + n // 60 + (0 if whole else 10), 200)
+                        request = jpeg(process_request(ids[0], box), quality=20 + n % 60)
+                        metadata = (("x-request-id", f"{tag}-{i}"),)
+                        if whole:
+                            answer = pstub.ProcessWhole(whole_request(request), metadata=metadata)
+                            assert answer.WhichOneof("outcome") == "whole"
+                        else:
+                            collect(pstub.Process(request, metadata=metadata))
+
+                    return call
 
                 # In alternating blocks: the machine's speed drifts, and timing
                 # all of one and then all of the other would measure the drift.
                 # Pillow's blocks take each core in turn: the render runs on either.
-                base, svc = interleaved_ms(
+                base, whole, stream = interleaved_ms(
                     lambda i: pillow_thumbnail(originals[0], (300, 200)),
-                    cold,
-                    COLD_RUNS,
-                    COLD_ROUNDS,
-                    spread_first=True,
+                    cold(whole=True),
+                    cold(whole=False),
+                    runs=COLD_RUNS,
+                    rounds=COLD_ROUNDS,
+                    spread_baseline=True,
                 )
                 inside = statistics.median(
                     float(str(e["ms"]))
                     for e in two.log_entries()
-                    if e.get("msg") == "rpc" and str(e.get("request_id", "")).startswith("cold-")
+                    if e.get("msg") == "rpc"
+                    and str(e.get("request_id", "")).startswith("cold-whole-")
                 )
                 report(
                     "single cold transform, seen by a Python gRPC client",
-                    f"Pillow {base:.1f} ms, service {svc:.1f} ms: {svc / base:.2f}x",
+                    f"Pillow {base:.1f} ms, service (ProcessWhole) {whole:.1f} ms: "
+                    f"{whole / base:.2f}x",
                     "<= 1.10x",
                 )
                 report(
                     "single cold transform, the processor's own time",
                     f"{inside:.1f} ms: {inside / base:.2f}x",
+                    "",
+                )
+                report(
+                    "single cold transform, streamed (Process)",
+                    f"{stream:.1f} ms: {stream / base:.2f}x",
                     "",
                 )
 

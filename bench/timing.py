@@ -35,31 +35,33 @@ def on_cpu(cpu: int | None) -> Iterator[None]:
 
 
 def interleaved_ms(
-    first: Callable[[int], object],
-    second: Callable[[int], object],
+    baseline: Callable[[int], object],
+    *others: Callable[[int], object],
     runs: int,
     rounds: int = 3,
-    spread_first: bool = False,
-) -> tuple[float, float]:
-    """Median ms per call of each, in alternating blocks of runs // rounds calls.
+    spread_baseline: bool = False,
+) -> list[float]:
+    """Median ms per call of the baseline and of each other op, in that order, timed in
+    alternating blocks of runs // rounds calls.
 
     Blocks keep each side warm (calling them strictly in turn makes each wait on the
-    other's cold caches); alternating them spreads the machine's drift over both.
-    With spread_first, first's blocks run on each CPU in turn: where second's work
-    runs in another process, on whichever CPU, and the CPUs drift apart (on this
-    machine one may run 25% slower than the other for seconds at a time), a baseline
-    from one CPU would stand for that CPU only.
+    other's cold caches); alternating them spreads the machine's drift over all.
+    With spread_baseline, the baseline's blocks run on each CPU in turn: where the
+    others' work runs in another process, on whichever CPU, and the CPUs drift apart
+    (on this machine one may run 25% slower than the other for seconds at a time), a
+    baseline from one CPU would stand for that CPU only.
     """
-    samples: tuple[list[float], list[float]] = ([], [])
+    ops = (baseline, *others)
+    samples: list[list[float]] = [[] for _ in ops]
     block = max(1, runs // rounds)
     cpus = sorted(os.sched_getaffinity(0))
     for r in range(rounds):
-        for op, out in zip((first, second), samples, strict=True):
-            cpu = cpus[r % len(cpus)] if spread_first and op is first else None
+        for op, out in zip(ops, samples, strict=True):
+            cpu = cpus[r % len(cpus)] if spread_baseline and op is baseline else None
             with on_cpu(cpu):
                 op(-1 - r)  # warm-up, not counted
                 for i in range(r * block, (r + 1) * block):
                     start = time.perf_counter()
                     op(i)
                     out.append(time.perf_counter() - start)
-    return statistics.median(samples[0]) * 1000, statistics.median(samples[1]) * 1000
+    return [statistics.median(times) * 1000 for times in samples]

@@ -126,20 +126,28 @@ async def _first(call: Any, kind: type[M], deadline_seconds: float) -> M:
     return cast(M, message)
 
 
-async def _body(call: Any, idle_seconds: float, head: bytes) -> AsyncIterator[bytes]:
-    """head (bytes that came with the first message), then the rest of the stream."""
+async def _body(call: Any | None, idle_seconds: float, head: bytes) -> AsyncIterator[bytes]:
+    """head (bytes that came with the first message), then the rest of the stream (no
+    call: head is the whole body)."""
     try:
         if head:
             yield head
+        if call is None:
+            return
         while (message := await asyncio.wait_for(call.read(), idle_seconds)) is not EOF:
             yield message.chunk
     finally:
-        call.cancel()  # a client that went away, or an upstream that stalled
+        _hang_up(call)  # a client that went away, or an upstream that stalled
+
+
+def _hang_up(call: Any | None) -> None:
+    if call is not None:
+        call.cancel()
 
 
 def _answer(
     request: Request,
-    call: Any,
+    call: Any | None,
     headers: dict[str, str],
     media_type: str,
     size: int,
@@ -147,11 +155,11 @@ def _answer(
 ) -> Response:
     """304, a HEAD answer or the streamed body, with the same validators on each."""
     if _not_modified(request, headers["ETag"]):
-        call.cancel()
+        _hang_up(call)
         return Response(status_code=304, headers=headers)
     headers["Content-Length"] = str(size)
     if request.method == "HEAD":
-        call.cancel()
+        _hang_up(call)
         return Response(headers=headers, media_type=media_type)
     idle = settings_of(request).timeout_seconds
     return StreamingResponse(_body(call, idle, head), headers=headers, media_type=media_type)
@@ -182,7 +190,7 @@ def _hot_key(request: Request) -> str:
 
 async def _answer_and_keep(
     request: Request,
-    call: Any,
+    call: Any | None,
     headers: dict[str, str],
     media_type: str,
     size: int,
@@ -194,7 +202,7 @@ async def _answer_and_keep(
     if keep is None or size > MAX_ENTRY_BYTES or not hot.enabled or request.method != "GET":
         return _answer(request, call, headers, media_type, size, head)
     if _not_modified(request, headers["ETag"]):
-        call.cancel()
+        _hang_up(call)
         return Response(status_code=304, headers=headers)
     idle = settings_of(request).timeout_seconds
     body = b"".join([chunk async for chunk in _body(call, idle, head)])
@@ -262,13 +270,29 @@ async def _variant(
         if not can_read(image, caller):
             raise not_found()
         visibility, owner = image.visibility, image.owner
-    call = upstream_of(request).processor.Process(
-        ppb.ProcessRequest(image_id=image_id, operations=wanted.operations, output=wanted.output),
+    processor = upstream_of(request).processor
+    # Most variants fit one message: one unary call, cheaper than a stream on both
+    # ends. A larger one is streamed by Process (made by then, not made again).
+    answer = await processor.ProcessWhole(
+        ppb.ProcessWholeRequest(
+            image_id=image_id, operations=wanted.operations, output=wanted.output
+        ),
+        timeout=settings.timeout_seconds,
         metadata=call_metadata(),
     )
-    first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)
-    variant = first.variant
-    served = "hit" if first.cache_hit else "miss"
+    call = None
+    if answer.WhichOneof("outcome") == "whole":
+        variant, head, cache_hit = answer.whole.variant, answer.whole.data, answer.whole.cache_hit
+    else:
+        call = processor.Process(
+            ppb.ProcessRequest(
+                image_id=image_id, operations=wanted.operations, output=wanted.output
+            ),
+            metadata=call_metadata(),
+        )
+        first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)
+        variant, head, cache_hit = first.variant, first.chunk, first.cache_hit
+    served = "hit" if cache_hit else "miss"
     metrics_of(request).variants.labels(served).inc()
     headers = {
         "ETag": f'"{variant.sha256}"',
@@ -279,7 +303,7 @@ async def _variant(
         headers["Vary"] = "Accept"
     keep = None if key is None else (image_id, key, owner, visibility)
     return await _answer_and_keep(
-        request, call, headers, variant.media_type, variant.byte_size, keep, first.chunk
+        request, call, headers, variant.media_type, variant.byte_size, keep, head
     )
 
 

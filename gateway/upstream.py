@@ -51,7 +51,7 @@ class Upstream:
         processor_channel = insecure_channel(
             processor_target(settings.processor_addresses),
             PROCESSOR_SERVICE,
-            ["Process"],
+            ["Process", "ProcessWhole"],
             message,
         )
         return cls(

@@ -30,7 +30,7 @@ async def serve(settings: Settings) -> None:
     channel = insecure_channel(
         settings.cache_address,
         CACHE_SERVICE,
-        idempotent=["GetImage", "StatImage", "GetVariant", "ListImages"],
+        idempotent=["GetImage", "StatImage", "GetVariant", "LookupVariant", "ListImages"],
         max_message=message_limit,
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))

@@ -10,7 +10,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -99,6 +99,33 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def Process(
         self, request: pb.ProcessRequest, context: Context
     ) -> AsyncIterator[pb.ProcessResponse]:
+        async for response in self._answers(request, context, stream_large=True):
+            yield response
+
+    async def ProcessWhole(
+        self, request: pb.ProcessWholeRequest, context: Context
+    ) -> pb.ProcessWholeResponse:
+        answers = self._answers(request, context, stream_large=False)
+        try:
+            first = await anext(answers)
+        finally:
+            await answers.aclose()
+        if first.variant.byte_size > len(first.chunk):
+            return pb.ProcessWholeResponse(too_large=first.variant)
+        whole = pb.ProcessedVariant(
+            variant=first.variant, data=first.chunk, cache_hit=first.cache_hit
+        )
+        return pb.ProcessWholeResponse(whole=whole)
+
+    async def _answers(
+        self,
+        request: pb.ProcessRequest | pb.ProcessWholeRequest,
+        context: Context,
+        stream_large: bool,
+    ) -> AsyncGenerator[pb.ProcessResponse, None]:
+        """Process's messages: the variant with its first chunk, then the rest. Without
+        stream_large, a cached variant too large for one message is answered with its
+        metadata alone, not fetched."""
         try:
             image_id = parse_image_id(request.image_id)
         except ValueError:
@@ -151,6 +178,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     self.hot.put(image_id, key, (found.variant, found.data), generation)
                 for response in self._responses(found.variant, found.data, cache_hit=True):
                     yield response
+                return
+            if outcome == "too_large" and not stream_large:
+                yield pb.ProcessResponse(variant=lookup.too_large, cache_hit=True)
                 return
             if outcome == "too_large":
                 body: list[bytes] = []

@@ -240,6 +240,13 @@ def process_request(image_id: str, *ops: ppb.Operation, **output: object) -> ppb
     )
 
 
+def whole_request(request: ppb.ProcessRequest) -> ppb.ProcessWholeRequest:
+    """The same request for ProcessWhole."""
+    return ppb.ProcessWholeRequest(
+        image_id=request.image_id, operations=request.operations, output=request.output
+    )
+
+
 def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]:
     """The variant metadata and bytes from a Process or ProcessBytes stream."""
     meta = image_pb2.VariantMetadata()

@@ -8,7 +8,7 @@ import time
 import httpx
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, png_bytes
+from tests.support import CORPUS, ServiceProcess, png_bytes, sha256
 
 JPEG = (CORPUS / "exif-orientation" / "Landscape_3.jpg").read_bytes()
 
@@ -205,3 +205,23 @@ def test_a_delete_elsewhere_reaches_the_gateway(http: httpx.Client, stub: object
         assert time.monotonic() < deadline, "the gateway kept serving a deleted image"
         time.sleep(0.01)
     assert http.get(f"/images/{image_id}").status_code == 404
+
+
+def test_a_variant_too_large_for_one_message_is_streamed_made_once(
+    http: httpx.Client, processor_server: ServiceProcess
+) -> None:
+    image_id = http.post(
+        "/images", files={"file": ("n.png", png_bytes(600, 500, noise=True), "image/png")}
+    ).json()["id"]
+    # Noise stays incompressible: about 900 KB, several of the processor's messages.
+    path = f"/images/{image_id}?w=600&format=png"
+    response = http.get(path, headers={"X-Request-ID": "too-large-for-one"})
+    assert response.status_code == 200 and len(response.content) > 512 * 1024
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["etag"] == f'"{sha256(response.content)}"'
+    assert opened(response.content).size == (600, 500)
+    mine = [e for e in processor_server.log_entries() if e.get("request_id") == "too-large-for-one"]
+    calls = [str(e["method"]).rsplit("/", 1)[1] for e in mine if e.get("msg") == "rpc"]
+    assert sorted(calls) == ["Process", "ProcessWhole"]
+    assert [e.get("msg") for e in mine].count("processed") == 1
+    assert http.head(path).headers["content-length"] == str(len(response.content))

@@ -27,7 +27,9 @@ from tests.support import (
     failure,
     png_bytes,
     process_request,
+    sha256,
     upload,
+    whole_request,
 )
 from tests.test_variants import get_variant
 
@@ -255,6 +257,69 @@ def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
     finally:
         for server in started:
             server.kill()
+
+
+def test_process_whole_answers_a_small_variant_in_one_message(
+    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
+) -> None:
+    request = process_request(big_id, Op(resize=ppb.Resize(width=48)), quality=43)
+    made = pstub.ProcessWhole(whole_request(request))
+    assert made.WhichOneof("outcome") == "whole" and not made.whole.cache_hit
+    variant, data = made.whole.variant, made.whole.data
+    assert (variant.width, variant.media_type, variant.byte_size) == (48, "image/jpeg", len(data))
+    assert variant.sha256 == sha256(data)
+    # The same variant as Process gives, and the same again from the cache.
+    assert collect(pstub.Process(request)) == (variant, data)
+    again = pstub.ProcessWhole(whole_request(request))
+    assert again.whole.cache_hit and (again.whole.variant, again.whole.data) == (variant, data)
+
+
+def test_process_whole_sends_a_large_variant_to_process_without_making_it_twice(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    cache_server: ServiceProcess,
+    big_id: str,
+) -> None:
+    env = {"IMAGESVC_CHUNK_BYTES": "4KiB", "IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": "0"}
+    maker, reader = start_processor(env), start_processor(env)
+    request = process_request(big_id, Op(resize=ppb.Resize(width=903)))
+    with channel(maker.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        told = pstub.ProcessWhole(whole_request(request))
+        assert told.WhichOneof("outcome") == "too_large"
+        variant = told.too_large
+        assert variant.byte_size > 4096 and variant.width == 903
+        # Streamed at once: the render in flight or stored, not made again.
+        meta, data = collect(pstub.Process(request))
+    assert meta == variant and sha256(data) == variant.sha256
+    assert processed_keys(maker).count(variant.key) == 1
+    # Cached: a processor holding nothing answers from the lookup, fetching no bytes.
+    with channel(reader.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        rid = (("x-request-id", "whole-large-cached"),)
+        deadline = time.monotonic() + 5
+        while (
+            told := pstub.ProcessWhole(whole_request(request), metadata=rid)
+        ).too_large != variant:
+            assert time.monotonic() < deadline, "the large variant was never stored"
+            time.sleep(0.02)
+    reads = [e for e in variant_reads(cache_server) if e.get("request_id") == "whole-large-cached"]
+    assert {str(e["method"]).rsplit("/", 1)[1] for e in reads} == {"LookupVariant"}
+    assert processed_keys(reader) == []
+
+
+def test_process_whole_refuses_as_process_does(
+    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
+) -> None:
+    cases = [
+        (process_request("not-an-id"), grpc.StatusCode.INVALID_ARGUMENT),
+        (process_request("Z" * 22), grpc.StatusCode.NOT_FOUND),
+        (process_request(big_id, Op(blur=ppb.Blur(sigma=1000))), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for request, code in cases:
+        whole = failure(pstub.ProcessWhole, whole_request(request))
+        streamed = failure(pstub.Process, request)
+        assert (whole.code, whole.reason) == (streamed.code, streamed.reason)
+        assert whole.code == code
 
 
 def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.params import PARAMS
-from tests.support import ROOT
+from tests.support import ROOT, ServiceProcess, open_image, png_bytes
 from tests.test_compose import variables_read_by_the_code
 
 README = (ROOT / "README.md").read_text()
@@ -42,3 +43,23 @@ def test_every_route_is_in_the_api_table() -> None:
         for method in methods:
             documented = path.replace("{image_id}", "{id}")
             assert f"`{method} {documented}`" in table, (method, path)
+
+
+def test_the_python_example_runs(
+    cache_server: ServiceProcess, processor_server: ServiceProcess, tmp_path: Path
+) -> None:
+    block = re.search(r"```python\n(.*?)```", section("## Calling the services"), re.DOTALL)
+    assert block is not None
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(png_bytes(640, 480, seed=77))
+    code = (
+        block.group(1)
+        .replace("127.0.0.1:50051", cache_server.address)
+        .replace("127.0.0.1:50052", processor_server.address)
+        .replace('open("cat.png"', f"open({str(picture)!r}")
+    )
+    names: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), names)
+    webp = names["webp"]
+    assert isinstance(webp, bytes)
+    assert (open_image(webp).format, open_image(webp).size) == ("WEBP", (300, 200))

@@ -531,6 +531,92 @@ class ProcessResponse(_message.Message):
 Global___ProcessResponse: _TypeAlias = ProcessResponse  # noqa: Y015
 
 @_typing.final
+class ProcessWholeRequest(_message.Message):
+    """The same fields as ProcessRequest, with the same meanings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]: ...
+    @_builtins.property
+    def output(self) -> Global___OutputOptions: ...
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        operations: _abc.Iterable[Global___Operation] | None = ...,
+        output: Global___OutputOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "operations", b"operations", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessWholeRequest: _TypeAlias = ProcessWholeRequest  # noqa: Y015
+
+@_typing.final
+class ProcessWholeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WHOLE_FIELD_NUMBER: _builtins.int
+    TOO_LARGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def whole(self) -> Global___ProcessedVariant: ...
+    @_builtins.property
+    def too_large(self) -> _image_pb2.VariantMetadata:
+        """Too large for one message: stream it with Process."""
+
+    def __init__(
+        self,
+        *,
+        whole: Global___ProcessedVariant | None = ...,
+        too_large: _image_pb2.VariantMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "too_large", b"too_large", "whole", b"whole"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "too_large", b"too_large", "whole", b"whole"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["whole", "too_large"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___ProcessWholeResponse: _TypeAlias = ProcessWholeResponse  # noqa: Y015
+
+@_typing.final
+class ProcessedVariant(_message.Message):
+    """A variant with all its bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    cache_hit: _builtins.bool
+    """The variant came from the cache (no decoding happened)."""
+    @_builtins.property
+    def variant(self) -> _image_pb2.VariantMetadata: ...
+    def __init__(
+        self,
+        *,
+        variant: _image_pb2.VariantMetadata | None = ...,
+        data: _builtins.bytes = ...,
+        cache_hit: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "data", b"data", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessedVariant: _TypeAlias = ProcessedVariant  # noqa: Y015
+
+@_typing.final
 class ProcessBytesSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

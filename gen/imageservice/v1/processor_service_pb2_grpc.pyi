@@ -40,6 +40,13 @@ class ProcessorServiceStub:
     """Transforms a stored image; the result is cached in the cache service.
     Streams back the variant's metadata and its bytes (see ProcessResponse).
     """
+    ProcessWhole: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessWholeRequest, _processor_service_pb2.ProcessWholeResponse]
+    """As Process, answered in one message: the variant with all its bytes when they fit
+    one message (up to the chunk size, as most results do), otherwise its metadata
+    only (`too_large`), and the caller streams it with Process, which then finds it
+    made (cached, or being stored) instead of making it again. One message and the
+    status travel together, which costs both sides less than a stream.
+    """
     ProcessBytes: _grpc.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]
     """Transforms bytes sent in the request (first message the spec, then the
     chunks); nothing is stored or cached.
@@ -56,6 +63,13 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     Process: _aio.UnaryStreamMultiCallable[_processor_service_pb2.ProcessRequest, _processor_service_pb2.ProcessResponse]  # type: ignore[assignment]
     """Transforms a stored image; the result is cached in the cache service.
     Streams back the variant's metadata and its bytes (see ProcessResponse).
+    """
+    ProcessWhole: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessWholeRequest, _processor_service_pb2.ProcessWholeResponse]  # type: ignore[assignment]
+    """As Process, answered in one message: the variant with all its bytes when they fit
+    one message (up to the chunk size, as most results do), otherwise its metadata
+    only (`too_large`), and the caller streams it with Process, which then finds it
+    made (cached, or being stored) instead of making it again. One message and the
+    status travel together, which costs both sides less than a stream.
     """
     ProcessBytes: _aio.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]  # type: ignore[assignment]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -76,6 +90,19 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.ProcessResponse], _abc.AsyncIterator[_processor_service_pb2.ProcessResponse]]:
         """Transforms a stored image; the result is cached in the cache service.
         Streams back the variant's metadata and its bytes (see ProcessResponse).
+        """
+
+    @_abc_1.abstractmethod
+    def ProcessWhole(
+        self,
+        request: _processor_service_pb2.ProcessWholeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processor_service_pb2.ProcessWholeResponse, _abc.Awaitable[_processor_service_pb2.ProcessWholeResponse]]:
+        """As Process, answered in one message: the variant with all its bytes when they fit
+        one message (up to the chunk size, as most results do), otherwise its metadata
+        only (`too_large`), and the caller streams it with Process, which then finds it
+        made (cached, or being stored) instead of making it again. One message and the
+        status travel together, which costs both sides less than a stream.
         """
 
     @_abc_1.abstractmethod
