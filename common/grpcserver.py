@@ -24,8 +24,8 @@ log = logging.getLogger("grpc")
 REQUEST_ID_KEY = "x-request-id"
 
 
-def _incoming_request_id(details: grpc.HandlerCallDetails) -> str:
-    for key, value in details.invocation_metadata or ():
+def _incoming_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
             return value
     return uuid.uuid4().hex
@@ -33,6 +33,11 @@ def _incoming_request_id(details: grpc.HandlerCallDetails) -> str:
 
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Per call: binds the request id, turns ServiceError into a rich status, logs one line."""
+
+    def __init__(self) -> None:
+        # Per method, the handler grpc found and our wrapping of it: wrapped once, not
+        # on every call (what runs before a handler starts is on every call's path).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -44,35 +49,41 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler: Any = await continuation(handler_call_details)
         if handler is None:
             return None  # type: ignore[return-value]  # unknown method: grpc says UNIMPLEMENTED
-        rid = _incoming_request_id(handler_call_details)
         method = handler_call_details.method
-        ser, deser = handler.response_serializer, handler.request_deserializer
-        behavior = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
-        # Streaming handlers are either async generators or coroutines that call
-        # context.write() (as the health service's Watch does); wrap each as it is.
-        if inspect.isasyncgenfunction(behavior):
-            wrapped: Any = _wrap_stream(behavior, method, rid)
-        else:
-            wrapped = _wrap_unary(behavior, method, rid)
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
-        return make(wrapped, deser, ser)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """handler with each call run inside a _Call."""
+    behavior = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    # Streaming handlers are either async generators or coroutines that call
+    # context.write() (as the health service's Watch does); wrap each as it is.
+    if inspect.isasyncgenfunction(behavior):
+        wrapped: Any = _wrap_stream(behavior, method)
+    else:
+        wrapped = _wrap_unary(behavior, method)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(wrapped, handler.request_deserializer, handler.response_serializer)
 
 
 class _Call:
     """Binds the request id for the life of one call and logs how it ended."""
 
-    def __init__(self, method: str, rid: str, context: grpc.aio.ServicerContext[Any, Any]):
-        self.method, self.rid, self.context = method, rid, context
+    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]):
+        self.method, self.context = method, context
+        self.rid = _incoming_request_id(context.invocation_metadata())
         self.code = grpc.StatusCode.OK
         self.error = ""
 
@@ -111,10 +122,10 @@ class _Call:
 
 
 def _wrap_unary(
-    behavior: Callable[[Any, Any], Awaitable[Any]], method: str, rid: str
+    behavior: Callable[[Any, Any], Awaitable[Any]], method: str
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, rid, context) as call:
+        with _Call(method, context) as call:
             try:
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -126,10 +137,10 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[[Any, Any], AsyncIterator[Any]], method: str, rid: str
+    behavior: Callable[[Any, Any], AsyncIterator[Any]], method: str
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, rid, context) as call:
+        with _Call(method, context) as call:
             try:
                 async for response in behavior(request, context):
                     yield response
