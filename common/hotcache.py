@@ -71,11 +71,12 @@ class HotCache(Generic[V]):
     async def watch(
         self,
         cache: pb_grpc.CacheServiceAsyncStub,
-        also_forget: Callable[[str], object] = lambda _: None,
+        also_forget: Callable[[str], object] | None = None,
     ) -> None:
         """Follow deletions for as long as the process runs (a background task); each
-        deleted id is also passed to also_forget, for other copies the caller holds."""
-        if self.budget <= 0:
+        deleted id is also passed to also_forget, for other copies the caller holds
+        (which need the watch even when this cache holds nothing)."""
+        if self.budget <= 0 and also_forget is None:
             return
         backoff = 0.2
         while True:
@@ -86,7 +87,8 @@ class HotCache(Generic[V]):
                 backoff = 0.2
                 async for event in stream:
                     self.forget(event.image_id)
-                    also_forget(event.image_id)
+                    if also_forget is not None:
+                        also_forget(event.image_id)
             except grpc.aio.AioRpcError as exc:
                 log.warning("deletion watch broken", extra={"code": exc.code().name})
             finally:

@@ -369,12 +369,14 @@ def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
     assert rendered[1] not in unstored
 
 
+@pytest.mark.parametrize("hot_cache", ["64MiB", "0"])
 def test_a_deleted_images_original_leaves_the_processors_memory(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
     stub: pb_grpc.CacheServiceStub,
+    hot_cache: str,
 ) -> None:
-    image_id = upload(stub, png_bytes(60, 40, seed=10)).id
-    server = start_processor({})
+    image_id = upload(stub, png_bytes(60, 40, seed=10 if hot_cache == "0" else 11)).id
+    server = start_processor({"IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": hot_cache})
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
