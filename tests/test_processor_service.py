@@ -345,23 +345,32 @@ def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(
         assert (meta.key, again) == (key, data)
 
 
-def test_a_render_for_an_image_gone_meanwhile_is_not_stored(
-    start_processor: Callable[[dict[str, str]], ServiceProcess],
-    stub: pb_grpc.CacheServiceStub,
-) -> None:
-    image_id = upload(stub, png_bytes(60, 40, seed=9)).id
-    # No memory cache, so no deletion watch: the processor learns of the delete only
-    # from the cache's answer, as it does when a delete and a request cross.
-    server = start_processor({"IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": "0"})
-    with channel(server.address) as ch:
-        pstub = ppb_grpc.ProcessorServiceStub(ch)
-        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
-        stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
-        # The processor still holds the original and starts this render before the
-        # cache answers that the image is gone.
-        request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
-        assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
-    assert server.terminate() == 0  # every store there was to make is made by now
+def test_a_render_for_an_image_gone_meanwhile_is_not_stored(tmp_path: Path) -> None:
+    # The delete goes through a second cache service on the same storage (as replicas
+    # sharing their backends do): the processor's deletion watch on the first never
+    # hears of it, and learns that the image is gone only from the cache's answer, as
+    # when a delete and a request cross.
+    first = ServiceProcess("cache", tmp_path / "data").start()
+    second = ServiceProcess("cache", tmp_path / "data").start()
+    server = ServiceProcess(
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": first.address}
+    ).start()
+    try:
+        with channel(first.address) as ch, channel(second.address) as other:
+            image_id = upload(pb_grpc.CacheServiceStub(ch), png_bytes(60, 40, seed=9)).id
+            with channel(server.address) as pch:
+                pstub = ppb_grpc.ProcessorServiceStub(pch)
+                request = process_request(image_id, Op(resize=ppb.Resize(width=30)))
+                collect(pstub.Process(request))
+                pb_grpc.CacheServiceStub(other).DeleteImage(pb.DeleteImageRequest(id=image_id))
+                # The processor still holds the original and starts this render before
+                # the cache answers that the image is gone.
+                request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
+                assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
+        assert server.terminate() == 0  # every store there was to make is made by now
+    finally:
+        for process in (server, second, first):
+            process.kill()
     rendered = processed_keys(server)
     assert len(rendered) == 2  # the second render did start early
     # (The first variant's store may have met the delete too; the cache refused it.)
