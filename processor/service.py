@@ -8,7 +8,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +64,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             frozenset(SOURCE_FORMATS), settings.max_pixels, settings.max_frames
         )
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
-        self.flights: Flights[pipeline.Rendered] = Flights()
+        self.flights: Flights[Held] = Flights()
         self.fetches: Flights[bytes] = Flights()
         # Variants that fit one message go to the cache a batch at a time.
         self.batches = VariantBatches(
@@ -138,11 +137,11 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             for response in self._responses(held[0], held[1], cache_hit=True):
                 yield response
             return
-        flight: asyncio.Future[pipeline.Rendered] | None = None
+        flight: asyncio.Future[Held] | None = None
         missed = False  # the cache said it lacks the variant (so the image exists): store it
 
-        def join() -> tuple[asyncio.Future[pipeline.Rendered], bool]:
-            joined, started = self._flight(image_id, key, wanted)
+        def join(on_start: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
+            joined, started = self._flight(image_id, key, wanted, on_start)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
@@ -158,11 +157,17 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         if self._worth_starting_early(image_id, key):
             # Never seen this key, the original is at hand and a worker is idle: the
             # render starts now, while the cache is asked, so a miss does not wait.
-            flight, started = join()
+            loop = asyncio.get_running_loop()
+            running = loop.create_future()
+
+            def on_start() -> None:
+                loop.call_soon_threadsafe(_resolve, running)
+
+            flight, started = join(on_start)
             if started:
-                # Yield the GIL to the worker just woken: otherwise it waits while this
-                # thread sets up the lookup, and the render starts ~0.4 ms late.
-                os.sched_yield()
+                # The cache is asked once the render runs: setting up the call holds
+                # the GIL the worker needs to start, which delayed the render ~0.25 ms.
+                await asyncio.wait((running, flight), return_when=asyncio.FIRST_COMPLETED)
         self.seen.put(key, True)
         try:
             # One message answers a miss or a small variant; a large one is streamed.
@@ -200,10 +205,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         missed = True
         if flight is None:
             flight, _ = join()
-        rendered = await self._wait(flight, context.time_remaining(), "rendering")
-        made = _variant(image_id, key, rendered)
-        self.hot.put(image_id, key, (made, rendered.data), generation)
-        for response in self._responses(made, rendered.data, cache_hit=False):
+        made, data = await self._wait(flight, context.time_remaining(), "rendering")
+        self.hot.put(image_id, key, (made, data), generation)
+        for response in self._responses(made, data, cache_hit=False):
             yield response
 
     async def _stream_cached(self, image_id: str, key: str) -> AsyncIterator[pb.ProcessResponse]:
@@ -246,38 +250,58 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         )
 
     def _flight(
-        self, image_id: str, key: str, wanted: spec.Spec
-    ) -> tuple[asyncio.Future[pipeline.Rendered], bool]:
+        self,
+        image_id: str,
+        key: str,
+        wanted: spec.Spec,
+        on_start: Callable[[], None] | None = None,
+    ) -> tuple[asyncio.Future[Held], bool]:
         """(the render of key, whether this call started it): joined if one is running.
 
         Shared by every caller of the key, so it is bounded by the processor's own
         limit, not by whichever caller came first; each caller applies its own deadline.
         """
-        return self.flights.join(key, lambda: self._start_render(image_id, key, wanted))
+        return self.flights.join(key, lambda: self._start_render(image_id, key, wanted, on_start))
 
     def _start_render(
-        self, image_id: str, key: str, wanted: spec.Spec
-    ) -> asyncio.Future[pipeline.Rendered]:
+        self,
+        image_id: str,
+        key: str,
+        wanted: spec.Spec,
+        on_start: Callable[[], None] | None,
+    ) -> asyncio.Future[Held]:
+        """The render of key; on_start is called on its worker as it starts (only when
+        the original is held: a fetch comes first otherwise)."""
         # Originals never change under an id, and the image exists (a miss says so, or
         # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
         if original is not None:
             # Submitted to a worker here and now, not when a task first gets to run.
-            return self._render(original, wanted, key)
+            return self._render(image_id, key, original, wanted, on_start)
         return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
 
-    async def _fetch_and_render(
-        self, image_id: str, key: str, wanted: spec.Spec
-    ) -> pipeline.Rendered:
+    async def _fetch_and_render(self, image_id: str, key: str, wanted: spec.Spec) -> Held:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
-        return await self._render(await self._original(image_id), wanted, key)
+        original = await self._original(image_id)
+        return await self._render(image_id, key, original, wanted, None)
 
     def _render(
-        self, original: bytes, wanted: spec.Spec, key: str
-    ) -> asyncio.Future[pipeline.Rendered]:
-        return self._submit(
-            lambda: pipeline.render(io.BytesIO(original), wanted, self.render_limits), key
-        )
+        self,
+        image_id: str,
+        key: str,
+        original: bytes,
+        wanted: spec.Spec,
+        on_start: Callable[[], None] | None,
+    ) -> asyncio.Future[Held]:
+        def work() -> Held:
+            if on_start is not None:
+                on_start()
+            rendered = pipeline.render(io.BytesIO(original), wanted, self.render_limits)
+            # The answer's metadata is made here, on the thread still warm from the
+            # render, not by the loop once it wakes (see docs/performance.md).
+            return _variant(image_id, key, rendered), rendered.data
+
+        return self._submit(work, key)
 
     async def _original(self, image_id: str) -> bytes:
         """The original's bytes: held, or fetched once however many renders want them."""
@@ -307,23 +331,24 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             raise upstream_error(exc, "cache") from None
         return bytes(body)
 
-    async def _store(self, image_id: str, key: str, rendered: pipeline.Rendered) -> None:
+    async def _store(self, image_id: str, key: str, made: Held) -> None:
+        variant, data = made
         header = cache_pb.PutVariantHeader(
             image_id=image_id,
             key=key,
-            media_type=rendered.media_type,
-            width=rendered.width,
-            height=rendered.height,
+            media_type=variant.media_type,
+            width=variant.width,
+            height=variant.height,
         )
 
         async def requests() -> AsyncIterator[cache_pb.PutVariantRequest]:
             yield cache_pb.PutVariantRequest(header=header)
-            for chunk in self._chunks(rendered.data):
+            for chunk in self._chunks(data):
                 yield cache_pb.PutVariantRequest(chunk=chunk)
 
         try:
-            if len(rendered.data) <= self.settings.chunk_bytes:
-                whole = cache_pb.WholeVariant(header=header, data=rendered.data)
+            if len(data) <= self.settings.chunk_bytes:
+                whole = cache_pb.WholeVariant(header=header, data=data)
                 result = await self.batches.put(whole)
                 if result.WhichOneof("outcome") == "refused":
                     refusal = result.refused
@@ -359,16 +384,17 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             lambda head: spec.parse(head.operations, head.output, self.spec_limits),
         )
 
-        def work() -> pipeline.Rendered:
+        def work() -> Held:
             # Bytes from a caller were never validated: decode them fully first.
             inspect(io.BytesIO(data), self.source_limits)
-            return pipeline.render(io.BytesIO(data), wanted, self.render_limits)
+            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits)
+            return _variant("", "", rendered), rendered.data
 
-        rendered = await self._wait(
+        variant, output = await self._wait(
             self._submit(work, "bytes"), context.time_remaining(), "processing"
         )
-        chunks = self._chunks(rendered.data)
-        yield pb.ProcessBytesResponse(variant=_variant("", "", rendered), chunk=chunks[0])
+        chunks = self._chunks(output)
+        yield pb.ProcessBytesResponse(variant=variant, chunk=chunks[0])
         for chunk in chunks[1:]:
             yield pb.ProcessBytesResponse(chunk=chunk)
 
@@ -385,14 +411,23 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self._admit()
         self.pending += 1
         start = time.perf_counter()
-        future = asyncio.get_running_loop().run_in_executor(self.workers, work)
 
-        def finished(done: asyncio.Future[T]) -> None:
+        def timed() -> T:
+            result = work()
+            # Logged by the worker, still warm from the work: on this VM the loop's
+            # first lines after a wake-up run several times slower, and the answer
+            # waits on them (a log line: ~0.2 ms there, ~0.02 ms here).
+            ms = round((time.perf_counter() - start) * 1000, 2)
+            log.info("processed", extra={"key": label, "ms": ms})
+            return result
+
+        # In the caller's context, so the worker's log lines carry its request id.
+        call = contextvars.copy_context()
+        future = asyncio.get_running_loop().run_in_executor(self.workers, call.run, timed)
+
+        def finished(_: asyncio.Future[T]) -> None:
             # Counted down when the thread really stops, not when a caller stops waiting.
             self.pending -= 1
-            if not done.cancelled() and done.exception() is None:
-                ms = round((time.perf_counter() - start) * 1000, 2)
-                log.info("processed", extra={"key": label, "ms": ms})
 
         future.add_done_callback(finished)
         return future
@@ -429,6 +464,11 @@ def _after_call(context: Context, action: Callable[[], None]) -> None:
 
         # The stubs name a class here; grpc takes any callable of the context.
         context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", done))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _variant(image_id: str, key: str, rendered: pipeline.Rendered) -> image_pb2.VariantMetadata:

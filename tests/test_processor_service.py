@@ -307,6 +307,31 @@ def test_process_whole_sends_a_large_variant_to_process_without_making_it_twice(
     assert processed_keys(reader) == []
 
 
+def test_a_variant_another_processor_made_is_answered_from_the_cache(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    cache_server: ServiceProcess,
+    cache_channel: grpc.Channel,
+    big_id: str,
+) -> None:
+    maker, other = start_processor({}), start_processor({})
+    request = process_request(big_id, Op(resize=ppb.Resize(width=57)), quality=61)
+    with channel(maker.address) as ch:
+        made = ppb_grpc.ProcessorServiceStub(ch).ProcessWhole(whole_request(request)).whole
+    with channel(other.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        # The other processor holds the original (from its own variant) and has never
+        # seen this key: it starts a render early and asks the cache once it runs.
+        collect(pstub.Process(process_request(big_id, Op(resize=ppb.Resize(width=58)))))
+        stored(pb_grpc.CacheServiceStub(cache_channel), big_id, made.variant.key)
+        rid = (("x-request-id", "made-elsewhere"),)
+        answer = pstub.ProcessWhole(whole_request(request), metadata=rid).whole
+    assert answer.cache_hit and (answer.variant, answer.data) == (made.variant, made.data)
+    assert other.terminate() == 0  # lets the early render finish
+    assert processed_keys(other).count(made.variant.key) == 1
+    lookups = cache_calls(cache_server, "LookupVariant")
+    assert [e.get("request_id") for e in lookups].count("made-elsewhere") == 1
+
+
 def test_process_whole_refuses_as_process_does(
     pstub: ppb_grpc.ProcessorServiceStub, big_id: str
 ) -> None:
