@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 from imageservice.v1 import cache_service_pb2 as cache_pb
@@ -22,6 +22,7 @@ from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 
 from common.errors import Reason, ServiceError, invalid_argument, remote_error
 from common.grpcclient import call_metadata, upstream_error
+from common.grpcserver import after_call
 from common.hotcache import HotCache
 from common.ids import parse_image_id
 from common.imaging import SOURCE_FORMATS, inspect
@@ -151,7 +152,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     store = functools.partial(self._store, image_id, key) if missed else None
                     self.flights.settle(key, joined, store)
 
-                _after_call(context, settle)
+                after_call(context, settle)
             return joined, started
 
         if self._worth_starting_early(image_id, key):
@@ -447,23 +448,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     def _chunks(self, data: bytes) -> list[bytes]:
         step = self.settings.chunk_bytes
         return [data[i : i + step] for i in range(0, len(data), step)]
-
-
-def _after_call(context: Context, action: Callable[[], None]) -> None:
-    """Run action once the call has ended, its status sent: follow-up work (storing a
-    variant) then costs the caller nothing, not even the CPU it would share."""
-    # A cancelled call may already have run its callbacks (and never reads as done).
-    if context.done() or context.cancelled():
-        action()
-    else:
-        # In this call's context, so the follow-up carries its request id.
-        call = contextvars.copy_context()
-
-        def done(_: Context) -> None:
-            call.run(action)
-
-        # The stubs name a class here; grpc takes any callable of the context.
-        context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", done))
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

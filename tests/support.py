@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
@@ -25,8 +26,10 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from PIL import Image
 
 from common.errors import RemoteError, remote_error
+from common.grpcserver import REQUEST_ID_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
+GRPC_SERVICES = frozenset({"cache", "processor"})
 
 
 def _shared() -> Path:
@@ -118,8 +121,31 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def log_entries(self) -> list[dict[str, object]]:
+        """The log's JSON entries, including the lines of every call answered so far."""
+        self._wait_for_call_lines()
         lines = self.log_path.read_text(errors="replace").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def _wait_for_call_lines(self, timeout: float = 10.0) -> None:
+        # A gRPC service logs a call after answering it, so a caller may read the log
+        # before the line is there. Calls are logged in the order they end: once a
+        # health check made now is logged, every call answered before it is too.
+        logs_calls = self.env.get("IMAGESVC_LOG_LEVEL", "INFO").upper() in ("INFO", "DEBUG")
+        if self.module not in GRPC_SERVICES or not logs_calls or not self.running:
+            return
+        marker = f"log-barrier-{os.urandom(8).hex()}".encode()
+        with channel(self.address) as ch:
+            health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), metadata=((REQUEST_ID_KEY, marker.decode()),)
+            )
+        deadline = time.monotonic() + timeout
+        while marker not in self.log_path.read_bytes():
+            assert time.monotonic() < deadline, f"{self.module} never logged its health check"
+            time.sleep(0.01)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.port != 0
 
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None

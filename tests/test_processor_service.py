@@ -152,6 +152,51 @@ def test_request_id_reaches_the_cache_logs(
     assert "LookupVariant" in {str(e["method"]).rsplit("/", 1)[1] for e in seen}
 
 
+def test_every_call_is_logged_once_after_it_ends(
+    start_processor: Callable[[dict[str, str]], ServiceProcess], big_id: str
+) -> None:
+    server = start_processor({"IMAGESVC_CHUNK_BYTES": "4KiB"})
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        ok = process_request(big_id, Op(resize=ppb.Resize(width=34)))
+        pstub.ProcessWhole(whole_request(ok), metadata=(("x-request-id", "log-ok"),))
+        bad = whole_request(process_request("not-an-id"))
+        failure(pstub.ProcessWhole, bad, metadata=(("x-request-id", "log-bad"),))
+        hang_up_mid_answer(pstub, big_png(big_id, 1700), "log-gone")
+        # The hung-up call's line comes once the server has seen it go.
+        deadline = time.monotonic() + 5
+        while not any(e.get("request_id") == "log-gone" for e in rpc_lines(server)):
+            assert time.monotonic() < deadline, "the hung-up call was never logged"
+            time.sleep(0.02)
+    lines = {str(e["request_id"]): e for e in rpc_lines(server)}
+    ends = [(lines[r]["code"], lines[r]["reason"]) for r in ("log-ok", "log-bad", "log-gone")]
+    assert ends == [("OK", ""), ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), ("CANCELLED", "")]
+    assert all(float(str(lines[r]["ms"])) > 0 for r in ("log-ok", "log-bad", "log-gone"))
+    rids = [e.get("request_id") for e in rpc_lines(server)]
+    assert all(rids.count(r) == 1 for r in ("log-ok", "log-bad", "log-gone"))
+
+
+def big_png(image_id: str, width: int) -> ppb.ProcessRequest:
+    """A variant far larger than gRPC sends before the caller reads, in 4 KiB messages."""
+    return process_request(
+        image_id, Op(resize=ppb.Resize(width=width)), format=ppb.OUTPUT_FORMAT_PNG
+    )
+
+
+def hang_up_mid_answer(
+    pstub: ppb_grpc.ProcessorServiceStub, request: ppb.ProcessRequest, rid: str
+) -> ppb.ProcessResponse:
+    """Process's first message; the caller then hangs up, the rest unsent."""
+    answer = pstub.Process(request, timeout=60, metadata=(("x-request-id", rid),))
+    first = next(iter(answer))
+    answer.cancel()  # type: ignore[no-untyped-call]
+    return first
+
+
+def rpc_lines(server: ServiceProcess) -> list[dict[str, object]]:
+    return [e for e in server.log_entries() if e.get("msg") == "rpc"]
+
+
 @pytest.fixture
 def start_processor(
     cache_server: ServiceProcess, tmp_path: Path
@@ -353,15 +398,10 @@ def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(
     big_id: str,
 ) -> None:
     server = start_processor({"IMAGESVC_CHUNK_BYTES": "4KiB"})
-    # A big PNG in 4 KiB messages: far more than gRPC sends before the caller reads.
-    request = process_request(
-        big_id, Op(resize=ppb.Resize(width=1800)), format=ppb.OUTPUT_FORMAT_PNG
-    )
+    request = big_png(big_id, 1800)
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
-        answer = pstub.Process(request, timeout=60)
-        first = next(iter(answer))
-        answer.cancel()  # type: ignore[no-untyped-call]  # hangs up, the rest unsent
+        first = hang_up_mid_answer(pstub, request, "hangs-up")
         key = first.variant.key
         data = stored(stub, big_id, key)
         assert len(data) == first.variant.byte_size
