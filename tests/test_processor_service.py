@@ -19,6 +19,7 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
 
 from common.errors import Reason, remote_error
+from processor import spec
 from tests.support import (
     ServiceProcess,
     bytes_requests,
@@ -84,6 +85,30 @@ def test_permuted_spellings_share_one_variant(
     assert processed_keys(processor_server).count(meta1.key) == 1
     third = process_request(big_id, Op(resize=ppb.Resize(width=121, height=90)))
     assert collect(pstub.Process(third))[0].key != meta1.key
+
+
+def test_variant_keys_stay_the_same_across_releases() -> None:
+    # Every cached variant is found by its key: a change to how keys are made, without
+    # a pipeline version bump, would orphan the whole variant cache.
+    request = process_request(
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        Op(crop=ppb.Crop(left=1, top=2, width=300, height=200)),
+        Op(resize=ppb.Resize(width=120, height=90, fit=ppb.FIT_COVER, gravity=ppb.GRAVITY_SMART)),
+        Op(rotate=ppb.Rotate(angle=33.5)),
+        Op(flip=ppb.Flip()),
+        Op(flop=ppb.Flop()),
+        Op(adjust=ppb.Adjust(brightness=1.2, contrast=0.8, saturation=0.5)),
+        Op(grayscale=ppb.Grayscale()),
+        Op(blur=ppb.Blur(sigma=1.5)),
+        Op(sharpen=ppb.Sharpen(sigma=0.7)),
+        Op(pixelate=ppb.Pixelate(size=4)),
+        format=ppb.OUTPUT_FORMAT_WEBP,
+        quality=70,
+    )
+    wanted = spec.parse(request.operations, request.output, spec.Limits(8192, 100))
+    assert spec.PIPELINE_VERSION == "3"  # bumped on purpose: update the key below too
+    key = "acc4f5965c336a57e9490ea32e6d1785000947f46f0943e807997336d746a281"
+    assert wanted.key("AAAAAAAAAAAAAAAAAAAAAA") == key
 
 
 def test_a_hit_does_no_processing(
