@@ -9,8 +9,9 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -49,6 +50,16 @@ HOT_ENTRY_BYTES = 1024 * 1024
 STORE_BATCH_SECONDS = 0.05
 STORE_BATCH_VARIANTS = 64  # the contract's bound on a PutVariantBatch
 Held = tuple[image_pb2.VariantMetadata, bytes]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a request comes to: a variant and its bytes, or, when the cache holds it and
+    it is too large for one message, its metadata alone (data None)."""
+
+    variant: image_pb2.VariantMetadata
+    data: bytes | None
+    cache_hit: bool
 
 
 class ProcessorService(pb_grpc.ProcessorServiceServicer):
@@ -99,33 +110,43 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def Process(
         self, request: pb.ProcessRequest, context: Context
     ) -> AsyncIterator[pb.ProcessResponse]:
-        async for response in self._answers(request, context, stream_large=True):
+        generation = self.hot.generation
+        answer = await self._answer(request, context)
+        if answer.data is None:  # cached, too large for one message: the cache streams it
+            variant, body = answer.variant, []
+            async for response in self._stream_cached(variant.image_id, variant.key):
+                body.append(response.chunk)
+                yield response
+            if body:
+                if variant.byte_size <= HOT_ENTRY_BYTES:
+                    self.hot.put(
+                        variant.image_id, variant.key, (variant, b"".join(body)), generation
+                    )
+                return
+            # Evicted between the lookup and the read: made afresh, like any miss.
+            answer = await self._answer(request, context, ask_cache=False)
+        assert answer.data is not None  # a render always comes with its bytes
+        for response in self._responses(answer.variant, answer.data, answer.cache_hit):
             yield response
 
     async def ProcessWhole(
         self, request: pb.ProcessWholeRequest, context: Context
     ) -> pb.ProcessWholeResponse:
-        answers = self._answers(request, context, stream_large=False)
-        try:
-            first = await anext(answers)
-        finally:
-            await answers.aclose()
-        if first.variant.byte_size > len(first.chunk):
-            return pb.ProcessWholeResponse(too_large=first.variant)
+        answer = await self._answer(request, context)
+        if answer.data is None or len(answer.data) > self.settings.chunk_bytes:
+            return pb.ProcessWholeResponse(too_large=answer.variant)
         whole = pb.ProcessedVariant(
-            variant=first.variant, data=first.chunk, cache_hit=first.cache_hit
+            variant=answer.variant, data=answer.data, cache_hit=answer.cache_hit
         )
         return pb.ProcessWholeResponse(whole=whole)
 
-    async def _answers(
+    async def _answer(
         self,
         request: pb.ProcessRequest | pb.ProcessWholeRequest,
         context: Context,
-        stream_large: bool,
-    ) -> AsyncGenerator[pb.ProcessResponse, None]:
-        """Process's messages: the variant with its first chunk, then the rest. Without
-        stream_large, a cached variant too large for one message is answered with its
-        metadata alone, not fetched."""
+        ask_cache: bool = True,
+    ) -> Answer:
+        """The variant request asks for: held, cached, or made (once, however many ask)."""
         try:
             image_id = parse_image_id(request.image_id)
         except ValueError:
@@ -135,14 +156,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         generation = self.hot.generation
         held = self.hot.get(image_id, key)
         if held is not None:
-            for response in self._responses(held[0], held[1], cache_hit=True):
-                yield response
-            return
+            return Answer(held[0], held[1], cache_hit=True)
         flight: asyncio.Future[Held] | None = None
-        missed = False  # the cache said it lacks the variant (so the image exists): store it
+        missed = not ask_cache  # the cache lacks the variant (so the image exists): store it
 
-        def join(on_start: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
-            joined, started = self._flight(image_id, key, wanted, on_start)
+        def join(decoding: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
+            joined, started = self._flight(image_id, key, wanted, decoding)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
@@ -155,84 +174,80 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 after_call(context, settle)
             return joined, started
 
-        if self._worth_starting_early(image_id, key):
+        if ask_cache and self._worth_starting_early(image_id, key):
             # Never seen this key, the original is at hand and a worker is idle: the
             # render starts now, while the cache is asked, so a miss does not wait.
             loop = asyncio.get_running_loop()
             running = loop.create_future()
 
-            def on_start() -> None:
+            def decoding() -> None:
                 loop.call_soon_threadsafe(_resolve, running)
 
-            flight, started = join(on_start)
+            flight, started = join(decoding)
             if started:
                 # The cache is asked once the render runs: setting up the call holds
                 # the GIL the worker needs to start, which delayed the render ~0.25 ms.
                 await asyncio.wait((running, flight), return_when=asyncio.FIRST_COMPLETED)
         self.seen.put(key, True)
-        try:
-            # One message answers a miss or a small variant; a large one is streamed.
-            lookup = await self.cache.LookupVariant(
-                cache_pb.LookupVariantRequest(image_id=image_id, key=key),
-                timeout=CACHE_DEADLINE_SECONDS,
-                metadata=call_metadata(),
-            )
+        if ask_cache:
+            lookup = await self._lookup(image_id, key)
             outcome = lookup.WhichOneof("outcome")
             if outcome == "found":
                 found = lookup.found
                 if found.variant.byte_size <= HOT_ENTRY_BYTES:
                     self.hot.put(image_id, key, (found.variant, found.data), generation)
-                for response in self._responses(found.variant, found.data, cache_hit=True):
-                    yield response
-                return
-            if outcome == "too_large" and not stream_large:
-                yield pb.ProcessResponse(variant=lookup.too_large, cache_hit=True)
-                return
+                return Answer(found.variant, found.data, cache_hit=True)
             if outcome == "too_large":
-                body: list[bytes] = []
-                async for response in self._stream_cached(image_id, key):
-                    body.append(response.chunk)
-                    yield response
-                if body:
-                    variant = lookup.too_large
-                    if variant.byte_size <= HOT_ENTRY_BYTES:
-                        self.hot.put(image_id, key, (variant, b"".join(body)), generation)
-                    return
-                # Evicted between the two calls: made afresh, like any miss.
-        except grpc.aio.AioRpcError as exc:
-            if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
-                self.originals.pop(image_id)
-            raise upstream_error(exc, "cache") from None
-        missed = True
+                return Answer(lookup.too_large, None, cache_hit=True)
+            missed = True
         if flight is None:
             flight, _ = join()
         made, data = await self._wait(flight, context.time_remaining(), "rendering")
         self.hot.put(image_id, key, (made, data), generation)
-        for response in self._responses(made, data, cache_hit=False):
-            yield response
+        return Answer(made, data, cache_hit=False)
+
+    async def _lookup(self, image_id: str, key: str) -> cache_pb.LookupVariantResponse:
+        """The cache's answer for key: found (small), too large for one message, or miss."""
+        try:
+            return await self.cache.LookupVariant(
+                cache_pb.LookupVariantRequest(image_id=image_id, key=key),
+                timeout=CACHE_DEADLINE_SECONDS,
+                metadata=call_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._cache_error(image_id, exc) from None
+
+    def _cache_error(self, image_id: str, exc: grpc.aio.AioRpcError) -> ServiceError:
+        if remote_error(exc).reason == Reason.IMAGE_NOT_FOUND:
+            self.originals.pop(image_id)
+        return upstream_error(exc, "cache")
 
     async def _stream_cached(self, image_id: str, key: str) -> AsyncIterator[pb.ProcessResponse]:
         """A cached variant too large for one message, chunk by chunk as the cache sends
         it; nothing if it has gone meanwhile."""
         variant: image_pb2.VariantMetadata | None = None
         first = True
-        async for message in self.cache.GetVariant(
+        messages = self.cache.GetVariant(
             cache_pb.GetVariantRequest(image_id=image_id, key=key),
             timeout=CACHE_DEADLINE_SECONDS,
             metadata=call_metadata(),
-        ):
-            kind = message.WhichOneof("payload")
-            if kind == "miss":
-                return
-            if kind == "variant":
-                variant = message.variant  # sent with the first chunk
-                continue
-            if variant is None:
-                raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
-            yield pb.ProcessResponse(
-                variant=variant if first else None, chunk=message.chunk, cache_hit=first
-            )
-            first = False
+        )
+        try:
+            async for message in messages:
+                kind = message.WhichOneof("payload")
+                if kind == "miss":
+                    return
+                if kind == "variant":
+                    variant = message.variant  # sent with the first chunk
+                    continue
+                if variant is None:
+                    raise ServiceError(Reason.INTERNAL, "the cache service sent no variant")
+                yield pb.ProcessResponse(
+                    variant=variant if first else None, chunk=message.chunk, cache_hit=first
+                )
+                first = False
+        except grpc.aio.AioRpcError as exc:
+            raise self._cache_error(image_id, exc) from None
 
     def _responses(
         self, variant: image_pb2.VariantMetadata, data: bytes, cache_hit: bool
