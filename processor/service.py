@@ -161,7 +161,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         missed = not ask_cache  # the cache lacks the variant (so the image exists): store it
 
         def join(decoding: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
-            joined, started = self._flight(image_id, key, wanted, decoding)
+            joined, started = self._flight(image_id, key, wanted, context, decoding)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
@@ -270,6 +270,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         image_id: str,
         key: str,
         wanted: spec.Spec,
+        context: Context,
         on_start: Callable[[], None] | None = None,
     ) -> tuple[asyncio.Future[Held], bool]:
         """(the render of key, whether this call started it): joined if one is running.
@@ -277,29 +278,34 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         Shared by every caller of the key, so it is bounded by the processor's own
         limit, not by whichever caller came first; each caller applies its own deadline.
         """
-        return self.flights.join(key, lambda: self._start_render(image_id, key, wanted, on_start))
+        return self.flights.join(
+            key, lambda: self._start_render(image_id, key, wanted, context, on_start)
+        )
 
     def _start_render(
         self,
         image_id: str,
         key: str,
         wanted: spec.Spec,
+        context: Context,
         on_start: Callable[[], None] | None,
     ) -> asyncio.Future[Held]:
-        """The render of key; on_start is called on its worker as it starts (only when
-        the original is held: a fetch comes first otherwise)."""
+        """The render of key, for the call in context; on_start is called on its worker
+        as it starts (only when the original is held: a fetch comes first otherwise)."""
         # Originals never change under an id, and the image exists (a miss says so, or
         # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
         if original is not None:
             # Submitted to a worker here and now, not when a task first gets to run.
-            return self._render(image_id, key, original, wanted, on_start)
-        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
+            return self._render(image_id, key, original, wanted, context, on_start)
+        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted, context))
 
-    async def _fetch_and_render(self, image_id: str, key: str, wanted: spec.Spec) -> Held:
+    async def _fetch_and_render(
+        self, image_id: str, key: str, wanted: spec.Spec, context: Context
+    ) -> Held:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
         original = await self._original(image_id)
-        return await self._render(image_id, key, original, wanted, None)
+        return await self._render(image_id, key, original, wanted, context, None)
 
     def _render(
         self,
@@ -307,6 +313,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         key: str,
         original: bytes,
         wanted: spec.Spec,
+        context: Context,
         on_start: Callable[[], None] | None,
     ) -> asyncio.Future[Held]:
         def work() -> Held:
@@ -317,7 +324,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             # render, not by the loop once it wakes (see docs/performance.md).
             return _variant(image_id, key, rendered), rendered.data
 
-        return self._submit(work, key)
+        return self._submit(work, key, context)
 
     async def _original(self, image_id: str) -> bytes:
         """The original's bytes: held, or fetched once however many renders want them."""
@@ -407,7 +414,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             return _variant("", "", rendered), rendered.data
 
         variant, output = await self._wait(
-            self._submit(work, "bytes"), context.time_remaining(), "processing"
+            self._submit(work, "bytes", context), context.time_remaining(), "processing"
         )
         chunks = self._chunks(output)
         yield pb.ProcessBytesResponse(variant=variant, chunk=chunks[0])
@@ -422,19 +429,17 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 {"retry_after_seconds": "1"},
             )
 
-    def _submit(self, work: Callable[[], T], label: str) -> asyncio.Future[T]:
-        """Start CPU work on the pool, or refuse at once when the queue is full."""
+    def _submit(self, work: Callable[[], T], label: str, context: Context) -> asyncio.Future[T]:
+        """Start CPU work on the pool, or refuse at once when the queue is full; the
+        work is logged once the call in context has ended (or the work, if later)."""
         self._admit()
         self.pending += 1
         start = time.perf_counter()
+        took: list[float] = []
 
         def timed() -> T:
             result = work()
-            # Logged by the worker, still warm from the work: on this VM the loop's
-            # first lines after a wake-up run several times slower, and the answer
-            # waits on them (a log line: ~0.2 ms there, ~0.02 ms here).
-            ms = round((time.perf_counter() - start) * 1000, 2)
-            log.info("processed", extra={"key": label, "ms": ms})
+            took.append(time.perf_counter() - start)
             return result
 
         # In the caller's context, so the worker's log lines carry its request id.
@@ -445,7 +450,21 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             # Counted down when the thread really stops, not when a caller stops waiting.
             self.pending -= 1
 
+        def logged(done: asyncio.Future[T]) -> None:
+            if took and not done.cancelled() and done.exception() is None:
+                ms = round(took[0] * 1000, 2)
+                log.info("processed", extra={"key": label, "ms": ms})
+
+        def after() -> None:
+            # Not before the answer: on this VM a log line costs 0.1-0.2 ms even on the
+            # worker just done, and the answer would wait for it.
+            if future.done():
+                logged(future)
+            else:  # the caller left first; logged when the work ends
+                future.add_done_callback(logged)
+
         future.add_done_callback(finished)
+        after_call(context, after)
         return future
 
     async def _wait(self, work: asyncio.Future[T], deadline: float | None, doing: str) -> T:
