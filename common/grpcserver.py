@@ -23,6 +23,8 @@ from common.jsonlog import lifecycle, request_id
 log = logging.getLogger("grpc")
 
 REQUEST_ID_KEY = "x-request-id"
+# How long after a call has ended its follow-up work (log line, stores) runs.
+AFTER_CALL_SECONDS = 0.002
 
 
 def _incoming_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -109,7 +111,8 @@ class _Call:
         await self.context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is asyncio.CancelledError:
+        # A stream whose caller has gone is closed with GeneratorExit.
+        if exc[0] in (asyncio.CancelledError, GeneratorExit) or self.context.cancelled():
             self.code = grpc.StatusCode.CANCELLED
         elif exc[0] is not None and self.code == grpc.StatusCode.OK:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN
@@ -129,8 +132,8 @@ class _Call:
 
 
 def after_call(context: grpc.aio.ServicerContext[Any, Any], action: Callable[[], None]) -> None:
-    """Run action once the call has ended, its status sent (at once if it has ended),
-    in the call's context: follow-up work then costs the caller nothing."""
+    """Run action shortly after the call has ended, its status sent (at once if it has
+    ended), in the call's context: follow-up work then costs the caller nothing."""
     # A cancelled call may already have run its callbacks (and never reads as done).
     if context.done() or context.cancelled():
         action()
@@ -138,7 +141,10 @@ def after_call(context: grpc.aio.ServicerContext[Any, Any], action: Callable[[],
     call = contextvars.copy_context()
 
     def done(_: grpc.aio.ServicerContext[Any, Any]) -> None:
-        call.run(action)
+        # Not the moment the status is sent: the answer is still on its way to a caller
+        # waking up, and on a small machine this work would compete with its delivery
+        # (measured: 0.17-0.2 ms later to the caller of a cold render, 2 cores).
+        asyncio.get_running_loop().call_later(AFTER_CALL_SECONDS, call.run, action)
 
     # The stubs name a class here; grpc takes any callable of the context.
     context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", done))
@@ -208,4 +214,6 @@ async def serve_until_signalled(
     lifecycle.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_seconds)
+    # The calls just ended have follow-up work (log lines, stores) due shortly after.
+    await asyncio.sleep(AFTER_CALL_SECONDS * 2)
     lifecycle.info("stopped")
