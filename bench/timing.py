@@ -65,3 +65,87 @@ def interleaved_ms(
                     op(i)
                     out.append(time.perf_counter() - start)
     return [statistics.median(times) * 1000 for times in samples]
+
+
+class ThreadCores:
+    """Which CPU a process's busiest thread ran on since a snapshot (Linux /proc)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def snapshot(self) -> dict[int, int]:
+        """Nanoseconds on a CPU so far, per thread."""
+        return {tid: self._read(tid)[0] for tid in self._tids()}
+
+    def busiest_since(self, before: dict[int, int]) -> int | None:
+        """The CPU the thread that ran longest since before last ran on (None: none ran)."""
+        best, cpu = 0, None
+        for tid in self._tids():
+            ran, last = self._read(tid)
+            if ran - before.get(tid, 0) > best:
+                best, cpu = ran - before.get(tid, 0), last
+        return cpu
+
+    def _tids(self) -> list[int]:
+        return [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+
+    def _read(self, tid: int) -> tuple[int, int]:
+        task = f"/proc/{self.pid}/task/{tid}"
+        try:
+            with open(f"{task}/schedstat") as f:
+                ran = int(f.read().split()[0])
+            with open(f"{task}/stat") as f:
+                # Fields after the command's closing parenthesis start at field 3;
+                # field 39 is the CPU the thread last ran on.
+                last = int(f.read().rsplit(")", 1)[1].split()[36])
+        except (FileNotFoundError, ProcessLookupError):  # the thread has just ended
+            return 0, -1
+        return ran, last
+
+
+def core_matched(
+    baseline: Callable[[int], object],
+    op: Callable[[int], object],
+    cores: ThreadCores,
+    runs: int,
+    rounds: int,
+) -> tuple[float, float, float]:
+    """(median of op's time over the baseline's on the CPU op's busiest thread ran on,
+    in the same round; op's median ms; the baseline's median ms over all CPUs).
+
+    Where the CPUs drift apart (one 25% slower than the other for seconds), a
+    service's render lands on either, and a baseline from both mixes the two speeds;
+    each call compared with the baseline on its own CPU, just measured, does not.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    block = max(len(cpus), runs // rounds)
+    ratios: list[float] = []
+    own: list[float] = []
+    base_all: list[float] = []
+    for r in range(rounds):
+        base: dict[int, float] = {}
+        for cpu in cpus:
+            with on_cpu(cpu):
+                baseline(-1 - r)
+                times = []
+                for i in range(block // len(cpus)):
+                    start = time.perf_counter()
+                    baseline(i)
+                    times.append(time.perf_counter() - start)
+            base[cpu] = statistics.median(times)
+            base_all += times
+        op(-1 - r)
+        for i in range(r * block, (r + 1) * block):
+            before = cores.snapshot()
+            start = time.perf_counter()
+            op(i)
+            took = time.perf_counter() - start
+            ran_on = cores.busiest_since(before)
+            own.append(took)
+            if ran_on in base:
+                ratios.append(took / base[ran_on])
+    return (
+        statistics.median(ratios),
+        statistics.median(own) * 1000,
+        statistics.median(base_all) * 1000,
+    )

@@ -144,6 +144,11 @@ class ServiceProcess:
             time.sleep(0.01)
 
     @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self.port != 0
 
