@@ -160,8 +160,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         flight: asyncio.Future[Held] | None = None
         missed = not ask_cache  # the cache lacks the variant (so the image exists): store it
 
-        def join(decoding: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
-            joined, started = self._flight(image_id, key, wanted, context, decoding)
+        def join(on_start: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
+            joined, started = self._flight(image_id, key, wanted, context, on_start)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
@@ -180,10 +180,10 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             loop = asyncio.get_running_loop()
             running = loop.create_future()
 
-            def decoding() -> None:
+            def on_start() -> None:  # on the worker
                 loop.call_soon_threadsafe(_resolve, running)
 
-            flight, started = join(decoding)
+            flight, started = join(on_start)
             if started:
                 # The cache is asked once the render runs: setting up the call holds
                 # the GIL the worker needs to start, which delayed the render ~0.25 ms.
