@@ -112,7 +112,7 @@ class _Call:
 
     def __exit__(self, *exc: object) -> None:
         # A stream whose caller has gone is closed with GeneratorExit.
-        if exc[0] in (asyncio.CancelledError, GeneratorExit) or self.context.cancelled():
+        if exc[0] in (asyncio.CancelledError, GeneratorExit):
             self.code = grpc.StatusCode.CANCELLED
         elif exc[0] is not None and self.code == grpc.StatusCode.OK:
             self.code = self.context.code() or grpc.StatusCode.UNKNOWN
@@ -132,8 +132,12 @@ class _Call:
 
 
 def after_call(context: grpc.aio.ServicerContext[Any, Any], action: Callable[[], None]) -> None:
-    """Run action shortly after the call has ended, its status sent (at once if it has
-    ended), in the call's context: follow-up work then costs the caller nothing."""
+    """Run action shortly after the call has ended, its status sent, in the call's
+    context: follow-up work then costs the caller nothing.
+
+    Register while the call's handler runs: grpc runs a call's callbacks once, as it
+    ends, and a caller's leaving does not always read as done() or cancelled() later.
+    """
     # A cancelled call may already have run its callbacks (and never reads as done).
     if context.done() or context.cancelled():
         action()

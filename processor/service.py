@@ -23,7 +23,7 @@ from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 
 from common.errors import Reason, ServiceError, invalid_argument, remote_error
 from common.grpcclient import call_metadata, upstream_error
-from common.grpcserver import after_call
+from common.grpcserver import AFTER_CALL_SECONDS, after_call
 from common.hotcache import HotCache
 from common.ids import parse_image_id
 from common.imaging import SOURCE_FORMATS, inspect
@@ -106,6 +106,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             await self.batches.drain()
         await self.fetches.drain()
         self.workers.shutdown(wait=True, cancel_futures=True)
+        await asyncio.sleep(AFTER_CALL_SECONDS * 2)  # the last renders' log lines
 
     async def Process(
         self, request: pb.ProcessRequest, context: Context
@@ -161,7 +162,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         missed = not ask_cache  # the cache lacks the variant (so the image exists): store it
 
         def join(on_start: Callable[[], None] | None = None) -> tuple[asyncio.Future[Held], bool]:
-            joined, started = self._flight(image_id, key, wanted, context, on_start)
+            joined, started = self._flight(image_id, key, wanted, on_start)
             if started:
                 # The call that starts a render stores what it makes, once the call has
                 # ended, however it ends: the caller never waits for the store, and a
@@ -172,6 +173,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                     self.flights.settle(key, joined, store)
 
                 after_call(context, settle)
+            elif not ask_cache:
+                # The cache lost the variant after saying it held it, and the render
+                # joined was started before that (by this call, early): its starter
+                # stores nothing, so this call does.
+                store = functools.partial(self._store, image_id, key)
+                after_call(context, lambda: self.flights.settle(key, joined, store))
             return joined, started
 
         if ask_cache and self._worth_starting_early(image_id, key):
@@ -270,7 +277,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         image_id: str,
         key: str,
         wanted: spec.Spec,
-        context: Context,
         on_start: Callable[[], None] | None = None,
     ) -> tuple[asyncio.Future[Held], bool]:
         """(the render of key, whether this call started it): joined if one is running.
@@ -278,34 +284,29 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         Shared by every caller of the key, so it is bounded by the processor's own
         limit, not by whichever caller came first; each caller applies its own deadline.
         """
-        return self.flights.join(
-            key, lambda: self._start_render(image_id, key, wanted, context, on_start)
-        )
+        return self.flights.join(key, lambda: self._start_render(image_id, key, wanted, on_start))
 
     def _start_render(
         self,
         image_id: str,
         key: str,
         wanted: spec.Spec,
-        context: Context,
         on_start: Callable[[], None] | None,
     ) -> asyncio.Future[Held]:
-        """The render of key, for the call in context; on_start is called on its worker
-        as it starts (only when the original is held: a fetch comes first otherwise)."""
+        """The render of key; on_start is called on its worker as it starts (only when
+        the original is held: a fetch comes first otherwise)."""
         # Originals never change under an id, and the image exists (a miss says so, or
         # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
         if original is not None:
             # Submitted to a worker here and now, not when a task first gets to run.
-            return self._render(image_id, key, original, wanted, context, on_start)
-        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted, context))
+            return self._render(image_id, key, original, wanted, on_start)
+        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
 
-    async def _fetch_and_render(
-        self, image_id: str, key: str, wanted: spec.Spec, context: Context
-    ) -> Held:
+    async def _fetch_and_render(self, image_id: str, key: str, wanted: spec.Spec) -> Held:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
         original = await self._original(image_id)
-        return await self._render(image_id, key, original, wanted, context, None)
+        return await self._render(image_id, key, original, wanted, None)
 
     def _render(
         self,
@@ -313,7 +314,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         key: str,
         original: bytes,
         wanted: spec.Spec,
-        context: Context,
         on_start: Callable[[], None] | None,
     ) -> asyncio.Future[Held]:
         def work() -> Held:
@@ -324,7 +324,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             # render, not by the loop once it wakes (see docs/performance.md).
             return _variant(image_id, key, rendered), rendered.data
 
-        return self._submit(work, key, context)
+        return self._submit(work, key)
 
     async def _original(self, image_id: str) -> bytes:
         """The original's bytes: held, or fetched once however many renders want them."""
@@ -414,7 +414,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             return _variant("", "", rendered), rendered.data
 
         variant, output = await self._wait(
-            self._submit(work, "bytes", context), context.time_remaining(), "processing"
+            self._submit(work, "bytes"), context.time_remaining(), "processing"
         )
         chunks = self._chunks(output)
         yield pb.ProcessBytesResponse(variant=variant, chunk=chunks[0])
@@ -429,9 +429,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 {"retry_after_seconds": "1"},
             )
 
-    def _submit(self, work: Callable[[], T], label: str, context: Context) -> asyncio.Future[T]:
-        """Start CPU work on the pool, or refuse at once when the queue is full; the
-        work is logged once the call in context has ended (or the work, if later)."""
+    def _submit(self, work: Callable[[], T], label: str) -> asyncio.Future[T]:
+        """Start CPU work on the pool, or refuse at once when the queue is full."""
         self._admit()
         self.pending += 1
         start = time.perf_counter()
@@ -446,25 +445,18 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         call = contextvars.copy_context()
         future = asyncio.get_running_loop().run_in_executor(self.workers, call.run, timed)
 
-        def finished(_: asyncio.Future[T]) -> None:
+        def finished(done: asyncio.Future[T]) -> None:
             # Counted down when the thread really stops, not when a caller stops waiting.
             self.pending -= 1
-
-        def logged(done: asyncio.Future[T]) -> None:
             if took and not done.cancelled() and done.exception() is None:
-                ms = round(took[0] * 1000, 2)
-                log.info("processed", extra={"key": label, "ms": ms})
-
-        def after() -> None:
-            # Not before the answer: on this VM a log line costs 0.1-0.2 ms even on the
-            # worker just done, and the answer would wait for it.
-            if future.done():
-                logged(future)
-            else:  # the caller left first; logged when the work ends
-                future.add_done_callback(logged)
+                # Logged shortly after, not before the answer that waits on this work:
+                # a log line costs 0.1-0.3 ms on a core just woken (docs/performance.md).
+                line = functools.partial(
+                    log.info, "processed", extra={"key": label, "ms": round(took[0] * 1000, 2)}
+                )
+                asyncio.get_running_loop().call_later(AFTER_CALL_SECONDS, line)
 
         future.add_done_callback(finished)
-        after_call(context, after)
         return future
 
     async def _wait(self, work: asyncio.Future[T], deadline: float | None, doing: str) -> T:

@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
+from imageservice.v1 import image_pb2
 from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
@@ -697,3 +699,70 @@ def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
         t.join()
     assert outcomes["hasty"] == grpc.StatusCode.DEADLINE_EXCEEDED
     assert outcomes["patient"] == 999
+
+
+class ForgetfulCache(pb_grpc.CacheServiceServicer):
+    """A cache service that says it holds every variant after the first lookup, as too
+    large for one message, and has lost it when asked for it: the eviction between the
+    two calls that a real cache cannot be made to do on cue."""
+
+    def __init__(self, original: bytes) -> None:
+        self.original = original
+        self.lookups = 0
+        self.stored: list[str] = []
+
+    def GetImage(self, request: pb.GetImageRequest, context: object) -> Iterator[Any]:
+        yield pb.GetImageResponse(chunk=self.original)
+
+    def LookupVariant(self, request: pb.LookupVariantRequest, context: object) -> Any:
+        self.lookups += 1
+        if self.lookups == 1:
+            return pb.LookupVariantResponse(miss=pb.VariantMiss())
+        held = image_pb2.VariantMetadata(image_id=request.image_id, key=request.key)
+        held.byte_size = 10**6
+        return pb.LookupVariantResponse(too_large=held)
+
+    def GetVariant(self, request: pb.GetVariantRequest, context: object) -> Iterator[Any]:
+        yield pb.GetVariantResponse(miss=pb.VariantMiss())
+
+    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
+        self.stored += [v.header.key for v in request.variants]
+        results = [
+            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
+        ]
+        return pb.PutVariantBatchResponse(results=results)
+
+    def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(tmp_path: Path) -> None:
+    cache = ForgetfulCache(png_bytes(64, 48, seed=5))
+    server = grpc.server(ThreadPoolExecutor(8))
+    pb_grpc.add_CacheServiceServicer_to_server(cache, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    processor = ServiceProcess(
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": f"127.0.0.1:{port}"}
+    ).start()
+    try:
+        image_id = "A" * 22
+        with channel(processor.address) as ch:
+            pstub = ppb_grpc.ProcessorServiceStub(ch)
+            # A miss: the processor now holds the original...
+            collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=20)))))
+            # ...so this one starts early; the cache then says "held", then "gone".
+            request = process_request(image_id, Op(resize=ppb.Resize(width=30)))
+            meta, data = collect(pstub.Process(request))
+        assert meta.width == 30 and sha256(data) == meta.sha256
+        deadline = time.monotonic() + 5
+        while meta.key not in cache.stored:
+            assert time.monotonic() < deadline, "the variant made afresh was never stored"
+            time.sleep(0.02)
+        assert processor.terminate() == 0
+    finally:
+        processor.kill()
+        server.stop(None)
+    assert processed_keys(processor).count(meta.key) == 1  # made once, not twice
