@@ -739,7 +739,8 @@ class ForgetfulCache(pb_grpc.CacheServiceServicer):
 
 
 def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(tmp_path: Path) -> None:
-    cache = ForgetfulCache(png_bytes(64, 48, seed=5))
+    # The methods it leaves out answer UNIMPLEMENTED, as generated.
+    cache = ForgetfulCache(png_bytes(64, 48, seed=5))  # type: ignore[abstract]
     server = grpc.server(ThreadPoolExecutor(8))
     pb_grpc.add_CacheServiceServicer_to_server(cache, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -766,3 +767,26 @@ def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(tmp_path: Pat
         processor.kill()
         server.stop(None)
     assert processed_keys(processor).count(meta.key) == 1  # made once, not twice
+
+
+def test_a_render_whose_caller_left_during_the_fetch_is_logged(
+    start_processor: Callable[[dict[str, str]], ServiceProcess],
+    stub: pb_grpc.CacheServiceStub,
+    big_id: str,
+) -> None:
+    # No originals held: every render waits for a 2 MB fetch first, a window in which
+    # the caller hangs up; the render goes on, is stored, and must be logged.
+    server = start_processor({"IMAGESVC_PROCESSOR_ORIGINALS_CACHE_BYTES": "0"})
+    requests = [process_request(big_id, Op(resize=ppb.Resize(width=70 + n))) for n in range(4)]
+    with channel(server.address) as ch:
+        pstub = ppb_grpc.ProcessorServiceStub(ch)
+        for n, request in enumerate(requests):
+            answer = pstub.ProcessWhole.future(whole_request(request), timeout=30)
+            time.sleep(0.002 * (n + 1))
+            answer.cancel()  # type: ignore[no-untyped-call]
+    assert server.terminate() == 0  # renders still running finish and are stored first
+    keys = [
+        spec.parse(r.operations, r.output, spec.Limits(8192, 100)).key(big_id) for r in requests
+    ]
+    made = [key for key in keys if get_variant(stub, big_id, key) is not None]
+    assert sorted(made) == sorted(set(processed_keys(server)) & set(keys))
