@@ -130,13 +130,16 @@ class ServiceProcess:
         # A gRPC service logs a call after answering it, so a caller may read the log
         # before the line is there. Calls are logged in the order they end: once a
         # health check made now is logged, every call answered before it is too.
-        logs_calls = self.env.get("IMAGESVC_LOG_LEVEL", "INFO").upper() in ("INFO", "DEBUG")
+        level = {**os.environ, **self.env}.get("IMAGESVC_LOG_LEVEL", "INFO")
+        logs_calls = level.upper() in ("INFO", "DEBUG")
         if self.module not in GRPC_SERVICES or not logs_calls or not self.running:
             return
         marker = f"log-barrier-{os.urandom(8).hex()}".encode()
         with channel(self.address) as ch:
             health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(), metadata=((REQUEST_ID_KEY, marker.decode()),)
+                health_pb2.HealthCheckRequest(),
+                metadata=((REQUEST_ID_KEY, marker.decode()),),
+                timeout=timeout,
             )
         deadline = time.monotonic() + timeout
         while marker not in self.log_path.read_bytes():
