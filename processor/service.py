@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import hashlib
 import io
@@ -441,9 +440,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             took.append(time.perf_counter() - start)
             return result
 
-        # In the caller's context, so the worker's log lines carry its request id.
-        call = contextvars.copy_context()
-        future = asyncio.get_running_loop().run_in_executor(self.workers, call.run, timed)
+        future = asyncio.get_running_loop().run_in_executor(self.workers, timed)
 
         def finished(done: asyncio.Future[T]) -> None:
             # Counted down when the thread really stops, not when a caller stops waiting.
