@@ -65,6 +65,7 @@ SOURCE_KIND = {
 ANIMATED_OUTPUTS = {"gif", "webp", "png"}
 ANIMATED_SOURCES = {"GIF", "WEBP", "PNG", "AVIF"}
 ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,10 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         fmt = spec.output.format
         if fmt == "source":
             fmt = SOURCE_KIND[image.format or "PNG"]
+        # Read first: getexif() is one cached object, and _metadata works on a copy.
+        orientation = int(image.getexif().get(ORIENTATION, 1))
         metadata = _metadata(image) if spec.output.keep_metadata else {}
-        frames, durations = _frames(image, spec, fmt, limits)
+        frames, durations = _frames(image, spec, fmt, orientation, limits)
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
@@ -102,11 +105,13 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
 def _metadata(image: Image.Image) -> dict[str, object]:
     """EXIF (orientation reset: the pixels are upright now) and XMP, for keep_metadata."""
     kept: dict[str, object] = {}
-    exif = image.getexif()
-    if exif:
-        exif.pop(0x0112, None)
+    if image.getexif():
         # EXIF that Pillow cannot write back is dropped, as it is by default.
         with contextlib.suppress(ValueError, TypeError, struct.error, OverflowError):
+            exif = Image.Exif()
+            exif.load(image.getexif().tobytes())
+            if ORIENTATION in exif:
+                exif[ORIENTATION] = 1
             kept["exif"] = exif.tobytes()
     if xmp := image.info.get("xmp"):
         kept["xmp"] = xmp
@@ -114,9 +119,8 @@ def _metadata(image: Image.Image) -> dict[str, object]:
 
 
 def _frames(
-    image: Image.Image, spec: Spec, fmt: str, limits: Limits
+    image: Image.Image, spec: Spec, fmt: str, orientation: int, limits: Limits
 ) -> tuple[list[Image.Image], list[int]]:
-    orientation = image.getexif().get(0x0112, 1)
     animated = (
         image.format in ANIMATED_SOURCES
         and getattr(image, "is_animated", False)

@@ -20,7 +20,7 @@ from imageservice.v1 import processor_service_pb2 as pb
 from common.errors import invalid_argument
 
 # Bump when the pipeline's output for the same request changes, so old variants miss.
-PIPELINE_VERSION = "3"  # 3: one smart-crop window for all of an animation's frames
+PIPELINE_VERSION = "4"  # 4: kept EXIF no longer turns the pixels sideways
 
 RGBA = tuple[int, int, int, int]
 WHITE: RGBA = (255, 255, 255, 255)

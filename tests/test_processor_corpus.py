@@ -93,16 +93,20 @@ def test_native_library_messages_come_out_as_json_lines(
     assert any("Fax4Decode" in message for message in native_messages(processor_server))
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["strip", "keep"])
 @pytest.mark.parametrize("kind", ["Landscape", "Portrait"])
 def test_exif_orientations_all_come_out_upright(
-    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub, kind: str
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub, kind: str, keep: bool
 ) -> None:
     outputs = []
     for n in range(1, 9):
         data = (CORPUS / "exif-orientation" / f"{kind}_{n}.jpg").read_bytes()
         image_id = upload(stub, data).id
-        image = process_stored(pstub, image_id, CONTAIN_300, format=ppb.OUTPUT_FORMAT_PNG)
-        assert 0x0112 not in image.getexif()
+        image = process_stored(
+            pstub, image_id, CONTAIN_300, format=ppb.OUTPUT_FORMAT_PNG, keep_metadata=keep
+        )
+        # Kept EXIF describes the pixels as they are now: upright.
+        assert image.getexif().get(0x0112) == (1 if keep else None), n
         outputs.append(image.convert("L"))
     reference = outputs[0]
     assert (reference.width > reference.height) == (kind == "Landscape")
@@ -128,9 +132,12 @@ def test_orientation_moves_a_marked_corner(
     image_id = upload(stub, encode(marked(), "JPEG", exif=exif.tobytes(), quality=95)).id
     # Resize too, so the reduced-scale JPEG decode path is the one exercised.
     resize = ppb.Operation(resize=ppb.Resize(width=100, height=100))
-    image = process_stored(pstub, image_id, resize, format=ppb.OUTPUT_FORMAT_PNG)
-    assert corner(image) == where
-    assert (image.width > image.height) == (orientation < 5)
+    for keep in (False, True):
+        image = process_stored(
+            pstub, image_id, resize, format=ppb.OUTPUT_FORMAT_PNG, keep_metadata=keep
+        )
+        assert corner(image) == where, keep
+        assert (image.width > image.height) == (orientation < 5), keep
 
 
 @pytest.mark.parametrize(
