@@ -45,6 +45,7 @@ FORMATS = {
     "avif": ppb.OUTPUT_FORMAT_AVIF,
     "gif": ppb.OUTPUT_FORMAT_GIF,
 }
+FRAMES = {"all": ppb.FRAMES_ALL, "first": ppb.FRAMES_FIRST}
 _COLOR = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
 
 
@@ -243,6 +244,13 @@ PARAMS: tuple[Param, ...] = (
         "transparency; default white.",
     ),
     Param(
+        "frames",
+        _choice(FRAMES),
+        {"type": "string", "enum": list(FRAMES)},
+        "Of an animation: all frames (the default) or the first alone, a still. Every "
+        "frame counts against the output pixel limit.",
+    ),
+    Param(
         "metadata",
         _choice({"strip": 0, "keep": 1}),
         {"type": "string", "enum": ["strip", "keep"]},
@@ -320,6 +328,7 @@ def parse(query: list[tuple[str, str]], accept: str) -> Transformation | None:
         lossless=values.get("lossless", False),
         progressive=values.get("progressive", False),
         keep_metadata=bool(values.get("metadata", 0)),
+        frames=values.get("frames", ppb.FRAMES_UNSPECIFIED),
     )
     if background is not None:
         output.background.CopyFrom(background)
@@ -327,9 +336,13 @@ def parse(query: list[tuple[str, str]], accept: str) -> Transformation | None:
 
 
 def blurred() -> Transformation:
-    """What the original service's /blurred-images/{id} returned: a blur of radius 10."""
+    """What the original service's /blurred-images/{id} returned: a blur of radius 10.
+
+    It takes no parameters, so it cannot fail on size: an animation too large to blur
+    whole within the output limits comes back as its first frame.
+    """
     return Transformation(
         [ppb.Operation(blur=ppb.Blur(sigma=10))],
-        ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_AUTO, accept=[]),
+        ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_AUTO, accept=[], frames=ppb.FRAMES_ALL_OR_FIRST),
         negotiated=False,
     )

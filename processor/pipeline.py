@@ -94,12 +94,18 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         if fmt == "source":
             fmt = SOURCE_KIND[image.format or "PNG"]
         # Read first: getexif() is one cached object, and _metadata works on a copy.
-        orientation = int(image.getexif().get(ORIENTATION, 1))
+        orientation = _orientation(image)
         metadata = _metadata(image) if spec.output.keep_metadata else {}
         frames, durations = _frames(image, spec, fmt, orientation, limits)
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when absent or not one of the eight."""
+    value = image.getexif().get(ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _metadata(image: Image.Image) -> dict[str, object]:
@@ -125,37 +131,93 @@ def _frames(
         image.format in ANIMATED_SOURCES
         and getattr(image, "is_animated", False)
         and fmt in ANIMATED_OUTPUTS
+        and spec.output.frames != "first"
     )
+    if image.format == "JPEG":
+        _draft(image, spec, orientation)  # before planning: it changes the size decoded
+    # Every limit on the result is judged here, from the header, before any pixel is
+    # decoded: a refusal costs nothing, however large the source.
+    width, height = plan(image.size, orientation, spec, limits)
+    if animated:
+        count = _frame_count(image, limits)
+        if count * width * height > limits.max_pixels:
+            if spec.output.frames != "all_or_first":
+                raise ServiceError(
+                    Reason.OUTPUT_TOO_LARGE,
+                    f"the animation's {count} frames of {width}x{height} together would "
+                    f"exceed {limits.max_pixels} pixels; ask for a smaller size, or for "
+                    "the first frame alone",
+                )
+            animated = False
     if not animated:
-        if image.format == "JPEG":
-            _draft(image, spec, orientation)
         fast_decode(image)
         image.load()
-        return [_transform(image, spec, orientation, limits, {})], [0]
+        return [_transform(image, spec, orientation, {})], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
     # Smart crops are chosen on the first frame and kept: a window chosen per frame
     # would jump about as the content moves.
     windows: Windows = {}
-    for n, frame in enumerate(ImageSequence.Iterator(image)):
-        if n >= limits.max_frames:
-            raise too_large(f"more than {limits.max_frames} frames")
-        if frame.size[0] * frame.size[1] > limits.max_pixels:
-            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+    for frame in ImageSequence.Iterator(image):
         # The iterator re-uses one object; each frame needs its own pixels. (Loading
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        frames.append(_transform(pixels, spec, orientation, limits, windows))
-        # Every frame is held until the encode: bound them together, not one by one.
+        frames.append(_transform(pixels, spec, orientation, windows))
+        # A backstop for a file whose frames differ from its header (a GIF frame can
+        # grow the canvas): every frame is held until the encode.
         held += frames[-1].width * frames[-1].height
-        if held > limits.max_pixels:
+        if held > limits.max_pixels or len(frames) > limits.max_frames:
             raise ServiceError(
                 Reason.OUTPUT_TOO_LARGE,
                 f"the animation's frames together would exceed {limits.max_pixels} pixels",
             )
     return frames, durations
+
+
+def _frame_count(image: Image.Image, limits: Limits) -> int:
+    """How many frames an animated source has, read without decoding any."""
+    count = int(getattr(image, "n_frames", 1))
+    if count > limits.max_frames:
+        raise too_large(f"more than {limits.max_frames} frames")
+    return count
+
+
+def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) -> tuple[int, int]:
+    """The size each frame of a source this size comes out at, or OUTPUT_TOO_LARGE.
+
+    Follows _transform's every step without touching a pixel, and judges each size a
+    step would allocate (a cover resize is larger than its box before the crop). A
+    side may be as long as the source's own: a result is never refused for being as
+    large as the image that was accepted.
+    """
+    if orientation in (5, 6, 7, 8):
+        size = (size[1], size[0])
+    longest = max(limits.max_output_dimension, *size)
+
+    def check(size: tuple[int, int]) -> None:
+        if max(size) > longest:
+            raise ServiceError(
+                Reason.OUTPUT_TOO_LARGE,
+                f"the result would exceed {limits.max_output_dimension} pixels on a side",
+            )
+        if size[0] * size[1] > limits.max_pixels:
+            raise ServiceError(
+                Reason.OUTPUT_TOO_LARGE, f"the result would exceed {limits.max_pixels} pixels"
+            )
+
+    for op in spec.ops:
+        if isinstance(op, Crop):
+            box = _crop_box(size, op)
+            size = (box[2] - box[0], box[3] - box[1])
+        elif isinstance(op, Resize):
+            resized, size = _resize_geometry(size, op)
+            check(resized)
+        elif isinstance(op, Rotate):
+            size = _rotated_size(size, op.angle)
+        check(size)
+    return size
 
 
 def _draft(image: Image.Image, spec: Spec, orientation: int) -> None:
@@ -224,9 +286,8 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
 Windows = dict[int, tuple[int, int]]
 
 
-def _transform(
-    image: Image.Image, spec: Spec, orientation: int, limits: Limits, windows: Windows
-) -> Image.Image:
+def _transform(image: Image.Image, spec: Spec, orientation: int, windows: Windows) -> Image.Image:
+    """One frame through spec's operations (their sizes already judged by plan)."""
     image = _normalise(image)
     if orientation != 1:
         method = {
@@ -241,26 +302,8 @@ def _transform(
         if method is not None:
             image = image.transpose(method)
     for n, op in enumerate(spec.ops):
-        if isinstance(op, Resize):  # refuse before allocating, not after
-            _check_output(_resize_geometry(image.size, op)[0], limits)
-            image = _resize(image, op, windows, n)
-        else:
-            image = _apply(image, op)
-        _check_output(image.size, limits)
+        image = _resize(image, op, windows, n) if isinstance(op, Resize) else _apply(image, op)
     return image
-
-
-def _check_output(size: tuple[int, int], limits: Limits) -> None:
-    if max(size) > limits.max_output_dimension:
-        raise ServiceError(
-            Reason.OUTPUT_TOO_LARGE,
-            f"the result would exceed {limits.max_output_dimension} pixels on a side",
-        )
-    if size[0] * size[1] > limits.max_pixels:
-        raise ServiceError(
-            Reason.OUTPUT_TOO_LARGE,
-            f"the result would exceed {limits.max_pixels} pixels",
-        )
 
 
 def _apply(image: Image.Image, op: Op) -> Image.Image:
@@ -289,17 +332,15 @@ def _apply(image: Image.Image, op: Op) -> Image.Image:
 
 
 def _crop(image: Image.Image, op: Crop) -> Image.Image:
-    if op.left >= image.width or op.top >= image.height:
-        raise invalid_argument(
-            "crop", f"the rectangle lies outside the {image.width}x{image.height} image"
-        )
-    box = (
-        op.left,
-        op.top,
-        min(image.width, op.left + op.width),
-        min(image.height, op.top + op.height),
-    )
-    return image.crop(box)
+    return image.crop(_crop_box(image.size, op))
+
+
+def _crop_box(size: tuple[int, int], op: Crop) -> tuple[int, int, int, int]:
+    """The crop's rectangle clipped to the image; one wholly outside is an error."""
+    width, height = size
+    if op.left >= width or op.top >= height:
+        raise invalid_argument("crop", f"the rectangle lies outside the {width}x{height} image")
+    return (op.left, op.top, min(width, op.left + op.width), min(height, op.top + op.height))
 
 
 def _resize_geometry(size: tuple[int, int], op: Resize) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -378,6 +419,28 @@ def _rotate(image: Image.Image, angle: float, background: RGBA) -> Image.Image:
     }
     fill = fills[image.mode]
     return image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+
+
+def _rotated_size(size: tuple[int, int], angle: float) -> tuple[int, int]:
+    """The canvas _rotate makes: for other angles than right ones, the arithmetic of
+    Pillow's rotate(expand=True), so the size judged is the size allocated."""
+    width, height = size
+    if angle in (90.0, 270.0):
+        return height, width
+    if angle == 180.0:
+        return size
+    radians = -math.radians(angle)
+    cos, sin = round(math.cos(radians), 15), round(math.sin(radians), 15)
+    # Pillow rotates about the centre: x' = cos*x + sin*y + dx, y' = -sin*x + cos*y + dy.
+    cx, cy = width / 2, height / 2
+    dx, dy = -cos * cx - sin * cy + cx, sin * cx - cos * cy + cy
+    corners = ((0, 0), (width, 0), (width, height), (0, height))
+    xs = [cos * x + sin * y + dx for x, y in corners]
+    ys = [-sin * x + cos * y + dy for x, y in corners]
+    return (
+        math.ceil(max(xs)) - math.floor(min(xs)),
+        math.ceil(max(ys)) - math.floor(min(ys)),
+    )
 
 
 def _grey(color: RGBA) -> int:

@@ -57,6 +57,12 @@ FORMATS = {
     pb.OUTPUT_FORMAT_AVIF: "avif",
     pb.OUTPUT_FORMAT_GIF: "gif",
 }
+FRAMES = {
+    pb.FRAMES_UNSPECIFIED: "all",
+    pb.FRAMES_ALL: "all",
+    pb.FRAMES_FIRST: "first",
+    pb.FRAMES_ALL_OR_FIRST: "all_or_first",
+}
 DEFAULT_QUALITY = {"jpeg": 82, "webp": 80, "avif": 60}
 # "source" is resolved against the original when it is decoded: it never changes under
 # an id, so it is as deterministic as a named format.
@@ -146,6 +152,7 @@ class Output:
     progressive: bool
     background: RGBA
     keep_metadata: bool
+    frames: str  # all | first | all_or_first (see Frames in the contract)
 
 
 @dataclass(frozen=True)
@@ -279,6 +286,8 @@ def _output(message: pb.OutputOptions) -> Output:
     fmt = FORMATS[message.format]
     if fmt == "auto":
         fmt = negotiate(message.accept)
+    if message.frames not in FRAMES:
+        raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
         raise invalid_argument("output.quality", "between 1 and 100")
     lossless = (
@@ -294,6 +303,7 @@ def _output(message: pb.OutputOptions) -> Output:
         progressive=message.progressive and fmt in {"jpeg", "source"},
         background=_color(message, WHITE),
         keep_metadata=message.keep_metadata,
+        frames=FRAMES[message.frames],
     )
 
 

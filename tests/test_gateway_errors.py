@@ -14,7 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, free_port, png_bytes
+from tests.support import CORPUS, ServiceProcess, free_port, open_image, png_bytes
+from tests.test_pipeline import animation
 
 KEY_ALICE = "alice-key-0123456789"
 KEY_BOB = "bob-key-0123456789ab"
@@ -247,6 +248,25 @@ def test_504_when_processing_is_too_slow(
     ).json()["id"]
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         is_problem(client.get(f"/images/{image_id}?blur=45"), 504)
+
+
+def test_animations_too_large_whole_are_refused_at_once_and_blurred_as_a_still(
+    stack: Callable[..., ServiceProcess], http: httpx.Client
+) -> None:
+    gateway = stack(processor_env={"IMAGESVC_MAX_PIXELS": "200000"})
+    gif = animation((200, 200), 10)  # 400,000 pixels in all
+    image_id = http.post("/images", content=gif, headers={"Content-Type": "image/gif"}).json()["id"]
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        # The endpoint takes no parameters, so it cannot fail on size: a still.
+        blurred = client.get(f"/blurred-images/{image_id}")
+        assert blurred.status_code == 200 and blurred.headers["content-type"] == "image/gif"
+        assert getattr(open_image(blurred.content), "n_frames", 1) == 1
+        body = is_problem(client.get(f"/images/{image_id}?format=webp&w=200"), 400)
+        assert body["reason"] == "OUTPUT_TOO_LARGE" and "first frame" in str(body["detail"])
+        still = client.get(f"/images/{image_id}?format=webp&w=200&frames=first")
+        assert getattr(open_image(still.content), "n_frames", 1) == 1
+        whole = client.get(f"/images/{image_id}?format=webp&w=100")  # 100,000 in all
+        assert open_image(whole.content).n_frames == 10  # type: ignore[attr-defined]
 
 
 def test_503_while_a_service_is_down_then_recovery(

@@ -117,6 +117,36 @@ OUTPUT_FORMAT_AVIF: OutputFormat.ValueType  # 5
 OUTPUT_FORMAT_GIF: OutputFormat.ValueType  # 6
 Global___OutputFormat: _TypeAlias = OutputFormat  # noqa: Y015
 
+class _Frames:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FramesEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Frames.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FRAMES_UNSPECIFIED: _Frames.ValueType  # 0
+    """Every frame."""
+    FRAMES_ALL: _Frames.ValueType  # 1
+    FRAMES_FIRST: _Frames.ValueType  # 2
+    """The first frame alone: a still."""
+    FRAMES_ALL_OR_FIRST: _Frames.ValueType  # 3
+    """Every frame when together they fit the output pixel limit, else the first alone
+    (what the gateway's /blurred-images asks for).
+    """
+
+class Frames(_Frames, metaclass=_FramesEnumTypeWrapper):
+    """Which frames of an animated source an animated output keeps."""
+
+FRAMES_UNSPECIFIED: Frames.ValueType  # 0
+"""Every frame."""
+FRAMES_ALL: Frames.ValueType  # 1
+FRAMES_FIRST: Frames.ValueType  # 2
+"""The first frame alone: a still."""
+FRAMES_ALL_OR_FIRST: Frames.ValueType  # 3
+"""Every frame when together they fit the output pixel limit, else the first alone
+(what the gateway's /blurred-images asks for).
+"""
+Global___Frames: _TypeAlias = Frames  # noqa: Y015
+
 @_typing.final
 class Color(_message.Message):
     """An RGBA colour, 0-255 per channel."""
@@ -438,6 +468,7 @@ class OutputOptions(_message.Message):
     PROGRESSIVE_FIELD_NUMBER: _builtins.int
     BACKGROUND_FIELD_NUMBER: _builtins.int
     KEEP_METADATA_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     format: Global___OutputFormat.ValueType
     quality: _builtins.int
     """1-100; 0 means the format's default."""
@@ -445,6 +476,8 @@ class OutputOptions(_message.Message):
     progressive: _builtins.bool
     keep_metadata: _builtins.bool
     """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept."""
+    frames: Global___Frames.ValueType
+    """For animated sources; an output format without animation keeps the first frame."""
     @_builtins.property
     def accept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """With OUTPUT_FORMAT_AUTO: the client's accepted media types (from HTTP Accept)."""
@@ -463,10 +496,11 @@ class OutputOptions(_message.Message):
         progressive: _builtins.bool = ...,
         background: Global___Color | None = ...,
         keep_metadata: _builtins.bool = ...,
+        frames: Global___Frames.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["background", b"background"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "background", b"background", "format", b"format", "keep_metadata", b"keep_metadata", "lossless", b"lossless", "progressive", b"progressive", "quality", b"quality"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "background", b"background", "format", b"format", "frames", b"frames", "keep_metadata", b"keep_metadata", "lossless", b"lossless", "progressive", b"progressive", "quality", b"quality"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

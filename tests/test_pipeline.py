@@ -1,0 +1,113 @@
+"""The render pipeline in-process: output limits are judged before any pixel is decoded."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import pytest
+from imageservice.v1 import processor_service_pb2 as ppb
+from PIL import Image
+
+from common.errors import Reason, ServiceError
+from processor import pipeline, spec
+from tests.test_processor_ops import encode, marked
+
+Op = ppb.Operation
+LIMITS = pipeline.Limits(max_pixels=50_000_000, max_frames=1000, max_output_dimension=8192)
+SPEC_LIMITS = spec.Limits(max_output_dimension=8192, max_blur_sigma=50)
+
+
+def wanted(*ops: ppb.Operation, **output: object) -> spec.Spec:
+    return spec.parse(list(ops), ppb.OutputOptions(**output), SPEC_LIMITS)  # type: ignore[arg-type]
+
+
+def animation(size: tuple[int, int], frames: int) -> bytes:
+    """A GIF whose frames differ (each a different grey), so none is merged away."""
+    images = [Image.new("L", size, 20 * n % 256) for n in range(frames)]
+    return encode(images[0], "GIF", save_all=True, append_images=images[1:], duration=40)
+
+
+SIZES = [(300, 200), (200, 300), (97, 61), (1, 40)]
+OPS = [
+    (),
+    (Op(resize=ppb.Resize(width=120)),),
+    (Op(resize=ppb.Resize(width=150, height=40, fit=ppb.FIT_COVER)),),
+    (Op(resize=ppb.Resize(width=150, height=40, fit=ppb.FIT_OUTSIDE, enlarge=True)),),
+    (Op(resize=ppb.Resize(width=55, height=77, fit=ppb.FIT_FILL)),),
+    (Op(crop=ppb.Crop(left=0, top=5, width=70, height=500)),),
+    (Op(rotate=ppb.Rotate(angle=90)),),
+    (Op(rotate=ppb.Rotate(angle=33.5)),),
+    (Op(rotate=ppb.Rotate(angle=-1)),),
+    (
+        Op(crop=ppb.Crop(left=0, top=0, width=80, height=30)),
+        Op(resize=ppb.Resize(width=64, height=64, fit=ppb.FIT_COVER)),
+        Op(rotate=ppb.Rotate(angle=200)),
+    ),
+]
+
+
+@pytest.mark.parametrize(("size", "ops"), list(itertools.product(SIZES, OPS)))
+def test_the_plan_is_the_size_rendered(size: tuple[int, int], ops: tuple[Op, ...]) -> None:
+    request = wanted(*ops, format=ppb.OUTPUT_FORMAT_PNG)
+    rendered = pipeline.render(io.BytesIO(encode(marked(size))), request, LIMITS)
+    assert pipeline.plan(size, 1, request, LIMITS) == (rendered.width, rendered.height)
+
+
+def test_the_plan_follows_the_orientation_and_the_reduced_jpeg_decode() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    source = encode(marked((1600, 1200)), "JPEG", exif=exif.tobytes())
+    request = wanted(Op(resize=ppb.Resize(width=101)), format=ppb.OUTPUT_FORMAT_PNG)
+    rendered = pipeline.render(io.BytesIO(source), request, LIMITS)
+    assert (rendered.width, rendered.height) == (101, 135)
+
+
+def test_an_animation_too_large_as_a_whole_is_refused_before_any_frame_is_touched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transformed = 0
+    transform = pipeline._transform
+
+    def counting(*args: object) -> Image.Image:
+        nonlocal transformed
+        transformed += 1
+        return transform(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_transform", counting)
+    limits = pipeline.Limits(max_pixels=100_000, max_frames=1000, max_output_dimension=8192)
+    source = animation((200, 200), 10)  # 40,000 pixels a frame, 400,000 in all
+    with pytest.raises(ServiceError) as refused:
+        pipeline.render(io.BytesIO(source), wanted(format=ppb.OUTPUT_FORMAT_GIF), limits)
+    assert refused.value.reason == Reason.OUTPUT_TOO_LARGE
+    assert "10 frames of 200x200" in refused.value.message
+    assert transformed == 0
+    # Small enough as a whole: every frame.
+    small = wanted(Op(resize=ppb.Resize(width=90)), format=ppb.OUTPUT_FORMAT_GIF)
+    assert pipeline.render(io.BytesIO(source), small, limits).frames == 10
+    assert transformed == 10
+
+
+def test_frames_first_and_all_or_first() -> None:
+    limits = pipeline.Limits(max_pixels=100_000, max_frames=1000, max_output_dimension=8192)
+    source = animation((200, 200), 10)
+    gif = ppb.OUTPUT_FORMAT_GIF
+    still = pipeline.render(io.BytesIO(source), wanted(format=gif, frames=ppb.FRAMES_FIRST), limits)
+    assert (still.frames, still.width) == (1, 200)
+    # Too large whole: the first frame alone; small enough: all of them.
+    fallback = wanted(Op(blur=ppb.Blur(sigma=2)), format=gif, frames=ppb.FRAMES_ALL_OR_FIRST)
+    assert pipeline.render(io.BytesIO(source), fallback, limits).frames == 1
+    roomy = pipeline.Limits(max_pixels=1_000_000, max_frames=1000, max_output_dimension=8192)
+    assert pipeline.render(io.BytesIO(source), fallback, roomy).frames == 10
+
+
+def test_a_result_as_large_as_its_source_is_never_refused_for_its_size() -> None:
+    # A long panorama within the pixel limit, longer than the largest side asked for.
+    limits = pipeline.Limits(max_pixels=50_000_000, max_frames=1000, max_output_dimension=500)
+    source = encode(marked((900, 100)))
+    blurred = wanted(Op(blur=ppb.Blur(sigma=3)), format=ppb.OUTPUT_FORMAT_PNG)
+    assert pipeline.render(io.BytesIO(source), blurred, limits).width == 900
+    bigger = wanted(Op(rotate=ppb.Rotate(angle=10)), format=ppb.OUTPUT_FORMAT_PNG)
+    with pytest.raises(ServiceError) as refused:
+        pipeline.render(io.BytesIO(source), bigger, limits)
+    assert refused.value.reason == Reason.OUTPUT_TOO_LARGE
