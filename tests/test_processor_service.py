@@ -675,30 +675,101 @@ def test_animations_are_bounded_as_a_whole(pstub: ppb_grpc.ProcessorServiceStub)
     assert meta.width == 64
 
 
+class GatedCache(pb_grpc.CacheServiceServicer):
+    """A cache service that holds no variant and sends an original only once the test
+    opens the gate: a render that cannot finish until the test says so."""
+
+    def __init__(self, original: bytes) -> None:
+        self.original = original
+        self.gate = threading.Event()
+        self.fetching = threading.Event()
+        self.lookups = 0
+        self.looked_up = threading.Condition()
+
+    def GetImage(self, request: pb.GetImageRequest, context: object) -> Iterator[Any]:
+        self.fetching.set()
+        self.gate.wait(60)
+        yield pb.GetImageResponse(chunk=self.original)
+
+    def LookupVariant(self, request: pb.LookupVariantRequest, context: object) -> Any:
+        with self.looked_up:
+            self.lookups += 1
+            self.looked_up.notify_all()
+        return pb.LookupVariantResponse(miss=pb.VariantMiss())
+
+    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
+        results = [
+            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
+        ]
+        return pb.PutVariantBatchResponse(results=results)
+
+    def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+@pytest.fixture
+def scripted_cache() -> Iterator[Callable[[pb_grpc.CacheServiceServicer], str]]:
+    """Serve a scripted cache service on a loopback port (its address): for the faults
+    a real cache cannot be made to show on cue."""
+    servers: list[grpc.Server] = []
+
+    def serve(servicer: pb_grpc.CacheServiceServicer) -> str:
+        server = grpc.server(ThreadPoolExecutor(8))
+        pb_grpc.add_CacheServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield serve
+    for server in servers:
+        server.stop(None)
+
+
 def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
-    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
+    scripted_cache: Callable[[pb_grpc.CacheServiceServicer], str], tmp_path: Path
 ) -> None:
-    request = process_request(big_id, Op(blur=ppb.Blur(sigma=25)), Op(resize=ppb.Resize(width=999)))
+    # The methods it leaves out answer UNIMPLEMENTED, as generated.
+    cache = GatedCache(png_bytes(1200, 900, seed=8))  # type: ignore[abstract]
+    processor = ServiceProcess(
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": scripted_cache(cache)}
+    ).start()
+    request = process_request("A" * 22, Op(resize=ppb.Resize(width=999)))
     outcomes: dict[str, object] = {}
 
-    def hasty() -> None:
+    def hasty(pstub: ppb_grpc.ProcessorServiceStub) -> None:
         try:
-            collect(pstub.Process(request, timeout=0.05))
+            collect(pstub.Process(request, timeout=1))
             outcomes["hasty"] = "ok"
         except grpc.RpcError as exc:
             outcomes["hasty"] = exc.code()
 
-    def patient() -> None:
-        time.sleep(0.01)  # joins the hasty caller's flight
+    def patient(pstub: ppb_grpc.ProcessorServiceStub) -> None:
         outcomes["patient"] = collect(pstub.Process(request, timeout=60))[0].width
 
-    threads = [threading.Thread(target=hasty), threading.Thread(target=patient)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes["hasty"] == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert outcomes["patient"] == 999
+    try:
+        with channel(processor.address) as ch:
+            pstub = ppb_grpc.ProcessorServiceStub(ch)
+            first = threading.Thread(target=hasty, args=(pstub,))
+            first.start()
+            # The hasty caller's render has started: it waits for the original.
+            assert cache.fetching.wait(30)
+            second = threading.Thread(target=patient, args=(pstub,))
+            second.start()
+            with cache.looked_up:
+                assert cache.looked_up.wait_for(lambda: cache.lookups == 2, 30)
+            # The render cannot end before the gate opens: the hasty caller's deadline
+            # passes first, whatever the machine's speed.
+            first.join()
+            cache.gate.set()
+            second.join()
+        assert processor.terminate() == 0
+    finally:
+        cache.gate.set()
+        processor.kill()
+    assert outcomes == {"hasty": grpc.StatusCode.DEADLINE_EXCEEDED, "patient": 999}
 
 
 class ForgetfulCache(pb_grpc.CacheServiceServicer):
@@ -738,15 +809,13 @@ class ForgetfulCache(pb_grpc.CacheServiceServicer):
         yield from ()
 
 
-def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(tmp_path: Path) -> None:
+def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(
+    scripted_cache: Callable[[pb_grpc.CacheServiceServicer], str], tmp_path: Path
+) -> None:
     # The methods it leaves out answer UNIMPLEMENTED, as generated.
     cache = ForgetfulCache(png_bytes(64, 48, seed=5))  # type: ignore[abstract]
-    server = grpc.server(ThreadPoolExecutor(8))
-    pb_grpc.add_CacheServiceServicer_to_server(cache, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     processor = ServiceProcess(
-        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": f"127.0.0.1:{port}"}
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": scripted_cache(cache)}
     ).start()
     try:
         image_id = "A" * 22
@@ -765,7 +834,6 @@ def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(tmp_path: Pat
         assert processor.terminate() == 0
     finally:
         processor.kill()
-        server.stop(None)
     assert processed_keys(processor).count(meta.key) == 1  # made once, not twice
 
 
