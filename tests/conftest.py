@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -79,3 +79,34 @@ def gateway_server(
 def http(gateway_server: ServiceProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway_server.url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cache_server: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start a gateway (and, if asked, its own processor) over the session's cache."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        gateway_env: dict[str, str] | None = None,
+        processor_env: dict[str, str] | None = None,
+        processor: ServiceProcess | None = None,
+    ) -> ServiceProcess:
+        root = tmp_path_factory.mktemp("stack")
+        if processor is None:
+            penv = {"IMAGESVC_CACHE_ADDRESS": cache_server.address, **(processor_env or {})}
+            processor = ServiceProcess("processor", root / "p", penv).start()
+            started.append(processor)
+        genv = {
+            "IMAGESVC_CACHE_ADDRESS": cache_server.address,
+            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
+            **(gateway_env or {}),
+        }
+        gateway = ServiceProcess("gateway", root / "g", genv).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for server in started:
+        server.kill()

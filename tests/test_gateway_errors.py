@@ -7,27 +7,17 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, free_port, open_image, png_bytes
+from tests.support import CORPUS, ServiceProcess, free_port, is_problem, open_image, png_bytes
 from tests.test_pipeline import animation
 
 KEY_ALICE = "alice-key-0123456789"
 KEY_BOB = "bob-key-0123456789ab"
-
-
-def is_problem(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, object] = response.json()
-    assert body["status"] == status and body["title"]
-    assert "Traceback" not in response.text
-    return body
 
 
 def big_jpeg() -> bytes:
@@ -36,37 +26,6 @@ def big_jpeg() -> bytes:
         out, "JPEG", quality=90
     )
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def stack(
-    cache_server: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start a gateway (and, if asked, its own processor) over the session's cache."""
-    started: list[ServiceProcess] = []
-
-    def start(
-        gateway_env: dict[str, str] | None = None,
-        processor_env: dict[str, str] | None = None,
-        processor: ServiceProcess | None = None,
-    ) -> ServiceProcess:
-        root = tmp_path_factory.mktemp("stack")
-        if processor is None:
-            penv = {"IMAGESVC_CACHE_ADDRESS": cache_server.address, **(processor_env or {})}
-            processor = ServiceProcess("processor", root / "p", penv).start()
-            started.append(processor)
-        genv = {
-            "IMAGESVC_CACHE_ADDRESS": cache_server.address,
-            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
-            **(gateway_env or {}),
-        }
-        gateway = ServiceProcess("gateway", root / "g", genv).start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def test_400_bad_parameters_name_the_parameter(http: httpx.Client) -> None:
