@@ -167,7 +167,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if header is None or temp is None or out is None:
                 raise invalid_argument("header", "the stream carried no header")
             if size == 0:
-                raise invalid_argument("chunk", "the upload holds no bytes")
+                raise ServiceError(Reason.INVALID_ARGUMENT, "empty upload: no image bytes came")
             out.close()
             info = await asyncio.get_running_loop().run_in_executor(
                 self._decoders, _inspect_file, temp, self.limits

@@ -20,6 +20,7 @@ class Settings:
     processor_addresses: tuple[str, ...]
     max_upload_bytes: int
     timeout_seconds: float
+    upload_timeout_seconds: float
     retry_after_seconds: int
     # API key -> owner. Empty: no auth, every caller is the anonymous owner "".
     api_keys: dict[str, str]
@@ -55,6 +56,7 @@ class Settings:
             processor_addresses=processors,
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             timeout_seconds=env.number("GATEWAY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            upload_timeout_seconds=env.number("UPLOAD_TIMEOUT_SECONDS", 900.0, minimum=0.1),
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),
             api_keys=keys,
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),

@@ -26,7 +26,7 @@ from gateway.auth import Caller, can_read, identify, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
-from gateway.uploads import upload
+from gateway.uploads import MAX_FILENAME, upload
 from gateway.upstream import Upstream
 
 IMMUTABLE = "max-age=31536000, immutable"
@@ -331,6 +331,8 @@ async def post_image(request: Request) -> Response:
     chosen = request.query_params.get("visibility", default)
     if chosen not in ("public", "private"):
         raise params.bad("visibility", "must be public or private")
+    if len(request.query_params.get("filename", "")) > MAX_FILENAME:
+        raise params.bad("filename", f"longer than {MAX_FILENAME} characters")
     image = await upload(
         request,
         upstream_of(request),
@@ -339,7 +341,8 @@ async def post_image(request: Request) -> Response:
         if chosen == "public"
         else image_pb2.VISIBILITY_PRIVATE,
         limit=settings.max_upload_bytes,
-        deadline_seconds=settings.timeout_seconds,
+        idle_seconds=settings.timeout_seconds,
+        total_seconds=settings.upload_timeout_seconds,
     )
     return JSONResponse(
         image_json(image), status_code=201, headers={"Location": f"/images/{image.id}"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,14 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from common.grpcclient import call_metadata
+from gateway.params import bad
 from gateway.problems import HTTPProblem
 from gateway.upstream import Upstream
 
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file's bytes
 MAX_BOUNDARY = 70  # RFC 2046
 RAW_TYPES = ("image/", "application/octet-stream")
-MIN_UPLOAD_RATE = 64 * 1024  # bytes/s a client is allowed to be as slow as
+MAX_FILENAME = 255  # characters, as the cache service keeps them
 
 
 def too_large(limit: int) -> HTTPProblem:
@@ -96,7 +98,7 @@ class _FilePart:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         if options.get(b"name") == b"file" and not self.started:
             self.started = self._in_file = True
-            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")[:255]
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
@@ -113,6 +115,7 @@ class _Upload:
     limit: int
     body_limit: int
     idle_seconds: float
+    total_seconds: float
     sent: int = 0
     received: int = 0
     over: bool = False
@@ -126,17 +129,22 @@ def bad_multipart(detail: str) -> HTTPProblem:
 
 
 async def _body(request: Request, state: _Upload) -> AsyncIterator[bytes]:
-    """The request body, counted against the limit, with an idle timeout between chunks."""
+    """The request body, counted against the limit; cut off by a pause longer than the
+    idle timeout, or when the whole upload takes longer than its own cap."""
     stream = request.stream().__aiter__()
+    ends = time.monotonic() + state.total_seconds
     while True:
+        left = ends - time.monotonic()
         try:
-            chunk = await asyncio.wait_for(anext(stream), state.idle_seconds)
+            chunk = await asyncio.wait_for(anext(stream), min(state.idle_seconds, left))
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise HTTPProblem(
-                408, "Request timeout", "the upload stalled", kind="timeout"
-            ) from None
+            if left <= state.idle_seconds:
+                detail = f"the upload took longer than the {state.total_seconds:g}s allowed"
+            else:
+                detail = f"the upload paused longer than {state.idle_seconds:g}s"
+            raise HTTPProblem(408, "Request timeout", detail, kind="timeout") from None
         state.received += len(chunk)
         if state.received > state.body_limit:
             state.over = True
@@ -152,9 +160,14 @@ async def upload(
     owner: str,
     visibility: image_pb2.Visibility.ValueType,
     limit: int,
-    deadline_seconds: float,
+    idle_seconds: float,
+    total_seconds: float,
 ) -> image_pb2.ImageMetadata:
-    """Stream the request's image to PutImage; raise HTTPProblem on bad input."""
+    """Stream the request's image to PutImage; raise HTTPProblem on bad input.
+
+    Only a pause longer than idle_seconds, or an upload longer than total_seconds,
+    cuts a client off: a slow one that keeps sending is never cut off mid-body.
+    """
     declared = request.headers.get("content-length")
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     kind = media_type.decode("latin-1").lower()
@@ -162,9 +175,9 @@ async def upload(
     slack = MULTIPART_SLACK if multipart else 0
     if declared and re.fullmatch(r"[0-9]{1,19}", declared) and int(declared) > limit + slack:
         raise too_large(limit)
-    state = _Upload(limit, limit + slack, deadline_seconds)
+    state = _Upload(limit, limit + slack, idle_seconds, total_seconds)
     body = _body(request, state)
-    filename = request.query_params.get("filename", "")[:255]
+    filename = request.query_params.get("filename", "")
     if multipart:
         boundary = options.get(b"boundary", b"")
         if not 1 <= len(boundary) <= MAX_BOUNDARY:
@@ -179,6 +192,8 @@ async def upload(
                 400, "Bad request", 'the multipart field "file" is missing', kind="missing-file"
             )
         filename = part.filename
+        if len(filename) > MAX_FILENAME:
+            raise bad("filename", f"longer than {MAX_FILENAME} characters")
         chunks = _multipart_rest(body, part, state)
     elif kind.startswith(RAW_TYPES):
         chunks = body
@@ -196,12 +211,10 @@ async def upload(
         owner=owner,
         visibility=visibility,
     )
-    # The deadline covers a client sending at a modest rate; a stalled one is cut off by
-    # the idle timeout between chunks instead.
-    expected = int(declared) if declared and declared.isdecimal() else limit
+    # The body is bounded by the caps above; the deadline only adds time to validate.
     state.call = upstream.cache.PutImage(
         _requests(header, chunks, state),
-        timeout=deadline_seconds + expected / MIN_UPLOAD_RATE,
+        timeout=total_seconds + idle_seconds,
         metadata=call_metadata(),
     )
     try:
