@@ -21,6 +21,7 @@ from cache.blobs import BlobStore
 from cache.config import Settings
 from cache.metadata import ImageRecord, InvalidPageToken, MetadataStore
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
+from common.caller import caller_from, can_read
 from common.errors import Reason, ServiceError, invalid_argument
 from common.ids import ImageId, new_image_id, parse_image_id
 from common.imaging import ImageInfo, Limits, inspect
@@ -47,6 +48,20 @@ def _image_id(value: str, field_name: str = "id") -> ImageId:
 
 def _not_found(image_id: str) -> ServiceError:
     return ServiceError(Reason.IMAGE_NOT_FOUND, "no such image", {"id": image_id})
+
+
+def _readable(image_id: str, record: ImageRecord | None, context: Context) -> ImageRecord:
+    """record, if there is one and the call's caller (when it names one) may read it.
+
+    One path and one answer for "missing" and "not yours", so neither the status nor
+    the time taken tells them apart.
+    """
+    caller = caller_from(context.invocation_metadata())
+    if record is None or (
+        caller is not None and not can_read(record.owner, record.visibility, caller)
+    ):
+        raise _not_found(image_id)
+    return record
 
 
 def image_proto(record: ImageRecord) -> image_pb2.ImageMetadata:
@@ -217,9 +232,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request: pb.GetImageRequest, context: Context
     ) -> AsyncIterator[pb.GetImageResponse]:
         image_id = _image_id(request.id)
-        record = await self.metadata.get(image_id)
-        if record is None:
-            raise _not_found(image_id)
+        record = _readable(image_id, await self.metadata.get(image_id), context)
         try:
             reader = await asyncio.to_thread(self.blobs.open, image_id)
         except FileNotFoundError:
@@ -236,9 +249,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request: pb.StatImageRequest, context: Context
     ) -> pb.StatImageResponse:
         image_id = _image_id(request.id)
-        record = await self.metadata.get(image_id)
-        if record is None:
-            raise _not_found(image_id)
+        record = _readable(image_id, await self.metadata.get(image_id), context)
         return pb.StatImageResponse(image=image_proto(record))
 
     async def ListImages(

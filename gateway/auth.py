@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 
-from imageservice.v1 import image_pb2
 from starlette.requests import Request
 
+from common.caller import ANONYMOUS, Caller
 from gateway.config import Settings
 from gateway.problems import HTTPProblem
-
-
-@dataclass(frozen=True)
-class Caller:
-    owner: str
-    authenticated: bool
-
-
-ANONYMOUS = Caller("", False)
 
 
 def _presented_key(request: Request) -> str | None:
@@ -34,9 +24,9 @@ def identify(request: Request, settings: Settings) -> Caller:
     key = _presented_key(request)
     if key is None or not settings.auth_enabled:
         return ANONYMOUS
-    for known, owner in settings.api_keys.items():
+    for known, holder in settings.api_keys.items():
         if hmac.compare_digest(known.encode(), key.encode()):
-            return Caller(owner, True)
+            return Caller(holder.owner, True, holder.admin)
     raise unauthenticated("the API key is not valid")
 
 
@@ -56,7 +46,3 @@ def require_writer(request: Request, settings: Settings) -> Caller:
     if settings.auth_enabled and not caller.authenticated:
         raise unauthenticated("this needs an API key (Authorization: Bearer <key>)")
     return caller
-
-
-def can_read(image: image_pb2.ImageMetadata, caller: Caller) -> bool:
-    return image.visibility == image_pb2.VISIBILITY_PUBLIC or image.owner == caller.owner

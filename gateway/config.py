@@ -10,6 +10,14 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """What a key says of its holder."""
+
+    owner: str
+    admin: bool  # may read and delete any owner's images
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway reads from the environment."""
 
@@ -22,8 +30,8 @@ class Settings:
     timeout_seconds: float
     upload_timeout_seconds: float
     retry_after_seconds: int
-    # API key -> owner. Empty: no auth, every caller is the anonymous owner "".
-    api_keys: dict[str, str]
+    # Empty: no auth, every caller is the anonymous owner "".
+    api_keys: dict[str, ApiKey]
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
@@ -36,15 +44,7 @@ class Settings:
     def from_env(cls, env: Env | None = None) -> Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
-        keys: dict[str, str] = {}
-        for item in env.items("API_KEYS", ()):
-            owner, sep, key = item.partition(":")
-            if not sep or not owner or len(key) < 16:
-                raise ConfigError(
-                    "IMAGESVC_API_KEYS takes owner:key pairs, comma-separated, "
-                    "keys of 16 or more characters"
-                )
-            keys[key] = owner
+        keys = _api_keys(env.items("API_KEYS", ()))
         processors = env.items("PROCESSOR_ADDRESSES", ("127.0.0.1:50052",))
         if not processors:
             raise ConfigError("IMAGESVC_PROCESSOR_ADDRESSES names no address")
@@ -63,3 +63,25 @@ class Settings:
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
         )
+
+
+def _api_keys(items: tuple[str, ...]) -> dict[str, ApiKey]:
+    """`owner:key` or `owner:key:admin` items, each key given to one owner only."""
+    keys: dict[str, ApiKey] = {}
+    for item in items:
+        owner, _, rest = item.partition(":")
+        key, _, flag = rest.partition(":")
+        if not owner or len(key) < 16 or flag not in ("", "admin"):
+            raise ConfigError(
+                "IMAGESVC_API_KEYS takes owner:key or owner:key:admin, comma-separated, "
+                "keys of 16 or more characters without ':'"
+            )
+        if key in keys:
+            # Silently, the later owner would win, and the earlier one's uploads with it.
+            raise ConfigError(
+                f"IMAGESVC_API_KEYS gives one key to both {keys[key].owner} and {owner}"
+                if keys[key].owner != owner
+                else f"IMAGESVC_API_KEYS lists a key of {owner} twice"
+            )
+        keys[key] = ApiKey(owner, admin=flag == "admin")
+    return keys
