@@ -12,6 +12,7 @@ from uvicorn.supervisors import Multiprocess
 from common import jsonlog
 from common.env import ConfigError
 from gateway.config import Settings
+from gateway.protocol import ProblemHttpToolsProtocol
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
         server_header=False,
+        http=ProblemHttpToolsProtocol,  # malformed requests get problem+json too
     )
     jsonlog.lifecycle.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     server = uvicorn.Server(config)

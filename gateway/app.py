@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import jsonlog
-from gateway import images, openapi
+from gateway import images, openapi, params
 from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
         Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/health", healthz, methods=["GET"]),  # the original service's name for it
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
@@ -118,7 +119,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # A redirect from /path/ to /path would name the host the request named, which a
+    # client chooses: trailing slashes are simply not found.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.metrics = registry
-    app.state.openapi = openapi.document()
+    app.state.params = params.Parameters(
+        params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
+    )
+    app.state.openapi = openapi.document(app.state.params.table)
     return app

@@ -27,6 +27,8 @@ class Settings:
     cache_address: str
     processor_addresses: tuple[str, ...]
     max_upload_bytes: int
+    max_output_dimension: int
+    max_blur_sigma: float
     timeout_seconds: float
     upload_timeout_seconds: float
     retry_after_seconds: int
@@ -55,6 +57,10 @@ class Settings:
             cache_address=env.text("CACHE_ADDRESS", "127.0.0.1:50051"),
             processor_addresses=processors,
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
+            # The processor's limits, read here too so a bad parameter is refused with
+            # the same words, and OpenAPI states them.
+            max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
+            max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
             timeout_seconds=env.number("GATEWAY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             upload_timeout_seconds=env.number("UPLOAD_TIMEOUT_SECONDS", 900.0, minimum=0.1),
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),

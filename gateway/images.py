@@ -47,6 +47,10 @@ def metrics_of(request: Request) -> Metrics:
     return cast(Metrics, request.app.state.metrics)
 
 
+def params_of(request: Request) -> params.Parameters:
+    return cast(params.Parameters, request.app.state.params)
+
+
 def hot_of(request: Request) -> HotCache[Entry]:
     return cast(HotCache[Entry], request.state.hot)
 
@@ -229,7 +233,7 @@ async def get_image(request: Request) -> Response:
             metrics_of(request).variants.labels("gateway").inc()
         return _from_memory(request, entry)
     query = list(request.query_params.multi_items())
-    wanted = params.parse(query, request.headers.get("accept", ""))
+    wanted = params_of(request).parse(query, request.headers.get("accept", ""))
     if wanted is None:
         return await _original(request, image_id, caller, key)
     return await _variant(request, image_id, caller, wanted, key)
@@ -240,7 +244,7 @@ async def get_blurred(request: Request) -> Response:
     image_id = image_id_of(request)
     params.only(request.query_params)
     caller = identify(request, settings_of(request))
-    return await _variant(request, image_id, caller, params.blurred(), None)
+    return await _variant(request, image_id, caller, params_of(request).blurred(), None)
 
 
 async def _original(request: Request, image_id: str, caller: Caller, key: str) -> Response:
@@ -351,10 +355,12 @@ async def list_images(request: Request) -> Response:
     raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= LIST_LIMIT_MAX:
         raise params.bad("limit", f"must be between 1 and {LIST_LIMIT_MAX}")
-    cursor = request.query_params.get("cursor", "")
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not re.fullmatch(params.CURSOR, cursor):
+        raise params.bad("cursor", "not a cursor this service gave out")
     try:
         page = await upstream_of(request).cache.ListImages(
-            pb.ListImagesRequest(owner=caller.owner, page_size=int(raw), page_token=cursor),
+            pb.ListImagesRequest(owner=caller.owner, page_size=int(raw), page_token=cursor or ""),
             timeout=settings.timeout_seconds,
             metadata=call_metadata(),
         )

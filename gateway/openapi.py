@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from gateway.params import PARAMS
+from gateway.params import CURSOR, Param
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+CURSOR_PATTERN = f"^{CURSOR}$"
 ID = {
     "name": "image_id",
     "in": "path",
@@ -30,8 +32,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): PROBLEM for status in statuses}
 
 
-def document() -> dict[str, Any]:
-    """OpenAPI 3.1 for every route, parameter and response."""
+def document(params: Iterable[Param]) -> dict[str, Any]:
+    """OpenAPI 3.1 for every route, parameter and response; params are the
+    transformation parameters under the service's limits."""
     transform = [
         {
             "name": p.name,
@@ -39,8 +42,10 @@ def document() -> dict[str, Any]:
             "required": False,
             "schema": p.schema,
             "description": p.description,
+            # A flag is given alone: ?grayscale
+            **({"allowEmptyValue": True} if p.schema["type"] == "boolean" else {}),
         }
-        for p in PARAMS
+        for p in params
     ]
     image_schema = {
         "type": "object",
@@ -74,7 +79,7 @@ def document() -> dict[str, Any]:
         "responses": {
             "200": IMAGE_BYTES,
             "304": {"description": "Not modified (If-None-Match matched the ETag)."},
-            **_errors(400, 404, 413, 503, 504),
+            **_errors(400, 401, 404, 413, 422, 503, 504),
         },
     }
     return {
@@ -108,11 +113,19 @@ def document() -> dict[str, Any]:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                    "properties": {
+                                        "file": {
+                                            "type": "string",
+                                            "format": "binary",
+                                            "minLength": 1,
+                                        }
+                                    },
                                     "required": ["file"],
                                 }
                             },
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                            "image/*": {
+                                "schema": {"type": "string", "format": "binary", "minLength": 1}
+                            },
                         },
                     },
                     "responses": {
@@ -120,7 +133,7 @@ def document() -> dict[str, Any]:
                             **image_json,
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 401, 413, 415, 422, 503, 504),
+                        **_errors(400, 401, 408, 413, 415, 422, 503, 504),
                     },
                 },
                 "get": {
@@ -131,7 +144,14 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                            "description": "Where the page starts: an opaque value, the "
+                            "previous page's next_cursor (also in its Link header). Any "
+                            "value of this shape is a position in the caller's own list.",
+                        },
                     ],
                     "responses": {
                         "200": {
@@ -171,18 +191,24 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Metadata",
                     "parameters": [ID],
-                    "responses": {"200": image_json, **_errors(404, 503, 504)},
+                    "responses": {"200": image_json, **_errors(401, 404, 503, 504)},
                 }
             },
             "/blurred-images/{image_id}": {
                 "get": {
                     "summary": "The image blurred (sigma 10), as the original service had it",
                     "parameters": [ID],
-                    "responses": {"200": IMAGE_BYTES, **_errors(400, 404, 503, 504)},
+                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 404, 503, 504)},
                 }
             },
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": status_ok}},
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness, as /healthz (the original service's route)",
+                    "responses": {"200": status_ok},
+                },
             },
             "/readyz": {
                 "get": {

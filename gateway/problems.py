@@ -57,7 +57,10 @@ _BY_REASON: dict[str, tuple[int, str, str]] = {
     Reason.CORRUPT_IMAGE: (422, "Corrupt image", "corrupt-image"),
     Reason.IMAGE_TOO_LARGE: (413, "Image too large", "image-too-large"),
     Reason.PAYLOAD_TOO_LARGE: (413, "Content too large", "payload-too-large"),
-    Reason.OUTPUT_TOO_LARGE: (400, "Requested output too large", "output-too-large"),
+    # 422: the request is sound on its face (its schema allows it) but does not fit
+    # this image.
+    Reason.OUTPUT_TOO_LARGE: (422, "Requested output too large", "output-too-large"),
+    Reason.CROP_OUTSIDE_IMAGE: (422, "Crop outside the image", "crop-outside-image"),
     Reason.IMAGE_NOT_FOUND: (404, "Not found", "not-found"),
     Reason.OVERLOADED: (503, "Service overloaded", "overloaded"),
     Reason.UPSTREAM_UNAVAILABLE: (503, "Service unavailable", "unavailable"),
@@ -108,6 +111,8 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
     if "field" in remote.metadata:
         field = remote.metadata["field"]
         extensions["parameter"] = QUERY_NAMES.get(field, field)
+        # Worded as the gateway's own refusals are: "blur: must be between 0 and 50".
+        detail = f"{extensions['parameter']}: {detail}"
     if status == 404:
         # The same answer whatever is missing, or hidden: nothing leaks.
         return HTTPProblem(404, "Not found", "no such image", kind="not-found")

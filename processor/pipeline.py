@@ -15,7 +15,7 @@ from typing import IO, cast
 
 from PIL import Image, ImageCms, ImageEnhance, ImageFilter, ImageMath, ImageSequence
 
-from common.errors import Reason, ServiceError, invalid_argument
+from common.errors import Reason, ServiceError
 from common.imaging import (
     SOURCE_FORMATS,
     decoding_errors,
@@ -339,7 +339,11 @@ def _crop_box(size: tuple[int, int], op: Crop) -> tuple[int, int, int, int]:
     """The crop's rectangle clipped to the image; one wholly outside is an error."""
     width, height = size
     if op.left >= width or op.top >= height:
-        raise invalid_argument("crop", f"the rectangle lies outside the {width}x{height} image")
+        raise ServiceError(
+            Reason.CROP_OUTSIDE_IMAGE,
+            f"the rectangle lies outside the {width}x{height} image",
+            {"field": "crop"},
+        )
     return (op.left, op.top, min(width, op.left + op.width), min(height, op.top + op.height))
 
 

@@ -255,17 +255,17 @@ def _one(operation: pb.Operation, limits: Limits) -> Op | None:
     if kind == "blur":
         sigma = round(_finite(operation.blur.sigma, "blur.sigma"), 2)
         if not 0 <= sigma <= limits.max_blur_sigma:
-            raise invalid_argument("blur.sigma", f"between 0 and {limits.max_blur_sigma}")
+            raise invalid_argument("blur.sigma", f"must be between 0 and {limits.max_blur_sigma:g}")
         return Blur(sigma) if sigma > 0 else None
     if kind == "sharpen":
         sigma = round(_finite(operation.sharpen.sigma, "sharpen.sigma"), 2)
         if not 0 <= sigma <= 10:
-            raise invalid_argument("sharpen.sigma", "between 0 and 10")
+            raise invalid_argument("sharpen.sigma", "must be between 0 and 10")
         return Sharpen(sigma) if sigma > 0 else None
     if kind == "pixelate":
         size = operation.pixelate.size
         if not 0 <= size <= 1000:
-            raise invalid_argument("pixelate.size", "between 0 and 1000")
+            raise invalid_argument("pixelate.size", "must be between 0 and 1000")
         return Pixelate(size) if size > 1 else None
     raise invalid_argument("operations", "an operation with no kind")
 
@@ -289,7 +289,7 @@ def _output(message: pb.OutputOptions) -> Output:
     if message.frames not in FRAMES:
         raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
-        raise invalid_argument("output.quality", "between 1 and 100")
+        raise invalid_argument("output.quality", "must be between 1 and 100")
     lossless = (
         message.lossless and fmt == "webp"
     )  # PNG and GIF always are; AVIF has no true mode here

@@ -220,7 +220,7 @@ def test_animations_too_large_whole_are_refused_at_once_and_blurred_as_a_still(
         blurred = client.get(f"/blurred-images/{image_id}")
         assert blurred.status_code == 200 and blurred.headers["content-type"] == "image/gif"
         assert getattr(open_image(blurred.content), "n_frames", 1) == 1
-        body = is_problem(client.get(f"/images/{image_id}?format=webp&w=200"), 400)
+        body = is_problem(client.get(f"/images/{image_id}?format=webp&w=200"), 422)
         assert body["reason"] == "OUTPUT_TOO_LARGE" and "first frame" in str(body["detail"])
         still = client.get(f"/images/{image_id}?format=webp&w=200&frames=first")
         assert getattr(open_image(still.content), "n_frames", 1) == 1

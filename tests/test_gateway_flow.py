@@ -152,14 +152,15 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         "/images/{image_id}/info",
         "/blurred-images/{image_id}",
         "/healthz",
+        "/health",
         "/readyz",
         "/metrics",
         "/openapi.json",
     }
     documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
-    from gateway.params import PARAMS
+    from gateway.params import Limits, Parameters
 
-    assert {p.name for p in PARAMS} | {"image_id"} == documented
+    assert {p.name for p in Parameters(Limits(8192, 50)).table} | {"image_id"} == documented
 
 
 def processed(server: ServiceProcess) -> int:

@@ -159,7 +159,7 @@ def test_crop_takes_the_rectangle(
         pstub.Process,
         process_request(ids["halves"], Op(crop=ppb.Crop(left=500, top=0, width=5, height=5))),
     )
-    assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "crop")
+    assert (error.reason, error.metadata["field"]) == (Reason.CROP_OUTSIDE_IMAGE, "crop")
 
 
 @pytest.mark.parametrize(

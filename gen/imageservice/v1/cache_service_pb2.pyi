@@ -187,7 +187,10 @@ class ListImagesRequest(_message.Message):
     page_size: _builtins.int
     """1..1000; 0 means the default (50)."""
     page_token: _builtins.str
-    """Opaque; from a previous ListImagesResponse."""
+    """Opaque; from a previous ListImagesResponse. Always 32 characters of
+    [A-Za-z0-9_-], and any such value is a position in the list (so its shape alone
+    says whether it is valid).
+    """
     def __init__(
         self,
         *,

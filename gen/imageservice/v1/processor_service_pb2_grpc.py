@@ -27,8 +27,11 @@ if _version_not_supported:
 
 class ProcessorServiceStub:
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+    OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+    decoded, would pass the output limits          [OUT_OF_RANGE]
+    CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     def __init__(self, channel):
@@ -56,8 +59,11 @@ class ProcessorServiceStub:
 
 class ProcessorServiceServicer:
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+    OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+    decoded, would pass the output limits          [OUT_OF_RANGE]
+    CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     def Process(self, request, context):
@@ -115,8 +121,11 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ProcessorService:
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+    OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+    decoded, would pass the output limits          [OUT_OF_RANGE]
+    CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     @staticmethod

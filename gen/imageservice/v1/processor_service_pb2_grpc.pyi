@@ -28,8 +28,11 @@ GRPC_VERSION: str
 
 class ProcessorServiceStub:
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+      OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+                          decoded, would pass the output limits          [OUT_OF_RANGE]
+      CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     @_typing.overload
@@ -55,8 +58,11 @@ class ProcessorServiceStub:
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+      OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+                          decoded, would pass the output limits          [OUT_OF_RANGE]
+      CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -78,8 +84,11 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The processor is stateless: it turns an image plus operations into image bytes.
-    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus
-    OUTPUT_TOO_LARGE and OVERLOADED.
+    Errors use the same google.rpc.ErrorInfo reasons as CacheService, plus:
+      OUTPUT_TOO_LARGE    the result, judged from the source before any pixel is
+                          decoded, would pass the output limits          [OUT_OF_RANGE]
+      CROP_OUTSIDE_IMAGE  the crop rectangle lies wholly outside the image [OUT_OF_RANGE]
+    Both depend on the image, not on the request alone.
     """
 
     @_abc_1.abstractmethod

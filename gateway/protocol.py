@@ -1,0 +1,30 @@
+"""uvicorn's HTTP protocol, with its own refusals of malformed requests as problem+json.
+
+Requests that do not parse as HTTP (raw non-ASCII or control bytes in the target, a
+request line too long) never reach the app: uvicorn answers them itself, in plain text.
+This gives them the same RFC 9457 body as every other error.
+"""
+
+from __future__ import annotations
+
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(
+            {"type": "/problems/bad-request", "title": "Bad request", "status": 400, "detail": msg}
+        ).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/problem+json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
