@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import signal
-import socket
 import sys
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from common import jsonlog
+from common import jsonlog, ports
 from common.env import ConfigError
 from gateway.config import Settings
 
@@ -21,9 +21,16 @@ def main() -> None:
         sys.exit(f"gateway: bad configuration: {exc}")
     jsonlog.configure("gateway", settings.log_level)
     # Bind here, so port 0 works and the chosen port can be announced before serving.
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock = ports.bind(settings.host, settings.port)
+    except OSError as exc:
+        # In use, it is the port's fault; otherwise (not an address of this host) the host's.
+        variable = "PORT" if exc.errno == errno.EADDRINUSE else "HOST"
+        address = f"{settings.host}:{settings.port}"
+        unavailable = ports.AddressUnavailable(
+            address, f"IMAGESVC_GATEWAY_{variable}", ports.reason(exc)
+        )
+        sys.exit(f"gateway: {unavailable}")
     sock.listen(2048)
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
