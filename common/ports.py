@@ -13,11 +13,15 @@ class AddressUnavailable(Exception):
         super().__init__(f"cannot listen on {address} ({variable}): {reason}")
 
 
-def reason(exc: OSError) -> str:
-    """Why a bind failed, in words a user can act on."""
+def unavailable(
+    address: str, exc: OSError, variable: str, host_variable: str | None = None
+) -> AddressUnavailable:
+    """The error for a failed bind, in words a user can act on; it names host_variable,
+    when given, for a host that is not one of this machine's."""
     if exc.errno == errno.EADDRINUSE:
-        return "address in use"
-    return (exc.strerror or str(exc)).lower()
+        return AddressUnavailable(address, variable, "address in use")
+    why = (exc.strerror or str(exc)).lower()
+    return AddressUnavailable(address, host_variable or variable, why)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -42,12 +46,12 @@ def split(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def check(address: str, variable: str) -> None:
-    """Raise AddressUnavailable if nothing could listen on address now."""
+def check(address: str, variable: str, host_variable: str | None = None) -> None:
+    """Raise AddressUnavailable (see unavailable) if nothing could listen on address now."""
     parts = split(address)
     if parts is None:
         return
     try:
         bind(*parts).close()
     except OSError as exc:
-        raise AddressUnavailable(address, variable, reason(exc)) from None
+        raise unavailable(address, exc, variable, host_variable) from None

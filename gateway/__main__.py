@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import signal
 import sys
 
@@ -24,13 +23,9 @@ def main() -> None:
     try:
         sock = ports.bind(settings.host, settings.port)
     except OSError as exc:
-        # In use, it is the port's fault; otherwise (not an address of this host) the host's.
-        variable = "PORT" if exc.errno == errno.EADDRINUSE else "HOST"
         address = f"{settings.host}:{settings.port}"
-        unavailable = ports.AddressUnavailable(
-            address, f"IMAGESVC_GATEWAY_{variable}", ports.reason(exc)
-        )
-        sys.exit(f"gateway: {unavailable}")
+        error = ports.unavailable(address, exc, "IMAGESVC_GATEWAY_PORT", "IMAGESVC_GATEWAY_HOST")
+        sys.exit(f"gateway: {error}")
     sock.listen(2048)
     sock.set_inheritable(True)
     port = sock.getsockname()[1]

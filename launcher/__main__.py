@@ -16,7 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from cache.config import Settings as CacheSettings
+from common import ports
+from common.env import ConfigError, Env
 from common.healthcheck import http_healthy
+from gateway.config import Settings as GatewaySettings
+from processor.config import Settings as ProcessorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("cache", "processor", "gateway")  # start order; stop in reverse
@@ -26,6 +31,17 @@ STARTUP_SECONDS = 60
 def _sources(service: str) -> dict[Path, float]:
     files = [*(ROOT / service).rglob("*.py"), *(ROOT / "common").rglob("*.py")]
     return {f: f.stat().st_mtime for f in files}
+
+
+def _listen_addresses(env: Env) -> list[tuple[str, str, str | None]]:
+    """Where each service will listen, with the variables that say so (the port's, then
+    the host's where it has one); ConfigError for a bad value."""
+    gateway = GatewaySettings.from_env(env)
+    return [
+        (f"{gateway.host}:{gateway.port}", "IMAGESVC_GATEWAY_PORT", "IMAGESVC_GATEWAY_HOST"),
+        (CacheSettings.from_env(env).listen, "IMAGESVC_CACHE_LISTEN", None),
+        (ProcessorSettings.from_env(env).listen, "IMAGESVC_PROCESSOR_LISTEN", None),
+    ]
 
 
 class Launcher:
@@ -63,6 +79,18 @@ class Launcher:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.stop_all)
         signal.signal(signal.SIGTERM, self.stop_all)
+        # Before starting anything: a service that cannot listen would otherwise fail
+        # among the others' output, and /readyz might be answered by whatever holds the
+        # gateway's port.
+        try:
+            for address, variable, host_variable in _listen_addresses(Env(self.env)):
+                ports.check(address, variable, host_variable)
+        except ConfigError as exc:
+            print(f"imageservice: bad configuration: {exc}", flush=True)
+            return 1
+        except ports.AddressUnavailable as exc:
+            print(f"imageservice: {exc}", flush=True)
+            return 1
         data = Path(self.env["IMAGESVC_DATA_DIR"])
         data.mkdir(parents=True, exist_ok=True)
         pidfile = data / "launcher.pid"

@@ -6,12 +6,56 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import ROOT, free_port, png_bytes
+
+
+def launcher_env(data: Path) -> dict[str, str]:
+    """The environment of a launcher on free loopback ports, keeping its data in data."""
+    gateway, cache, processor = free_port(), free_port(), free_port()
+    return {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(data),
+        "IMAGESVC_GATEWAY_PORT": str(gateway),
+        "IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{cache}",
+        "IMAGESVC_CACHE_ADDRESS": f"127.0.0.1:{cache}",
+        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
+        "IMAGESVC_PROCESSOR_ADDRESSES": f"127.0.0.1:{processor}",
+    }
+
+
+class _Healthy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def another_program() -> Iterator[int]:
+    """The port of another program, an HTTP server answering 200 to every GET (so it
+    passes for a healthy gateway)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_launcher_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
@@ -59,3 +103,20 @@ def test_launcher_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
             raise AssertionError("the gateway still answers")
         except httpx.TransportError:
             pass
+
+
+@pytest.mark.parametrize(
+    "variable", ["IMAGESVC_GATEWAY_PORT", "IMAGESVC_CACHE_LISTEN", "IMAGESVC_PROCESSOR_LISTEN"]
+)
+def test_a_port_in_use_stops_the_launcher_before_it_starts_anything(
+    variable: str, tmp_path: Path
+) -> None:
+    env = launcher_env(tmp_path / "data")
+    with another_program() as port:
+        env[variable] = str(port) if variable.endswith("_PORT") else f"127.0.0.1:{port}"
+        result = subprocess.run(
+            [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, capture_output=True, timeout=120
+        )
+    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    assert said == [f"imageservice: cannot listen on 127.0.0.1:{port} ({variable}): address in use"]
+    assert result.returncode == 1
