@@ -1,10 +1,12 @@
 """`python -m launcher [--reload]`: cache, processor and gateway, healthy, until Ctrl-C.
 
-What `make run` and `make dev` call. Starts the three services on embedded defaults
-(data under ./data unless IMAGESVC_DATA_DIR says otherwise), waits until the gateway's
-/readyz answers, prints the URL, and on Ctrl-C or SIGTERM stops them in order
-(gateway, processor, cache), each gracefully. With --reload, a change to a service's
-code (or to common/) restarts that service.
+What `make run` and `make dev` call. Checks that each service's address is free, starts
+the three services on embedded defaults (data under ./data unless IMAGESVC_DATA_DIR
+says otherwise), waits until the gateway's /readyz answers, prints the URL, and on
+Ctrl-C or SIGTERM stops them in order (gateway, processor, cache), each gracefully. A
+service that exits is started again (the others keep serving; gRPC reconnects), unless
+it keeps crashing. With --reload, a change to a service's code (or to common/) restarts
+that service.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from processor.config import Settings as ProcessorSettings
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("cache", "processor", "gateway")  # start order; stop in reverse
 STARTUP_SECONDS = 60
+# A service that exits is started again after a pause that doubles each time (0.5 s,
+# 1, 2, 4...); this many exits of one service within the window is a crash loop.
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 8.0
+CRASH_LIMIT = 5
+CRASH_WINDOW_SECONDS = 60.0
 
 
 def _sources(service: str) -> dict[Path, float]:
@@ -44,10 +52,18 @@ def _listen_addresses(env: Env) -> list[tuple[str, str, str | None]]:
     ]
 
 
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with {returncode}"
+
+
 class Launcher:
     def __init__(self, reload: bool) -> None:
         self.reload = reload
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.crashes: dict[str, list[float]] = {s: [] for s in SERVICES}  # within the window
+        self.restart_at: dict[str, float] = {}  # a crashed service's next start
         self.stopping = False
         self.env = {**os.environ}
         self.env.setdefault("IMAGESVC_DATA_DIR", str(Path.cwd() / "data"))
@@ -58,9 +74,11 @@ class Launcher:
     def start(self, service: str) -> None:
         # A session of its own: Ctrl-C reaches the launcher only, which then stops the
         # services in order instead of all at once.
-        self.children[service] = subprocess.Popen(
+        child = subprocess.Popen(
             [sys.executable, "-m", service], cwd=ROOT, env=self.env, start_new_session=True
         )
+        self.children[service] = child
+        print(f"{service} started (pid {child.pid})", flush=True)
 
     def stop(self, service: str) -> None:
         child = self.children.pop(service, None)
@@ -98,15 +116,18 @@ class Launcher:
         try:
             for service in SERVICES:
                 self.start(service)
-            if not self._wait_ready():
-                return 1
-            print(f"\nimageservice is up: {self.url}  (Ctrl-C stops it)\n", flush=True)
+            up = False
+            deadline = time.monotonic() + STARTUP_SECONDS
             mtimes = {s: _sources(s) for s in SERVICES} if self.reload else {}
             while not self.stopping:
-                time.sleep(0.5)
-                for service, child in list(self.children.items()):
-                    if child.poll() is not None and not self.stopping:
-                        print(f"{service} exited with {child.returncode}; stopping", flush=True)
+                if not self._restart_crashed():
+                    return 1
+                if not up:
+                    if http_healthy(f"{self.url}/readyz"):
+                        print(f"\nimageservice is up: {self.url}  (Ctrl-C stops it)\n", flush=True)
+                        up = True
+                    elif time.monotonic() > deadline:
+                        print(f"not healthy after {STARTUP_SECONDS}s", flush=True)
                         return 1
                 for service in mtimes:
                     now = _sources(service)
@@ -115,6 +136,7 @@ class Launcher:
                         print(f"{service}: code changed, restarting", flush=True)
                         self.stop(service)
                         self.start(service)
+                time.sleep(0.5 if up else 0.2)
             return 0
         finally:
             for service in reversed(SERVICES):
@@ -122,19 +144,35 @@ class Launcher:
             pidfile.unlink(missing_ok=True)
             print("imageservice stopped", flush=True)
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline and not self.stopping:
-            if http_healthy(f"{self.url}/readyz"):
-                return True
-            for service, child in self.children.items():
-                if child.poll() is not None:
-                    print(f"{service} failed to start (exit {child.returncode})", flush=True)
+    def _restart_crashed(self) -> bool:
+        """Start again, after a backoff, each service that has exited; False when one has
+        crashed CRASH_LIMIT times within CRASH_WINDOW_SECONDS (it will not get better)."""
+        now = time.monotonic()
+        for service in SERVICES:
+            child = self.children.get(service)
+            if child is not None and child.poll() is not None:
+                del self.children[service]
+                crashes = [t for t in self.crashes[service] if now - t < CRASH_WINDOW_SECONDS]
+                self.crashes[service] = crashes = [*crashes, now]
+                if len(crashes) >= CRASH_LIMIT:
+                    print(
+                        f"{service} crashed {len(crashes)} times within "
+                        f"{CRASH_WINDOW_SECONDS:.0f} s (the last one {_ended(child.returncode)}); "
+                        "giving up: its own lines above say why",
+                        flush=True,
+                    )
                     return False
-            time.sleep(0.2)
-        if not self.stopping:
-            print(f"not healthy after {STARTUP_SECONDS}s", flush=True)
-        return False
+                delay = min(FIRST_BACKOFF_SECONDS * 2 ** (len(crashes) - 1), MAX_BACKOFF_SECONDS)
+                print(
+                    f"{service} (pid {child.pid}) {_ended(child.returncode)}; "
+                    f"restarting it in {delay:g} s",
+                    flush=True,
+                )
+                self.restart_at[service] = now + delay
+            if service in self.restart_at and now >= self.restart_at[service]:
+                del self.restart_at[service]
+                self.start(service)
+        return True
 
 
 if __name__ == "__main__":

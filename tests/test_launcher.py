@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +31,47 @@ def launcher_env(data: Path) -> dict[str, str]:
         "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
         "IMAGESVC_PROCESSOR_ADDRESSES": f"127.0.0.1:{processor}",
     }
+
+
+@contextmanager
+def launched(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m launcher` with env, its output (and its services') in log; killed at the
+    end if still running."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Poll condition while the launcher runs; fail if it exits or 120 s pass first."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert proc.poll() is None, f"the launcher exited before {what}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {what} after 120 s:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def children_of(pid: int) -> dict[str, int]:
+    """The live `python -m SERVICE` children of process pid, by service (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and b"-m" in argv[:-1]:
+            found[argv[argv.index(b"-m") + 1].decode()] = int(stat.parent.name)
+    return found
 
 
 class _Healthy(BaseHTTPRequestHandler):
@@ -120,3 +161,59 @@ def test_a_port_in_use_stops_the_launcher_before_it_starts_anything(
     said = (result.stdout + result.stderr).decode().strip().splitlines()
     assert said == [f"imageservice: cannot listen on 127.0.0.1:{port} ({variable}): address in use"]
     assert result.returncode == 1
+
+
+def test_a_crashed_service_is_restarted_while_the_others_keep_serving(tmp_path: Path) -> None:
+    env = launcher_env(tmp_path / "data")
+    log = tmp_path / "run.log"
+    with launched(env, log) as proc:
+        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        url = f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}"
+        with httpx.Client(base_url=url, timeout=30) as http:
+            png = png_bytes(16, 16, seed=12)
+            image_id = http.post(
+                "/images", content=png, headers={"Content-Type": "image/png"}
+            ).json()["id"]
+            assert http.get(f"/images/{image_id}?w=8").status_code == 200
+            before = children_of(proc.pid)
+            assert set(before) == {"cache", "processor", "gateway"}
+            os.kill(before["processor"], signal.SIGKILL)
+            # Originals need no processor: the gateway and the cache keep serving them.
+            assert http.get(f"/images/{image_id}").content == png
+            wait_for(
+                lambda: (
+                    children_of(proc.pid).get("processor", before["processor"])
+                    != before["processor"]
+                ),
+                "a new processor",
+                proc,
+                log,
+            )
+            # A variant never asked for, so the new processor makes it.
+            wait_for(
+                lambda: http.get(f"/images/{image_id}?w=5").status_code == 200,
+                "a variant from the new processor",
+                proc,
+                log,
+            )
+            after = children_of(proc.pid)
+            assert (after["cache"], after["gateway"]) == (before["cache"], before["gateway"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    said = log.read_text()
+    assert f"processor (pid {before['processor']}) was killed by SIGKILL; restarting it in" in said
+
+
+def test_a_service_that_keeps_crashing_makes_the_launcher_give_up(tmp_path: Path) -> None:
+    env = launcher_env(tmp_path / "data")
+    # Passes the settings check, but the cache cannot make its folders: it fails every start.
+    env["IMAGESVC_BLOB_URL"] = "file:///dev/null/blobs"
+    log = tmp_path / "run.log"
+    with launched(env, log) as proc:
+        assert proc.wait(180) == 1
+    said = log.read_text()
+    assert "cache (pid" in said and "restarting it in" in said  # with backoff
+    assert "cache crashed 5 times within 60 s (the last one exited with 1); giving up" in said
+    assert "imageservice stopped" in said
+    with httpx.Client() as http, pytest.raises(httpx.TransportError):  # the others stopped too
+        http.get(f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}/healthz", timeout=5)
