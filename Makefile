@@ -56,8 +56,8 @@ run: $(STAMP)  ## start cache, processor and gateway on embedded defaults (data 
 dev: $(STAMP)  ## the same, restarting a service when its code changes
 	$(BIN)/python -m launcher --reload
 
-stop:  ## stop what `make run` started (from another terminal)
-	@if [ -f data/launcher.pid ]; then kill -TERM $$(cat data/launcher.pid) && echo stopping; else echo "not running"; fi
+stop:  ## stop what `make run` started (from another terminal; the same IMAGESVC_DATA_DIR, if any)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m launcher stop; else echo "not running"; fi
 
 clean: stop  ## stop, then remove the venv, data and caches
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*

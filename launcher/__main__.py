@@ -1,4 +1,5 @@
-"""`python -m launcher [--reload]`: cache, processor and gateway, healthy, until Ctrl-C.
+"""`python -m launcher [--reload]`: cache, processor and gateway, healthy, until Ctrl-C;
+`python -m launcher stop`: stop the one started with the same settings.
 
 What `make run` and `make dev` call. Checks that each service's address is free, starts
 the three services on embedded defaults (data under ./data unless IMAGESVC_DATA_DIR
@@ -7,6 +8,9 @@ Ctrl-C or SIGTERM stops them in order (gateway, processor, cache), each graceful
 service that exits is started again (the others keep serving; gRPC reconnects), unless
 it keeps crashing. With --reload, a change to a service's code (or to common/) restarts
 that service.
+
+The launcher's pid is in $IMAGESVC_DATA_DIR/launcher.pid while it runs: `stop` (what
+`make stop` calls) finds it there, so it needs the same IMAGESVC_DATA_DIR, if any.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 from cache.config import Settings as CacheSettings
+from cache.config import data_dir
 from common import ports
 from common.env import ConfigError, Env
 from common.healthcheck import http_healthy
@@ -34,6 +39,7 @@ FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 CRASH_LIMIT = 5
 CRASH_WINDOW_SECONDS = 60.0
+STOP_SECONDS = 90  # the services stop one after the other, each given 20 s at most
 
 
 def _sources(service: str) -> dict[Path, float]:
@@ -52,6 +58,44 @@ def _listen_addresses(env: Env) -> list[tuple[str, str, str | None]]:
     ]
 
 
+def _pidfile(env: Env) -> Path:
+    return data_dir(env) / "launcher.pid"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop() -> int:
+    """Stop the launcher that runs with this environment's IMAGESVC_DATA_DIR, and return
+    once it has stopped its services (it removes its pid file last)."""
+    pidfile = _pidfile(Env())
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        print(f"not running (no {pidfile}; started with another IMAGESVC_DATA_DIR? give it that)")
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it was killed without a chance to clean up
+        pidfile.unlink(missing_ok=True)
+        print(f"not running (removed {pidfile}, left by pid {pid})")
+        return 0
+    print(f"stopping imageservice (pid {pid})", flush=True)
+    deadline = time.monotonic() + STOP_SECONDS
+    while pidfile.exists() and _running(pid):
+        if time.monotonic() > deadline:
+            print(f"pid {pid} has not stopped after {STOP_SECONDS} s", flush=True)
+            return 1
+        time.sleep(0.1)
+    print("stopped", flush=True)
+    return 0
+
+
 def _ended(returncode: int) -> str:
     if returncode < 0:
         return f"was killed by {signal.Signals(-returncode).name}"
@@ -65,8 +109,9 @@ class Launcher:
         self.crashes: dict[str, list[float]] = {s: [] for s in SERVICES}  # within the window
         self.restart_at: dict[str, float] = {}  # a crashed service's next start
         self.stopping = False
-        self.env = {**os.environ}
-        self.env.setdefault("IMAGESVC_DATA_DIR", str(Path.cwd() / "data"))
+        # Absolute, so the services (which run in the checkout) and `stop` (run from
+        # anywhere) read the same folder.
+        self.env = {**os.environ, "IMAGESVC_DATA_DIR": str(data_dir(Env()))}
         host = self.env.get("IMAGESVC_GATEWAY_HOST", "127.0.0.1")
         port = self.env.get("IMAGESVC_GATEWAY_PORT", "8080")
         self.url = f"http://{host}:{port}"
@@ -109,9 +154,8 @@ class Launcher:
         except ports.AddressUnavailable as exc:
             print(f"imageservice: {exc}", flush=True)
             return 1
-        data = Path(self.env["IMAGESVC_DATA_DIR"])
-        data.mkdir(parents=True, exist_ok=True)
-        pidfile = data / "launcher.pid"
+        pidfile = _pidfile(Env(self.env))
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(os.getpid()))
         try:
             for service in SERVICES:
@@ -175,5 +219,14 @@ class Launcher:
         return True
 
 
+def main(args: list[str]) -> int:
+    if args == ["stop"]:
+        return stop()
+    if args not in ([], ["--reload"]):
+        print("usage: python -m launcher [--reload] | python -m launcher stop", file=sys.stderr)
+        return 2
+    return Launcher(reload=args == ["--reload"]).run()
+
+
 if __name__ == "__main__":
-    sys.exit(Launcher(reload="--reload" in sys.argv[1:]).run())
+    sys.exit(main(sys.argv[1:]))

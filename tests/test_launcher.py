@@ -217,3 +217,26 @@ def test_a_service_that_keeps_crashing_makes_the_launcher_give_up(tmp_path: Path
     assert "imageservice stopped" in said
     with httpx.Client() as http, pytest.raises(httpx.TransportError):  # the others stopped too
         http.get(f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}/healthz", timeout=5)
+
+
+def test_make_stop_finds_what_make_run_started_with_the_same_settings(tmp_path: Path) -> None:
+    data = tmp_path / "elsewhere"  # as with IMAGESVC_DATA_DIR=$HOME/images make run
+    env = launcher_env(data)
+    log = tmp_path / "run.log"
+    with launched(env, log) as proc:
+        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        stop = subprocess.run(
+            ["make", "-s", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert "not running" not in stop.stdout
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        # make stop returns once everything has stopped.
+        assert proc.poll() is not None or not (data / "launcher.pid").exists()
+        assert proc.wait(60) == 0
+    assert "stopped" in stop.stdout
+    assert "imageservice stopped" in log.read_text()
+    again = subprocess.run(
+        ["make", "-s", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0
+    assert "not running" in again.stdout and str(data / "launcher.pid") in again.stdout
