@@ -97,9 +97,12 @@ def stop() -> int:
 
 
 def _ended(returncode: int) -> str:
-    if returncode < 0:
+    if returncode >= 0:
+        return f"exited with {returncode}"
+    try:
         return f"was killed by {signal.Signals(-returncode).name}"
-    return f"exited with {returncode}"
+    except ValueError:  # a real-time signal has no name
+        return f"was killed by signal {-returncode}"
 
 
 class Launcher:
