@@ -1,4 +1,5 @@
-"""`make run`'s launcher: all three services up and healthy, then a clean stop."""
+"""`make run`'s launcher: ports checked first, all three services up and healthy and quiet,
+a crashed one restarted (a crash loop given up), `make stop`, then a clean stop."""
 
 from __future__ import annotations
 
