@@ -37,8 +37,8 @@ def launcher_env(data: Path) -> dict[str, str]:
 
 @contextmanager
 def launched(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m launcher` with env, its output (and its services') in log; killed at the
-    end if still running."""
+    """`python -m launcher` with env, its output (and its services') in log; stopped at
+    the end if still running (a failed test leaves no services behind)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, stdout=out, stderr=out
@@ -47,8 +47,14 @@ def launched(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]
         yield proc
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in children_of(proc.pid).values():
+                    os.kill(pid, signal.SIGKILL)
+                proc.kill()
+                proc.wait()
 
 
 def wait_for(
