@@ -3,7 +3,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What running needs, then the developer's tools on top: `make run` waits for the first only.
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
@@ -12,9 +14,15 @@ PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
+	@echo "installing the runtime dependencies into $(VENV) (first run only, about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP): $(RUNTIME)
+	@echo "installing the development tools into $(VENV) (first time only, about a minute)"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -50,14 +58,14 @@ bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the 
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(BIN)/python -m bench
 
-run: $(STAMP)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
+run: $(RUNTIME)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
 	$(BIN)/python -m launcher
 
-dev: $(STAMP)  ## the same, restarting a service when its code changes
+dev: $(RUNTIME)  ## the same, restarting a service when its code changes
 	$(BIN)/python -m launcher --reload
 
-stop:  ## stop what `make run` started (from another terminal)
-	@if [ -f data/launcher.pid ]; then kill -TERM $$(cat data/launcher.pid) && echo stopping; else echo "not running"; fi
+stop:  ## stop what `make run` started (from another terminal; the same IMAGESVC_DATA_DIR, if any)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m launcher stop; else echo "not running"; fi
 
 clean: stop  ## stop, then remove the venv, data and caches
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*

@@ -6,9 +6,12 @@ import sys
 from cache.config import Settings
 from cache.server import serve
 from common.env import ConfigError
+from common.ports import AddressUnavailable
 
 if __name__ == "__main__":
     try:
         asyncio.run(serve(Settings.from_env()))
     except ConfigError as exc:
         sys.exit(f"cache: bad configuration: {exc}")
+    except AddressUnavailable as exc:
+        sys.exit(f"cache: {exc}")

@@ -14,6 +14,11 @@ MiB = 1024 * 1024
 DEFAULT_FORMATS = SOURCE_FORMATS
 
 
+def data_dir(env: Env) -> Path:
+    """IMAGESVC_DATA_DIR, made absolute against the working directory."""
+    return Path(env.text("DATA_DIR", "./data")).resolve()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the cache service reads from the environment."""
@@ -39,17 +44,17 @@ class Settings:
     def from_env(cls, env: Env | None = None) -> Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
-        data_dir = Path(env.text("DATA_DIR", "./data")).resolve()
+        data = data_dir(env)
         formats = frozenset(f.upper() for f in env.items("ALLOWED_FORMATS", DEFAULT_FORMATS))
         unknown = formats - set(DEFAULT_FORMATS)
         if unknown:
             raise ConfigError(f"IMAGESVC_ALLOWED_FORMATS names unknown formats: {sorted(unknown)}")
         return cls(
             listen=env.text("CACHE_LISTEN", "127.0.0.1:50051"),
-            data_dir=data_dir,
-            blob_url=env.text("BLOB_URL", f"file://{data_dir / 'blobs'}"),
-            metadata_url=env.text("METADATA_URL", f"sqlite://{data_dir / 'metadata.db'}"),
-            variant_url=env.text("VARIANT_CACHE_URL", f"memory://{data_dir / 'variants'}"),
+            data_dir=data,
+            blob_url=env.text("BLOB_URL", f"file://{data / 'blobs'}"),
+            metadata_url=env.text("METADATA_URL", f"sqlite://{data / 'metadata.db'}"),
+            variant_url=env.text("VARIANT_CACHE_URL", f"memory://{data / 'variants'}"),
             variant_memory_bytes=env.size("VARIANT_MEMORY_BYTES", 256 * MiB),
             variant_disk_bytes=env.size("VARIANT_DISK_BYTES", 2048 * MiB),
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),

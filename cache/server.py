@@ -13,7 +13,7 @@ from cache.metadata import MetadataStore
 from cache.service import CacheService
 from cache.variants import VariantCache
 from common import jsonlog
-from common.grpcserver import create_server, enable_reflection, serve_until_signalled
+from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 
@@ -38,6 +38,16 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
+    # Chunks are at most 3 MiB; a little headroom over that for the envelope.
+    message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+    server, health = create_server(
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+        ]
+    )
+    # The port first: a cache that cannot serve must not recover someone else's data.
+    port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
     blobs = open_blob_store(settings.blob_url)
     metadata = open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)
@@ -48,17 +58,8 @@ async def serve(settings: Settings) -> None:
         )
 
     service = CacheService(settings, blobs, metadata, variants)
-    # Chunks are at most 3 MiB; a little headroom over that for the envelope.
-    message_limit = settings.chunk_bytes + 64 * 1024
-    server, health = create_server(
-        options=[
-            ("grpc.max_receive_message_length", max(message_limit, 4 * 1024 * 1024)),
-            ("grpc.max_send_message_length", max(message_limit, 4 * 1024 * 1024)),
-        ]
-    )
     cache_service_pb2_grpc.add_CacheServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(settings.listen)
     await server.start()
     jsonlog.lifecycle.info("listening", extra={"address": settings.listen, "port": port})
     try:

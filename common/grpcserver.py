@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.errors import ServiceError
 from common.jsonlog import lifecycle, request_id
+from common.ports import AddressUnavailable, check
 
 log = logging.getLogger("grpc")
 
@@ -189,10 +190,27 @@ def create_server(
     options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, Any]:
     """A grpc.aio server with the call interceptor and the standard health service."""
-    server = grpc.aio.server(interceptors=[CallInterceptor()], options=list(options))
+    # gRPC sets SO_REUSEPORT by default on Linux: a second server on a port in use then
+    # starts and takes half the calls (to another data directory, for a cache service).
+    options = [("grpc.so_reuseport", 0), *options]
+    server = grpc.aio.server(interceptors=[CallInterceptor()], options=options)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
+
+
+async def listen(server: grpc.aio.Server, address: str, variable: str) -> int:
+    """Bind server to address (from the variable named) and return its port; raise
+    AddressUnavailable, saying why, when it cannot."""
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's message says nothing of why; older versions return 0
+        port = 0
+    if port:
+        return port
+    await server.stop(None)  # a server dropped unstopped complains as the process exits
+    check(address, variable)  # raises, with the reason, when a plain bind fails too
+    raise AddressUnavailable(address, variable, "grpc could not bind it")
 
 
 def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:

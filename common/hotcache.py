@@ -80,7 +80,9 @@ class HotCache(Generic[V]):
             return
         backoff = 0.2
         while True:
-            stream = cache.WatchDeletions(pb.WatchDeletionsRequest())
+            # Waits quietly for a cache service that is not up yet (all services start
+            # at once under `make run`) or is coming back; a broken watch is a warning.
+            stream = cache.WatchDeletions(pb.WatchDeletionsRequest(), wait_for_ready=True)
             try:
                 await stream.wait_for_connection()
                 self.connected = True

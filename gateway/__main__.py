@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from common import jsonlog
+from common import jsonlog, ports
 from common.env import ConfigError
 from gateway.config import Settings
 from gateway.protocol import ProblemHttpToolsProtocol
@@ -22,9 +21,12 @@ def main() -> None:
         sys.exit(f"gateway: bad configuration: {exc}")
     jsonlog.configure("gateway", settings.log_level)
     # Bind here, so port 0 works and the chosen port can be announced before serving.
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock = ports.bind(settings.host, settings.port)
+    except OSError as exc:
+        address = f"{settings.host}:{settings.port}"
+        error = ports.unavailable(address, exc, "IMAGESVC_GATEWAY_PORT", "IMAGESVC_GATEWAY_HOST")
+        sys.exit(f"gateway: {error}")
     sock.listen(2048)
     sock.set_inheritable(True)
     port = sock.getsockname()[1]

@@ -4,6 +4,7 @@ import asyncio
 import sys
 
 from common.env import ConfigError
+from common.ports import AddressUnavailable
 from processor.config import Settings
 from processor.server import serve
 
@@ -12,3 +13,5 @@ if __name__ == "__main__":
         asyncio.run(serve(Settings.from_env()))
     except ConfigError as exc:
         sys.exit(f"processor: bad configuration: {exc}")
+    except AddressUnavailable as exc:
+        sys.exit(f"processor: {exc}")

@@ -14,7 +14,7 @@ from imageservice.v1 import (
 
 from common import jsonlog
 from common.grpcclient import insecure_channel
-from common.grpcserver import create_server, enable_reflection, serve_until_signalled
+from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from processor.config import Settings
 from processor.service import ProcessorService
 
@@ -27,6 +27,13 @@ async def serve(settings: Settings) -> None:
     jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
     message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+    server, health = create_server(
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+        ]
+    )
+    port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN")
     channel = insecure_channel(
         settings.cache_address,
         CACHE_SERVICE,
@@ -34,15 +41,8 @@ async def serve(settings: Settings) -> None:
         max_message=message_limit,
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
-    server, health = create_server(
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-        ]
-    )
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(settings.listen)
     # A deleted image's original goes from memory too, not only its variants.
     watcher = asyncio.create_task(service.hot.watch(service.cache, service.originals.pop))
     await server.start()

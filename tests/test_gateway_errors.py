@@ -309,6 +309,43 @@ def test_cache_service_down_then_back(stack: Callable[..., ServiceProcess], tmp_
             server.kill()
 
 
+def test_services_started_before_their_cache_wait_for_it_quietly(tmp_path: Path) -> None:
+    # As under `make run`, where all three start at once and the cache may be the slowest.
+    address = f"127.0.0.1:{free_port()}"
+    processor = ServiceProcess(
+        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": address}
+    ).start()
+    gateway = ServiceProcess(
+        "gateway",
+        tmp_path / "g",
+        {"IMAGESVC_CACHE_ADDRESS": address, "IMAGESVC_PROCESSOR_ADDRESSES": processor.address},
+    ).start()
+    cache = ServiceProcess("cache", tmp_path / "c", {"IMAGESVC_CACHE_LISTEN": address})
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            # Each has found the cache missing on the channel its deletion watch (opened
+            # first, as it starts) uses: the gateway itself, and the processor behind it.
+            assert client.get("/readyz").json()["services"]["cache"] == "UNAVAILABLE"
+            is_problem(client.get(f"/images/{'A' * 22}?w=5"), 503)
+            cache.start()
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the gateway never found its cache"
+                time.sleep(0.1)
+            image_id = client.post(
+                "/images", content=png_bytes(20, 20), headers={"Content-Type": "image/png"}
+            ).json()["id"]
+            assert client.get(f"/images/{image_id}?w=5").status_code == 200
+    finally:
+        for server in (gateway, processor, cache):
+            if server.running:
+                assert server.terminate() == 0
+            server.kill()
+    for server in (processor, gateway):
+        loud = [e for e in server.log_entries() if e["level"] in ("warning", "error")]
+        assert loud == [], server.module
+
+
 def multipart(parts: list[bytes], boundary: bytes = b"XX") -> tuple[bytes, dict[str, str]]:
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}
 

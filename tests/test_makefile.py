@@ -1,0 +1,46 @@
+"""The Makefile: `make run` installs only what running needs, and says so first."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+
+def planned(target: str, venv: Path) -> list[str]:
+    """The commands `make target` would run for a checkout without a venv (make -n)."""
+    result = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def position(commands: list[str], text: str) -> int:
+    found = [i for i, command in enumerate(commands) if text in command]
+    assert found, (text, commands)
+    return found[0]
+
+
+def test_make_run_installs_the_runtime_dependencies_only_and_says_so(tmp_path: Path) -> None:
+    commands = planned("run", tmp_path / "venv")
+    installs = [c for c in commands if "pip install" in c and "--upgrade pip" not in c]
+    assert installs and all(c.endswith("install --quiet -e .") for c in installs), installs
+    said = position(commands, "installing the runtime dependencies")
+    assert said < commands.index(installs[0])  # before the slow step, not after
+
+
+@pytest.mark.parametrize("target", ["test", "lint", "protos", "bench", "install"])
+def test_the_developer_targets_add_the_dev_tools(target: str, tmp_path: Path) -> None:
+    commands = planned(target, tmp_path / "venv")
+    runtime = position(commands, "pip install --quiet -e .")
+    said = position(commands, "installing the development tools")
+    dev = position(commands, "pip install --quiet -e '.[dev]'")
+    assert runtime < said < dev
