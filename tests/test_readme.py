@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
+
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.params import Limits, Parameters
@@ -46,7 +48,10 @@ def test_every_route_is_in_the_api_table() -> None:
 
 
 def test_the_python_example_runs(
-    cache_server: ServiceProcess, processor_server: ServiceProcess, tmp_path: Path
+    cache_server: ServiceProcess,
+    processor_server: ServiceProcess,
+    gateway_server: ServiceProcess,
+    tmp_path: Path,
 ) -> None:
     block = re.search(r"```python\n(.*?)```", section("## Calling the services"), re.DOTALL)
     assert block is not None
@@ -63,3 +68,7 @@ def test_the_python_example_runs(
     webp = names["webp"]
     assert isinstance(webp, bytes)
     assert (open_image(webp).format, open_image(webp).size) == ("WEBP", (300, 200))
+    # What it stored, HTTP serves (a private image would be 404 to anyone but "me").
+    image = names["image"]
+    served = httpx.get(f"{gateway_server.url}/images/{image.id}")  # type: ignore[attr-defined]
+    assert served.status_code == 200 and served.content == picture.read_bytes()
