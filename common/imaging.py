@@ -47,16 +47,20 @@ def _is_iso_media(fp: IO[bytes]) -> bool:
 
 
 @contextmanager
-def decoding_errors(fp: IO[bytes]) -> Iterator[None]:
-    """Turn whatever Pillow raises while reading fp into the matching ServiceError."""
+def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
+    """Turn whatever Pillow raises while reading fp into the matching ServiceError.
+
+    max_pixels is the limit open_checked was given: Pillow's own refusal names its
+    threshold (twice ours), and a caller must read the limit we configured.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             yield
         except ServiceError:
             raise
-        except Image.DecompressionBombError as exc:
-            raise too_large(str(exc)) from None
+        except Image.DecompressionBombError:
+            raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
         except UnidentifiedImageError:
             if _is_iso_media(fp):
                 raise ServiceError(
@@ -91,9 +95,9 @@ def fast_decode(image: Image.Image) -> None:
 def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) -> Image.Image:
     """Image.open plus the checks that must come before any pixel is decoded.
 
-    Call inside decoding_errors(fp). Pillow raises DecompressionBombError above twice
-    MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check as the
-    backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    Call inside decoding_errors(fp, max_pixels). Pillow raises DecompressionBombError
+    above twice MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check
+    as the backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     image = Image.open(fp)
@@ -137,7 +141,7 @@ def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
     """
-    with decoding_errors(fp):
+    with decoding_errors(fp, limits.max_pixels):
         with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
             if image.format == "PNG":
                 # Pillow streams IDAT without checking CRCs; verify() checks every

@@ -86,7 +86,7 @@ class Rendered:
 def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
     """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
     with (
-        decoding_errors(source),
+        decoding_errors(source, limits.max_pixels),
         open_checked(source, frozenset(SOURCE_FORMATS), limits.max_pixels) as image,
     ):
         fmt = spec.output.format
