@@ -124,7 +124,12 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self.blobs = blobs
         self.metadata = metadata
         self.variants = variants
-        self.limits = Limits(settings.allowed_formats, settings.max_pixels, settings.max_frames)
+        self.limits = Limits(
+            settings.allowed_formats,
+            settings.max_pixels,
+            settings.max_frames,
+            settings.max_total_pixels,
+        )
         # Full decodes are CPU- and memory-heavy: at most this many at once, in threads
         # (Pillow releases the GIL while decoding).
         self._decoders = ThreadPoolExecutor(

@@ -92,12 +92,32 @@ def fast_decode(image: Image.Image) -> None:
         image.decodermaxblock = max(image.decodermaxblock, DECODE_BLOCK)
 
 
-def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) -> Image.Image:
+# Formats whose frame count Pillow reads from the header at open: APNG's acTL, the WebP
+# and AVIF containers, MPO's index. For GIF and TIFF n_frames scans the whole file, so
+# their frames are counted as they are decoded.
+FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO"})
+
+
+def declared_pixels(image: Image.Image) -> int:
+    """Width x height x frames, as far as the header tells (one frame where it does not)."""
+    frames = getattr(image, "n_frames", 1) if image.format in FRAMES_IN_HEADER else 1
+    return image.size[0] * image.size[1] * frames
+
+
+def too_many_pixels(max_total_pixels: int) -> ServiceError:
+    return too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
+
+
+def open_checked(
+    fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int, max_total_pixels: int
+) -> Image.Image:
     """Image.open plus the checks that must come before any pixel is decoded.
 
     Call inside decoding_errors(fp, max_pixels). Pillow raises DecompressionBombError
     above twice MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check
     as the backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    An animation whose header tells its frame count is held to max_total_pixels here;
+    others are held to it frame by frame as they are decoded.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     image = Image.open(fp)
@@ -116,14 +136,18 @@ def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int
     if width * height > max_pixels:
         image.close()
         raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+    if declared_pixels(image) > max_total_pixels:
+        image.close()
+        raise too_many_pixels(max_total_pixels)
     return image
 
 
 @dataclass(frozen=True)
 class Limits:
     allowed_formats: frozenset[str]
-    max_pixels: int
+    max_pixels: int  # of the image, and of each frame
     max_frames: int
+    max_total_pixels: int  # of all frames together
 
 
 @dataclass(frozen=True)
@@ -142,25 +166,35 @@ def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
     large allocation; then each frame is decoded, which is what finds truncation.
     """
     with decoding_errors(fp, limits.max_pixels):
-        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+        with _open(fp, limits) as image:
             if image.format == "PNG":
                 # Pillow streams IDAT without checking CRCs; verify() checks every
                 # chunk's CRC, and needs a fresh open afterwards to decode.
                 image.verify()
         fp.seek(0)
-        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
+        with _open(fp, limits) as image:
             return _decode_all(image, limits)
+
+
+def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
+    return open_checked(fp, limits.allowed_formats, limits.max_pixels, limits.max_total_pixels)
 
 
 def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
     frames = 0
-    # Walk frames one by one, never asking n_frames up front: a frame flood is refused
-    # as soon as the count passes the limit instead of after scanning the whole file.
+    pixels = 0
+    # Walk frames one by one, never asking n_frames up front: a frame flood, or frames
+    # that together hold too many pixels, are refused as soon as the count passes the
+    # limit instead of after scanning the whole file.
     while True:
-        if image.size[0] * image.size[1] > limits.max_pixels:
+        frame_pixels = image.size[0] * image.size[1]
+        if frame_pixels > limits.max_pixels:
             raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        pixels += frame_pixels
+        if pixels > limits.max_total_pixels:
+            raise too_many_pixels(limits.max_total_pixels)
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft

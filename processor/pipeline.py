@@ -22,6 +22,7 @@ from common.imaging import (
     fast_decode,
     open_checked,
     too_large,
+    too_many_pixels,
 )
 from processor import smartcrop
 from processor.spec import (
@@ -69,9 +70,10 @@ ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int
+    max_pixels: int  # of a source frame, and of a result (its frames together)
     max_frames: int
     max_output_dimension: int
+    max_total_pixels: int  # of a source's frames together
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
     """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
     with (
         decoding_errors(source, limits.max_pixels),
-        open_checked(source, frozenset(SOURCE_FORMATS), limits.max_pixels) as image,
+        open_checked(
+            source, frozenset(SOURCE_FORMATS), limits.max_pixels, limits.max_total_pixels
+        ) as image,
     ):
         fmt = spec.output.format
         if fmt == "source":
@@ -131,6 +135,7 @@ def _frames(
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
+    decoded = 0
     # Smart crops are chosen on the first frame and kept: a window chosen per frame
     # would jump about as the content moves.
     windows: Windows = {}
@@ -139,6 +144,11 @@ def _frames(
             raise too_large(f"more than {limits.max_frames} frames")
         if frame.size[0] * frame.size[1] > limits.max_pixels:
             raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        # Counted before the frame is decoded (copy() loads it): a GIF or TIFF says how
+        # many frames it has only by being read to the end.
+        decoded += frame.size[0] * frame.size[1]
+        if decoded > limits.max_total_pixels:
+            raise too_many_pixels(limits.max_total_pixels)
         # The iterator re-uses one object; each frame needs its own pixels. (Loading
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()

@@ -2,18 +2,62 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import struct
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
+import pytest
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
+from PIL import Image
 
 from common.errors import Reason
-from tests.support import bytes_requests, failure
+from tests.support import (
+    ServiceProcess,
+    bytes_requests,
+    channel,
+    failure,
+    process_request,
+    upload,
+    upload_requests,
+)
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_TOTAL_PIXELS = 500_000_000
+
+
+def _lzw_one_pixel(value: int) -> bytes:
+    # Minimum code size 8, then clear (256), the pixel, end (257): 9-bit codes packed
+    # from the least significant bit, in one 4-byte sub-block and its terminator.
+    codes = 256 | value << 9 | 257 << 18
+    return bytes([8, 4]) + codes.to_bytes(4, "little") + b"\0"
+
+
+@functools.cache
+def cost_bomb(size: int = 7000, frames: int = 120, repaint: bool = False) -> bytes:
+    """A size x size GIF of frames frames: after the first, each changes one pixel (tens
+    of KB holding size² x frames pixels to decode), or with repaint, each repaints the
+    whole canvas (real decoding work in every frame)."""
+    out = io.BytesIO()
+    Image.new("P", (size, size)).save(out, "GIF", interlace=False)
+    first = out.getvalue()
+    start = 13 + 6  # header, logical screen, a two-colour table
+    assert first[start : start + 1] == b"," and first.endswith(b";")
+    whole_frame = first[start:-1]
+    parts = [b"GIF89a", first[6:13], b"\0\0\0\xff\xff\xff", whole_frame]
+    for n in range(1, frames):
+        if repaint:
+            parts.append(whole_frame)
+        else:
+            descriptor = struct.pack("<4HB", n % size, n // size, 1, 1, 0)
+            parts.append(b"," + descriptor + _lzw_one_pixel(n % 2))
+    return b"".join([*parts, b";"])
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -49,3 +93,91 @@ def test_a_png_bomb_is_refused_quoting_our_pixel_limit(
     assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
     assert f"{DEFAULT_MAX_PIXELS} pixels" in error.message
     assert str(2 * DEFAULT_MAX_PIXELS) not in error.message
+
+
+def test_a_gif_cost_bomb_is_refused_once_its_frames_pass_the_total(
+    stub: pb_grpc.CacheServiceStub,
+) -> None:
+    # 7000x7000 x 120 frames: every frame is within the per-frame limit, together
+    # they are 5.9 Gpx, twelve times the default total.
+    bomb = cost_bomb()
+    assert len(bomb) < 200_000
+    error = failure(stub.PutImage, upload_requests(bomb), timeout=60)
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
+    assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
+    # Refused the moment the sum passes (the 11th frame), so a last frame cut short
+    # is never reached: the answer is still "too large", not "corrupt".
+    error = failure(stub.PutImage, upload_requests(bomb[:-4]), timeout=60)
+    assert error.reason == Reason.IMAGE_TOO_LARGE, error.message
+
+
+def apng_declaring(frames: int, size: int = 2000) -> bytes:
+    """A two-frame APNG whose acTL says it has frames frames, with a damaged IDAT CRC:
+    only a refusal made from the header, before any decoding or checking, is not about
+    the damage."""
+    out = io.BytesIO()
+    first = Image.new("RGB", (size, size), (200, 30, 30))
+    second = Image.new("RGB", (size, size), (30, 30, 200))
+    first.save(out, "PNG", save_all=True, append_images=[second])
+    data = bytearray(out.getvalue())
+    actl = data.index(b"acTL")
+    data[actl + 4 : actl + 8] = struct.pack(">I", frames)
+    data[actl + 12 : actl + 16] = struct.pack(">I", zlib.crc32(data[actl : actl + 12]))
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4 : idat])[0]
+    data[idat + 4 + length] ^= 0xFF
+    return bytes(data)
+
+
+def test_an_animation_declaring_too_many_pixels_is_refused_before_decoding(
+    stub: pb_grpc.CacheServiceStub, pstub: ppb_grpc.ProcessorServiceStub
+) -> None:
+    assert DEFAULT_MAX_TOTAL_PIXELS < 200 * 2000 * 2000
+    data = apng_declaring(200)
+    error = failure(stub.PutImage, upload_requests(data), timeout=60)
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
+    assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
+    error = failure(pstub.ProcessBytes, bytes_requests(data, format=ppb.OUTPUT_FORMAT_PNG))
+    assert error.reason == Reason.IMAGE_TOO_LARGE, error.message
+    # The same file declaring what it holds is only damaged.
+    error = failure(stub.PutImage, upload_requests(apng_declaring(2)), timeout=60)
+    assert error.reason == Reason.CORRUPT_IMAGE, error.message
+
+
+def test_the_processor_refuses_a_cost_bomb_sent_to_it(
+    pstub: ppb_grpc.ProcessorServiceStub,
+) -> None:
+    small = ppb.Operation(resize=ppb.Resize(width=64))
+    requests = bytes_requests(cost_bomb(), small, format=ppb.OUTPUT_FORMAT_GIF)
+    error = failure(pstub.ProcessBytes, requests, timeout=120)
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
+    assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
+
+
+@pytest.fixture(scope="module")
+def roomy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A cache that takes the cost bomb whole (so it validates every frame)."""
+    env = {"IMAGESVC_MAX_TOTAL_PIXELS": "10000000000"}
+    server = ServiceProcess("cache", tmp_path_factory.mktemp("roomy") / "data", env).start()
+    yield server
+    server.kill()
+
+
+def test_the_processor_refuses_to_decode_a_stored_image_over_its_total(
+    roomy_cache: ServiceProcess, tmp_path: Path
+) -> None:
+    # Stored by a cache with a higher limit (or before there was one): the processor
+    # holds the sources it decodes to its own limit too.
+    env = {"IMAGESVC_CACHE_ADDRESS": roomy_cache.address}
+    processor = ServiceProcess("processor", tmp_path / "p", env).start()
+    try:
+        with channel(roomy_cache.address) as ch:
+            image_id = upload(pb_grpc.CacheServiceStub(ch), cost_bomb()).id
+        small = ppb.Operation(resize=ppb.Resize(width=64))
+        with channel(processor.address) as ch:
+            process = ppb_grpc.ProcessorServiceStub(ch).Process
+            error = failure(process, process_request(image_id, small), timeout=120)
+    finally:
+        processor.kill()
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
+    assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
