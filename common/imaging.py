@@ -10,6 +10,7 @@ from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from common import gif
 from common.errors import Reason, ServiceError
 
 # Decoding is how corruption is found, so a truncated file must fail, never be padded.
@@ -167,11 +168,14 @@ def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
-            if image.format == "PNG":
+            fmt = image.format
+            if fmt == "PNG":
                 # Pillow streams IDAT without checking CRCs; verify() checks every
                 # chunk's CRC, and needs a fresh open afterwards to decode.
                 image.verify()
         fp.seek(0)
+        if fmt == "GIF":
+            return _decode_gif(fp, limits)
         with _open(fp, limits) as image:
             return _decode_all(image, limits)
 
@@ -180,21 +184,38 @@ def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
     return open_checked(fp, limits.allowed_formats, limits.max_pixels, limits.max_total_pixels)
 
 
+class _Frames:
+    """The frames met so far, held to the limits before each is decoded.
+
+    Frames are walked one by one, never counted up front: a frame flood, or frames that
+    together hold too many pixels, are refused as soon as the count passes the limit
+    instead of after scanning the whole file. A frame counts at its canvas's size, as a
+    renderer composites it.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.count = 0
+        self.pixels = 0
+
+    def next(self, canvas: tuple[int, int]) -> None:
+        limits = self.limits
+        self.count += 1
+        if self.count > limits.max_frames:
+            raise too_large(f"more than {limits.max_frames} frames")
+        if canvas[0] * canvas[1] > limits.max_pixels:
+            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        self.pixels += canvas[0] * canvas[1]
+        if self.pixels > limits.max_total_pixels:
+            raise too_many_pixels(limits.max_total_pixels)
+
+
 def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
-    frames = 0
-    pixels = 0
-    # Walk frames one by one, never asking n_frames up front: a frame flood, or frames
-    # that together hold too many pixels, are refused as soon as the count passes the
-    # limit instead of after scanning the whole file.
+    frames = _Frames(limits)
     while True:
-        frame_pixels = image.size[0] * image.size[1]
-        if frame_pixels > limits.max_pixels:
-            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
-        pixels += frame_pixels
-        if pixels > limits.max_total_pixels:
-            raise too_many_pixels(limits.max_total_pixels)
+        frames.next(image.size)
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
@@ -202,11 +223,22 @@ def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
             image.draft(None, (max(1, width // 8), max(1, height // 8)))
         fast_decode(image)
         image.load()
-        frames += 1
-        if frames > limits.max_frames:
-            raise too_large(f"more than {limits.max_frames} frames")
         try:
-            image.seek(frames)
+            image.seek(frames.count)
         except EOFError:
             break
-    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames)
+    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames.count)
+
+
+def _decode_gif(fp: IO[bytes], limits: Limits) -> ImageInfo:
+    # Each frame's own rectangle, not Pillow's composited canvas (see common/gif.py).
+    frames = _Frames(limits)
+    size = (0, 0)
+    for frame in gif.frames(fp):
+        if frames.count == 0:
+            size = frame.canvas  # what Pillow gives as the image's size
+        frames.next(frame.canvas)
+        frame.decode()
+    if frames.count == 0:
+        raise corrupt("the GIF holds no frame")
+    return ImageInfo("GIF", MEDIA_TYPES["GIF"], *size, frames.count)

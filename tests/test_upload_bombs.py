@@ -15,9 +15,10 @@ import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
-from PIL import Image
+from PIL import Image, ImageDraw, ImageSequence
 
-from common.errors import Reason
+from common.errors import Reason, ServiceError
+from common.imaging import Limits, inspect
 from tests.support import (
     ServiceProcess,
     bytes_requests,
@@ -154,13 +155,32 @@ def test_the_processor_refuses_a_cost_bomb_sent_to_it(
     assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
 
 
-@pytest.fixture(scope="module")
-def roomy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """A cache that takes the cost bomb whole (so it validates every frame)."""
+@pytest.fixture
+def roomy_cache(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A cache of its own that takes the cost bomb whole (so it validates every frame)."""
     env = {"IMAGESVC_MAX_TOTAL_PIXELS": "10000000000"}
-    server = ServiceProcess("cache", tmp_path_factory.mktemp("roomy") / "data", env).start()
+    server = ServiceProcess("cache", tmp_path / "roomy", env).start()
     yield server
     server.kill()
+
+
+def peak_rss(pid: int) -> int:
+    """The most memory the process has held so far, in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_validating_a_cost_bomb_holds_about_one_frame(roomy_cache: ServiceProcess) -> None:
+    before = peak_rss(roomy_cache.pid)
+    with channel(roomy_cache.address) as ch:
+        meta = upload(pb_grpc.CacheServiceStub(ch), cost_bomb())
+    grown = peak_rss(roomy_cache.pid) - before
+    assert meta.frames == 120
+    # A 7000x7000 frame is 49 MB at a byte a pixel (GIF's palette indices) and 196 MB
+    # as RGBA; Pillow's compositing reader held about 440 MB.
+    assert grown < 7000 * 7000 * 4, f"{grown / 1e6:.0f} MB"
 
 
 def test_the_processor_refuses_to_decode_a_stored_image_over_its_total(
@@ -169,7 +189,7 @@ def test_the_processor_refuses_to_decode_a_stored_image_over_its_total(
     # Stored by a cache with a higher limit (or before there was one): the processor
     # holds the sources it decodes to its own limit too.
     env = {"IMAGESVC_CACHE_ADDRESS": roomy_cache.address}
-    processor = ServiceProcess("processor", tmp_path / "p", env).start()
+    processor = ServiceProcess("processor", tmp_path / "processor", env).start()
     try:
         with channel(roomy_cache.address) as ch:
             image_id = upload(pb_grpc.CacheServiceStub(ch), cost_bomb()).id
@@ -181,3 +201,34 @@ def test_the_processor_refuses_to_decode_a_stored_image_over_its_total(
         processor.kill()
     assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
     assert f"{DEFAULT_MAX_TOTAL_PIXELS} pixels" in error.message
+
+
+def pillow_reads(data: bytes) -> bool:
+    """Whether Pillow's own reader (the processor's) composites every frame of data."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            for frame in ImageSequence.Iterator(image):
+                frame.load()
+    except Exception:
+        return False
+    return True
+
+
+def test_gif_validation_accepts_what_pillow_reads_cut_anywhere() -> None:
+    # Validation walks a GIF's frames itself (no compositing); cut short anywhere, it
+    # must accept exactly what Pillow reads.
+    frames = []
+    for n in range(4):
+        frame = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
+        ImageDraw.Draw(frame).rectangle((n * 10, 5, n * 10 + 15, 30), fill=(255, 60 * n, 0))
+        frames.append(frame)
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], disposal=2, loop=0)
+    data = out.getvalue()
+    limits = Limits(frozenset({"GIF"}), DEFAULT_MAX_PIXELS, 1000, DEFAULT_MAX_TOTAL_PIXELS)
+    for end in range(len(data) + 1):
+        try:
+            accepted = inspect(io.BytesIO(data[:end]), limits).frames > 0
+        except ServiceError:
+            accepted = False
+        assert accepted == pillow_reads(data[:end]), end
