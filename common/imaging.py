@@ -160,24 +160,32 @@ class ImageInfo:
     frames: int
 
 
-def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
+class OverBudget(Exception):
+    """The image holds more pixels than the caller's budget: not a fault of the image."""
+
+
+def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
+    With a budget, OverBudget is raised instead of decoding more pixels than it: from
+    the header when it tells, else as soon as the frames decoded pass it.
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
             fmt = image.format
+            if budget is not None and declared_pixels(image) > budget:
+                raise OverBudget
             if fmt == "PNG":
                 # Pillow streams IDAT without checking CRCs; verify() checks every
                 # chunk's CRC, and needs a fresh open afterwards to decode.
                 image.verify()
         fp.seek(0)
         if fmt == "GIF":
-            return _decode_gif(fp, limits)
+            return _decode_gif(fp, _Frames(limits, budget))
         with _open(fp, limits) as image:
-            return _decode_all(image, limits)
+            return _decode_all(image, _Frames(limits, budget))
 
 
 def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
@@ -193,8 +201,9 @@ class _Frames:
     renderer composites it.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, budget: int | None) -> None:
         self.limits = limits
+        self.budget = budget
         self.count = 0
         self.pixels = 0
 
@@ -208,12 +217,13 @@ class _Frames:
         self.pixels += canvas[0] * canvas[1]
         if self.pixels > limits.max_total_pixels:
             raise too_many_pixels(limits.max_total_pixels)
+        if self.budget is not None and self.pixels > self.budget:
+            raise OverBudget
 
 
-def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
+def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
-    frames = _Frames(limits)
     while True:
         frames.next(image.size)
         if fmt == "JPEG":
@@ -230,9 +240,8 @@ def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
     return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames.count)
 
 
-def _decode_gif(fp: IO[bytes], limits: Limits) -> ImageInfo:
+def _decode_gif(fp: IO[bytes], frames: _Frames) -> ImageInfo:
     # Each frame's own rectangle, not Pillow's composited canvas (see common/gif.py).
-    frames = _Frames(limits)
     size = (0, 0)
     for frame in gif.frames(fp):
         if frames.count == 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
@@ -20,6 +23,7 @@ from PIL import Image, ImageDraw, ImageSequence
 from common.errors import Reason, ServiceError
 from common.imaging import Limits, inspect
 from tests.support import (
+    CORPUS,
     ServiceProcess,
     bytes_requests,
     channel,
@@ -232,3 +236,41 @@ def test_gif_validation_accepts_what_pillow_reads_cut_anywhere() -> None:
         except ServiceError:
             accepted = False
         assert accepted == pillow_reads(data[:end]), end
+
+
+def test_a_small_upload_does_not_wait_behind_big_validations(tmp_path: Path) -> None:
+    # Four uploads that are big but allowed occupy both validation workers for seconds:
+    # two say so in their header (20 whole 7000x7000 frames), two only as their frames
+    # are read (100 whole 3000x3000 frames: a small canvas). A small BMP sent while they
+    # validate answers at once.
+    env = {"IMAGESVC_MAX_TOTAL_PIXELS": "2000000000", "IMAGESVC_VALIDATION_WORKERS": "2"}
+    server = ServiceProcess("cache", tmp_path / "data", env).start()
+    bigs = [cost_bomb(7000, 20, repaint=True), cost_bomb(3000, 100, repaint=True)] * 2
+    small = (CORPUS / "pillow/bmp/g/pal8rle.bmp").read_bytes()
+    finished: list[float] = []
+
+    def sent_whole(big: bytes, done: threading.Event) -> Iterator[pb.PutImageRequest]:
+        yield from upload_requests(big)
+        done.set()  # gRPC has asked past the last chunk: the upload is the server's now
+
+    try:
+        with channel(server.address) as ch:
+            stub = pb_grpc.CacheServiceStub(ch)
+            sent = [threading.Event() for _ in bigs]
+            calls = [
+                stub.PutImage.future(sent_whole(big, done), timeout=300)
+                for big, done in zip(bigs, sent, strict=True)
+            ]
+            for call in calls:
+                call.add_done_callback(lambda _: finished.append(time.monotonic()))
+            assert all(done.wait(60) for done in sent)
+            start = time.monotonic()
+            assert upload(stub, small).format == "BMP"
+            answered = time.monotonic()
+            stored = [call.result().image for call in calls]
+    finally:
+        server.kill()
+    assert answered - start < 2.0, f"the small upload took {answered - start:.1f} s"
+    assert [image.frames for image in stored] == [20, 100] * 2
+    # They were still validating when the small one was answered.
+    assert min(finished) > answered, [round(t - answered, 2) for t in finished]
