@@ -34,6 +34,7 @@ class Settings:
     max_variant_bytes: int
     max_pixels: int
     max_frames: int
+    max_total_pixels: int
     allowed_formats: frozenset[str]
     chunk_bytes: int
     validation_workers: int
@@ -61,6 +62,7 @@ class Settings:
             max_variant_bytes=env.size("MAX_VARIANT_BYTES", 50 * MiB, minimum=1),
             max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
             max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
+            max_total_pixels=env.integer("MAX_TOTAL_PIXELS", 500_000_000, minimum=1),
             allowed_formats=formats,
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             validation_workers=env.integer(

@@ -24,7 +24,7 @@ from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.caller import caller_from, can_read
 from common.errors import Reason, ServiceError, invalid_argument
 from common.ids import ImageId, new_image_id, parse_image_id
-from common.imaging import ImageInfo, Limits, inspect
+from common.imaging import ImageInfo, Limits, OverBudget, inspect
 from common.streams import receive, too_large
 
 log = logging.getLogger("cache")
@@ -37,6 +37,10 @@ MAX_FILENAME = 255
 MAX_OWNER = 128
 WATCH_BACKLOG = 10_000
 MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
+# Uploads of at most this many pixels (all frames) are validated on a lane of their own,
+# so a small image never waits behind big validations. 16 Mpx (most photos) decode in a
+# fraction of a second.
+QUICK_LANE_PIXELS = 16_000_000
 
 
 def _image_id(value: str, field_name: str = "id") -> ImageId:
@@ -108,9 +112,9 @@ def _check_header(header: pb.PutImageHeader) -> int:
     return int(header.visibility)
 
 
-def _inspect_file(path: Path, limits: Limits) -> ImageInfo:
+def _inspect_file(path: Path, limits: Limits, budget: int | None) -> ImageInfo:
     with path.open("rb") as fp:
-        return inspect(fp, limits)
+        return inspect(fp, limits, budget)
 
 
 def _checked_variant_header(header: pb.PutVariantHeader, at: str = "") -> pb.PutVariantHeader:
@@ -139,9 +143,19 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self.blobs = blobs
         self.metadata = metadata
         self.variants = variants
-        self.limits = Limits(settings.allowed_formats, settings.max_pixels, settings.max_frames)
+        self.limits = Limits(
+            settings.allowed_formats,
+            settings.max_pixels,
+            settings.max_frames,
+            settings.max_total_pixels,
+        )
         # Full decodes are CPU- and memory-heavy: at most this many at once, in threads
-        # (Pillow releases the GIL while decoding).
+        # (Pillow releases the GIL while decoding). Every upload starts on the quick
+        # lane, which gives up past QUICK_LANE_PIXELS (from the header when it tells),
+        # so big validations can take every worker of the main lane and no more.
+        self._quick_decoders = ThreadPoolExecutor(
+            max_workers=settings.validation_workers, thread_name_prefix="inspect-quick"
+        )
         self._decoders = ThreadPoolExecutor(
             max_workers=settings.validation_workers, thread_name_prefix="inspect"
         )
@@ -149,6 +163,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self._watchers: set[asyncio.Queue[str]] = set()
 
     def close(self) -> None:
+        self._quick_decoders.shutdown(wait=True, cancel_futures=True)
         self._decoders.shutdown(wait=True, cancel_futures=True)
 
     async def PutImage(
@@ -184,9 +199,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if size == 0:
                 raise ServiceError(Reason.INVALID_ARGUMENT, "empty upload: no image bytes came")
             out.close()
-            info = await asyncio.get_running_loop().run_in_executor(
-                self._decoders, _inspect_file, temp, self.limits
-            )
+            info = await self._validate(temp)
             record = ImageRecord(
                 id=new_image_id(),
                 original_filename=header.original_filename,
@@ -211,6 +224,18 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 out.close()
             if temp is not None:
                 self.blobs.discard(temp)
+
+    async def _validate(self, path: Path) -> ImageInfo:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._quick_decoders, _inspect_file, path, self.limits, QUICK_LANE_PIXELS
+            )
+        except OverBudget:
+            # Decoded again from the start: at most QUICK_LANE_PIXELS were spent.
+            return await loop.run_in_executor(
+                self._decoders, _inspect_file, path, self.limits, None
+            )
 
     async def _store(self, staged: Path, record: ImageRecord, info: ImageInfo) -> None:
         try:

@@ -10,6 +10,7 @@ from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from common import gif
 from common.errors import Reason, ServiceError
 
 # Decoding is how corruption is found, so a truncated file must fail, never be padded.
@@ -47,16 +48,20 @@ def _is_iso_media(fp: IO[bytes]) -> bool:
 
 
 @contextmanager
-def decoding_errors(fp: IO[bytes]) -> Iterator[None]:
-    """Turn whatever Pillow raises while reading fp into the matching ServiceError."""
+def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
+    """Turn whatever Pillow raises while reading fp into the matching ServiceError.
+
+    max_pixels is the limit open_checked was given: Pillow's own refusal names its
+    threshold (twice ours), and a caller must read the limit we configured.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             yield
         except ServiceError:
             raise
-        except Image.DecompressionBombError as exc:
-            raise too_large(str(exc)) from None
+        except Image.DecompressionBombError:
+            raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
         except UnidentifiedImageError:
             if _is_iso_media(fp):
                 raise ServiceError(
@@ -88,12 +93,32 @@ def fast_decode(image: Image.Image) -> None:
         image.decodermaxblock = max(image.decodermaxblock, DECODE_BLOCK)
 
 
-def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) -> Image.Image:
+# Formats whose frame count Pillow reads from the header at open: APNG's acTL, the WebP
+# and AVIF containers, MPO's index. For GIF and TIFF n_frames scans the whole file, so
+# their frames are counted as they are decoded.
+FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO"})
+
+
+def declared_pixels(image: Image.Image) -> int:
+    """Width x height x frames, as far as the header tells (one frame where it does not)."""
+    frames = getattr(image, "n_frames", 1) if image.format in FRAMES_IN_HEADER else 1
+    return image.size[0] * image.size[1] * frames
+
+
+def too_many_pixels(max_total_pixels: int) -> ServiceError:
+    return too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
+
+
+def open_checked(
+    fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int, max_total_pixels: int
+) -> Image.Image:
     """Image.open plus the checks that must come before any pixel is decoded.
 
-    Call inside decoding_errors(fp). Pillow raises DecompressionBombError above twice
-    MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check as the
-    backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    Call inside decoding_errors(fp, max_pixels). Pillow raises DecompressionBombError
+    above twice MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check
+    as the backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    An animation whose header tells its frame count is held to max_total_pixels here;
+    others are held to it frame by frame as they are decoded.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     image = Image.open(fp)
@@ -112,14 +137,18 @@ def open_checked(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int
     if width * height > max_pixels:
         image.close()
         raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+    if declared_pixels(image) > max_total_pixels:
+        image.close()
+        raise too_many_pixels(max_total_pixels)
     return image
 
 
 @dataclass(frozen=True)
 class Limits:
     allowed_formats: frozenset[str]
-    max_pixels: int
+    max_pixels: int  # of the image, and of each frame
     max_frames: int
+    max_total_pixels: int  # of all frames together
 
 
 @dataclass(frozen=True)
@@ -131,32 +160,72 @@ class ImageInfo:
     frames: int
 
 
-def inspect(fp: IO[bytes], limits: Limits) -> ImageInfo:
+class OverBudget(Exception):
+    """The image holds more pixels than the caller's budget: not a fault of the image."""
+
+
+def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
+    With a budget, OverBudget is raised instead of decoding more pixels than it: from
+    the header when it tells, else as soon as the frames decoded pass it.
     """
-    with decoding_errors(fp):
-        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
-            if image.format == "PNG":
+    with decoding_errors(fp, limits.max_pixels):
+        with _open(fp, limits) as image:
+            fmt = image.format
+            if budget is not None and declared_pixels(image) > budget:
+                raise OverBudget
+            if fmt == "PNG":
                 # Pillow streams IDAT without checking CRCs; verify() checks every
                 # chunk's CRC, and needs a fresh open afterwards to decode.
                 image.verify()
         fp.seek(0)
-        with open_checked(fp, limits.allowed_formats, limits.max_pixels) as image:
-            return _decode_all(image, limits)
+        if fmt == "GIF":
+            return _decode_gif(fp, _Frames(limits, budget))
+        with _open(fp, limits) as image:
+            return _decode_all(image, _Frames(limits, budget))
 
 
-def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
+def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
+    return open_checked(fp, limits.allowed_formats, limits.max_pixels, limits.max_total_pixels)
+
+
+class _Frames:
+    """The frames met so far, held to the limits before each is decoded.
+
+    Frames are walked one by one, never counted up front: a frame flood, or frames that
+    together hold too many pixels, are refused as soon as the count passes the limit
+    instead of after scanning the whole file. A frame counts at its canvas's size, as a
+    renderer composites it.
+    """
+
+    def __init__(self, limits: Limits, budget: int | None) -> None:
+        self.limits = limits
+        self.budget = budget
+        self.count = 0
+        self.pixels = 0
+
+    def next(self, canvas: tuple[int, int]) -> None:
+        limits = self.limits
+        self.count += 1
+        if self.count > limits.max_frames:
+            raise too_large(f"more than {limits.max_frames} frames")
+        if canvas[0] * canvas[1] > limits.max_pixels:
+            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        self.pixels += canvas[0] * canvas[1]
+        if self.pixels > limits.max_total_pixels:
+            raise too_many_pixels(limits.max_total_pixels)
+        if self.budget is not None and self.pixels > self.budget:
+            raise OverBudget
+
+
+def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
-    frames = 0
-    # Walk frames one by one, never asking n_frames up front: a frame flood is refused
-    # as soon as the count passes the limit instead of after scanning the whole file.
     while True:
-        if image.size[0] * image.size[1] > limits.max_pixels:
-            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+        frames.next(image.size)
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
@@ -164,11 +233,21 @@ def _decode_all(image: Image.Image, limits: Limits) -> ImageInfo:
             image.draft(None, (max(1, width // 8), max(1, height // 8)))
         fast_decode(image)
         image.load()
-        frames += 1
-        if frames > limits.max_frames:
-            raise too_large(f"more than {limits.max_frames} frames")
         try:
-            image.seek(frames)
+            image.seek(frames.count)
         except EOFError:
             break
-    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames)
+    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames.count)
+
+
+def _decode_gif(fp: IO[bytes], frames: _Frames) -> ImageInfo:
+    # Each frame's own rectangle, not Pillow's composited canvas (see common/gif.py).
+    size = (0, 0)
+    for frame in gif.frames(fp):
+        if frames.count == 0:
+            size = frame.canvas  # what Pillow gives as the image's size
+        frames.next(frame.canvas)
+        frame.decode()
+    if frames.count == 0:
+        raise corrupt("the GIF holds no frame")
+    return ImageInfo("GIF", MEDIA_TYPES["GIF"], *size, frames.count)

@@ -24,6 +24,7 @@ class Settings:
     max_upload_bytes: int
     max_pixels: int
     max_frames: int
+    max_total_pixels: int
     originals_cache_bytes: int
     hot_cache_bytes: int
     chunk_bytes: int
@@ -46,6 +47,7 @@ class Settings:
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
             max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
+            max_total_pixels=env.integer("MAX_TOTAL_PIXELS", 500_000_000, minimum=1),
             originals_cache_bytes=env.size("PROCESSOR_ORIGINALS_CACHE_BYTES", 128 * MiB),
             hot_cache_bytes=env.size("PROCESSOR_HOT_CACHE_BYTES", 64 * MiB),
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),

@@ -70,9 +70,10 @@ ORIENTATION = 0x0112  # the EXIF tag
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int
+    max_pixels: int  # of a source frame, and of a result (its frames together)
     max_frames: int
     max_output_dimension: int
+    max_total_pixels: int  # of a source's frames together
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ class Rendered:
 def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
     """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
     with (
-        decoding_errors(source),
-        open_checked(source, frozenset(SOURCE_FORMATS), limits.max_pixels) as image,
+        decoding_errors(source, limits.max_pixels),
+        open_checked(
+            source, frozenset(SOURCE_FORMATS), limits.max_pixels, limits.max_total_pixels
+        ) as image,
     ):
         fmt = spec.output.format
         if fmt == "source":

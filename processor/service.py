@@ -69,10 +69,16 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self.cache = cache
         self.spec_limits = spec.Limits(settings.max_output_dimension, settings.max_blur_sigma)
         self.render_limits = pipeline.Limits(
-            settings.max_pixels, settings.max_frames, settings.max_output_dimension
+            settings.max_pixels,
+            settings.max_frames,
+            settings.max_output_dimension,
+            settings.max_total_pixels,
         )
         self.source_limits = SourceLimits(
-            frozenset(SOURCE_FORMATS), settings.max_pixels, settings.max_frames
+            frozenset(SOURCE_FORMATS),
+            settings.max_pixels,
+            settings.max_frames,
+            settings.max_total_pixels,
         )
         self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="render")
         self.flights: Flights[Held] = Flights()

@@ -21,6 +21,7 @@ def test_defaults_run_on_one_machine(tmp_path: Path) -> None:
     assert s.variant_url == f"memory://{tmp_path}/variants"
     assert s.max_upload_bytes == 50 * 1024 * 1024
     assert s.max_pixels == 50_000_000
+    assert s.max_total_pixels == 500_000_000
     assert "AVIF" in s.allowed_formats
 
 
