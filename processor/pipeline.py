@@ -22,6 +22,7 @@ from common.imaging import (
     fast_decode,
     open_checked,
     too_large,
+    too_many_pixels,
 )
 from processor import smartcrop
 from processor.spec import (
@@ -143,6 +144,8 @@ def _frames(
     width, height = plan(image.size, orientation, spec, limits)
     if animated:
         count = _frame_count(image, limits)
+        if count * image.size[0] * image.size[1] > limits.max_total_pixels:
+            raise too_many_pixels(limits.max_total_pixels)  # stored under a laxer limit
         if count * width * height > limits.max_pixels:
             if spec.output.frames != "all_or_first":
                 raise ServiceError(

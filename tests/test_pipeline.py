@@ -14,7 +14,13 @@ from processor import pipeline, spec
 from tests.test_processor_ops import encode, marked
 
 Op = ppb.Operation
-LIMITS = pipeline.Limits(max_pixels=50_000_000, max_frames=1000, max_output_dimension=8192)
+
+
+def limits_of(max_pixels: int, max_output_dimension: int) -> pipeline.Limits:
+    return pipeline.Limits(max_pixels, 1000, max_output_dimension, max_total_pixels=500_000_000)
+
+
+LIMITS = limits_of(50_000_000, 8192)
 SPEC_LIMITS = spec.Limits(max_output_dimension=8192, max_blur_sigma=50)
 
 
@@ -75,7 +81,7 @@ def test_an_animation_too_large_as_a_whole_is_refused_before_any_frame_is_touche
         return transform(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline, "_transform", counting)
-    limits = pipeline.Limits(max_pixels=100_000, max_frames=1000, max_output_dimension=8192)
+    limits = limits_of(100_000, 8192)
     source = animation((200, 200), 10)  # 40,000 pixels a frame, 400,000 in all
     with pytest.raises(ServiceError) as refused:
         pipeline.render(io.BytesIO(source), wanted(format=ppb.OUTPUT_FORMAT_GIF), limits)
@@ -89,7 +95,7 @@ def test_an_animation_too_large_as_a_whole_is_refused_before_any_frame_is_touche
 
 
 def test_frames_first_and_all_or_first() -> None:
-    limits = pipeline.Limits(max_pixels=100_000, max_frames=1000, max_output_dimension=8192)
+    limits = limits_of(100_000, 8192)
     source = animation((200, 200), 10)
     gif = ppb.OUTPUT_FORMAT_GIF
     still = pipeline.render(io.BytesIO(source), wanted(format=gif, frames=ppb.FRAMES_FIRST), limits)
@@ -97,13 +103,13 @@ def test_frames_first_and_all_or_first() -> None:
     # Too large whole: the first frame alone; small enough: all of them.
     fallback = wanted(Op(blur=ppb.Blur(sigma=2)), format=gif, frames=ppb.FRAMES_ALL_OR_FIRST)
     assert pipeline.render(io.BytesIO(source), fallback, limits).frames == 1
-    roomy = pipeline.Limits(max_pixels=1_000_000, max_frames=1000, max_output_dimension=8192)
+    roomy = limits_of(1_000_000, 8192)
     assert pipeline.render(io.BytesIO(source), fallback, roomy).frames == 10
 
 
 def test_a_result_as_large_as_its_source_is_never_refused_for_its_size() -> None:
     # A long panorama within the pixel limit, longer than the largest side asked for.
-    limits = pipeline.Limits(max_pixels=50_000_000, max_frames=1000, max_output_dimension=500)
+    limits = limits_of(50_000_000, 500)
     source = encode(marked((900, 100)))
     blurred = wanted(Op(blur=ppb.Blur(sigma=3)), format=ppb.OUTPUT_FORMAT_PNG)
     assert pipeline.render(io.BytesIO(source), blurred, limits).width == 900

@@ -219,8 +219,8 @@ def pillow_reads(data: bytes) -> bool:
 
 
 def test_gif_validation_accepts_what_pillow_reads_cut_anywhere() -> None:
-    # Validation walks a GIF's frames itself (no compositing); cut short anywhere, it
-    # must accept exactly what Pillow reads.
+    # Validation reads GIFs as the processor does (frames kept in palette mode); cut
+    # short anywhere, it must accept exactly what the processor's reader reads.
     frames = []
     for n in range(4):
         frame = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
