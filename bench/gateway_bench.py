@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from bench.processor_bench import photo
-from tests.support import ROOT, ServiceProcess, free_port
+from tests.support import ROOT, ServiceProcess, free_port, start_all
 
 WRK = ["wrk", "-t2", "-c16", "-d10s", "--latency"]
 BARE_APP = textwrap.dedent(
@@ -128,19 +128,9 @@ def main() -> None:
     workers = "2"
     with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:
         root = Path(tmp)
-        cache = ServiceProcess("cache", root / "c").start()
-        processor = ServiceProcess(
-            "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
-        ).start()
-        gateway = ServiceProcess(
-            "gateway",
-            root / "g",
-            {
-                "IMAGESVC_CACHE_ADDRESS": cache.address,
-                "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
-                "IMAGESVC_GATEWAY_WORKERS": workers,
-            },
-        ).start()
+        cache, processor, gateway = start_all(
+            root, gateway_env={"IMAGESVC_GATEWAY_WORKERS": workers}
+        )
         bare: subprocess.Popen[bytes] | None = None
         try:
             with httpx.Client(base_url=gateway.url, timeout=60) as http:

@@ -38,14 +38,7 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
-    # Chunks are at most 3 MiB; a little headroom over that for the envelope.
-    message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
-    server, health = create_server(
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-        ]
-    )
+    server, health = create_server(settings.chunk_bytes)
     # The port first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
     blobs = open_blob_store(settings.blob_url)

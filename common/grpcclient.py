@@ -11,6 +11,12 @@ from common.errors import Reason, ServiceError, remote_error
 from common.jsonlog import request_id
 
 
+def message_limit(chunk_bytes: int) -> int:
+    """The largest gRPC message a service sends or takes: a chunk, with headroom for its
+    envelope, and never below gRPC's own 4 MB."""
+    return max(chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+
+
 def service_config(service: str, idempotent: Sequence[str]) -> str:
     """Round-robin over every address of the target, and retries on UNAVAILABLE for the
     named (idempotent) methods only."""

@@ -10,7 +10,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import grpc
@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.errors import ServiceError
+from common.grpcclient import message_limit
 from common.jsonlog import lifecycle, request_id
 from common.ports import AddressUnavailable, check
 
@@ -186,13 +187,16 @@ def _wrap_stream(
     return wrapper
 
 
-def create_server(
-    options: Sequence[tuple[str, Any]] = (),
-) -> tuple[grpc.aio.Server, Any]:
-    """A grpc.aio server with the call interceptor and the standard health service."""
-    # gRPC sets SO_REUSEPORT by default on Linux: a second server on a port in use then
-    # starts and takes half the calls (to another data directory, for a cache service).
-    options = [("grpc.so_reuseport", 0), *options]
+def create_server(chunk_bytes: int) -> tuple[grpc.aio.Server, Any]:
+    """A grpc.aio server with the call interceptor and the standard health service,
+    taking messages of a chunk and its envelope."""
+    options = [
+        # gRPC sets SO_REUSEPORT by default on Linux: a second server on a port in use
+        # then starts and takes half the calls (to another data directory, for a cache).
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", message_limit(chunk_bytes)),
+        ("grpc.max_send_message_length", message_limit(chunk_bytes)),
+    ]
     server = grpc.aio.server(interceptors=[CallInterceptor()], options=options)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -13,7 +13,7 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common.grpcclient import insecure_channel
+from common.grpcclient import insecure_channel, message_limit
 from gateway.config import Settings
 
 CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -41,7 +41,7 @@ class Upstream:
 
     @classmethod
     def connect(cls, settings: Settings) -> Upstream:
-        message = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+        message = message_limit(settings.chunk_bytes)
         cache_channel = insecure_channel(
             settings.cache_address,
             CACHE_SERVICE,

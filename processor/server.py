@@ -13,7 +13,7 @@ from imageservice.v1 import (
 )
 
 from common import jsonlog
-from common.grpcclient import insecure_channel
+from common.grpcclient import insecure_channel, message_limit
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from processor.config import Settings
 from processor.service import ProcessorService
@@ -26,19 +26,13 @@ async def serve(settings: Settings) -> None:
     """Run the processor until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
-    message_limit = max(settings.chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
-    server, health = create_server(
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-        ]
-    )
+    server, health = create_server(settings.chunk_bytes)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN")
     channel = insecure_channel(
         settings.cache_address,
         CACHE_SERVICE,
         idempotent=["GetImage", "StatImage", "GetVariant", "LookupVariant", "ListImages"],
-        max_message=message_limit,
+        max_message=message_limit(settings.chunk_bytes),
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)

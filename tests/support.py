@@ -167,6 +167,22 @@ class ServiceProcess:
             self.proc.wait()
 
 
+def start_all(
+    root: Path, cache_env: dict[str, str] | None = None, gateway_env: dict[str, str] | None = None
+) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
+    """A cache, a processor and a gateway of their own, their data under root."""
+    cache = ServiceProcess("cache", root / "c", cache_env).start()
+    processor = ServiceProcess(
+        "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
+    ).start()
+    upstreams = {
+        "IMAGESVC_CACHE_ADDRESS": cache.address,
+        "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
+    }
+    gateway = ServiceProcess("gateway", root / "g", {**upstreams, **(gateway_env or {})}).start()
+    return cache, processor, gateway
+
+
 def channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address)
 

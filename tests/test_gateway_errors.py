@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, free_port, is_problem, open_image, png_bytes
+from tests.support import (
+    CORPUS,
+    ServiceProcess,
+    free_port,
+    is_problem,
+    open_image,
+    png_bytes,
+    start_all,
+)
 from tests.test_pipeline import animation
 
 KEY_ALICE = "alice-key-0123456789"
@@ -264,20 +272,7 @@ def test_503_while_a_service_is_down_then_recovery(
 
 def test_cache_service_down_then_back(stack: Callable[..., ServiceProcess], tmp_path: Path) -> None:
     port = free_port()
-    cache = ServiceProcess(
-        "cache", tmp_path / "c", {"IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{port}"}
-    ).start()
-    processor = ServiceProcess(
-        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
-    ).start()
-    gateway = ServiceProcess(
-        "gateway",
-        tmp_path / "g",
-        {
-            "IMAGESVC_CACHE_ADDRESS": cache.address,
-            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
-        },
-    ).start()
+    cache, processor, gateway = start_all(tmp_path, {"IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{port}"})
     try:
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
             image_id = client.post(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.params import Limits, Parameters
-from tests.support import ROOT, ServiceProcess, is_problem, png_bytes
+from tests.support import ROOT, ServiceProcess, is_problem, png_bytes, start_all
 
 PARAMETERS = Parameters(Limits(max_output_dimension=8192, max_blur_sigma=50))
 
@@ -147,18 +147,7 @@ def test_combinations_openapi_cannot_state_are_the_gateways_own_rules() -> None:
 
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     """`st run --checks all` over the whole OpenAPI document, against services of its own."""
-    cache = ServiceProcess("cache", tmp_path / "c").start()
-    processor = ServiceProcess(
-        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
-    ).start()
-    gateway = ServiceProcess(
-        "gateway",
-        tmp_path / "g",
-        {
-            "IMAGESVC_CACHE_ADDRESS": cache.address,
-            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
-        },
-    ).start()
+    cache, processor, gateway = start_all(tmp_path)
     try:
         st = Path(sys.executable).parent / "st"
         result = subprocess.run(

@@ -675,11 +675,32 @@ def test_animations_are_bounded_as_a_whole(pstub: ppb_grpc.ProcessorServiceStub)
     assert meta.width == 64
 
 
-class GatedCache(pb_grpc.CacheServiceServicer):
+class ScriptedCache(pb_grpc.CacheServiceServicer):
+    """A cache service for scripted faults: it stores variants in a list and announces no
+    deletion; the methods it leaves out answer UNIMPLEMENTED, as generated."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
+        self.stored += [v.header.key for v in request.variants]
+        results = [
+            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
+        ]
+        return pb.PutVariantBatchResponse(results=results)
+
+    def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+class GatedCache(ScriptedCache):
     """A cache service that holds no variant and sends an original only once the test
     opens the gate: a render that cannot finish until the test says so."""
 
     def __init__(self, original: bytes) -> None:
+        super().__init__()
         self.original = original
         self.gate = threading.Event()
         self.fetching = threading.Event()
@@ -696,17 +717,6 @@ class GatedCache(pb_grpc.CacheServiceServicer):
             self.lookups += 1
             self.looked_up.notify_all()
         return pb.LookupVariantResponse(miss=pb.VariantMiss())
-
-    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
-        results = [
-            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
-        ]
-        return pb.PutVariantBatchResponse(results=results)
-
-    def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
-        while context.is_active():
-            time.sleep(0.05)
-        yield from ()
 
 
 @pytest.fixture
@@ -731,7 +741,6 @@ def scripted_cache() -> Iterator[Callable[[pb_grpc.CacheServiceServicer], str]]:
 def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
     scripted_cache: Callable[[pb_grpc.CacheServiceServicer], str], tmp_path: Path
 ) -> None:
-    # The methods it leaves out answer UNIMPLEMENTED, as generated.
     cache = GatedCache(png_bytes(1200, 900, seed=8))  # type: ignore[abstract]
     processor = ServiceProcess(
         "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": scripted_cache(cache)}
@@ -772,15 +781,15 @@ def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
     assert outcomes == {"hasty": grpc.StatusCode.DEADLINE_EXCEEDED, "patient": 999}
 
 
-class ForgetfulCache(pb_grpc.CacheServiceServicer):
+class ForgetfulCache(ScriptedCache):
     """A cache service that says it holds every variant after the first lookup, as too
     large for one message, and has lost it when asked for it: the eviction between the
     two calls that a real cache cannot be made to do on cue."""
 
     def __init__(self, original: bytes) -> None:
+        super().__init__()
         self.original = original
         self.lookups = 0
-        self.stored: list[str] = []
 
     def GetImage(self, request: pb.GetImageRequest, context: object) -> Iterator[Any]:
         yield pb.GetImageResponse(chunk=self.original)
@@ -796,23 +805,10 @@ class ForgetfulCache(pb_grpc.CacheServiceServicer):
     def GetVariant(self, request: pb.GetVariantRequest, context: object) -> Iterator[Any]:
         yield pb.GetVariantResponse(miss=pb.VariantMiss())
 
-    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
-        self.stored += [v.header.key for v in request.variants]
-        results = [
-            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
-        ]
-        return pb.PutVariantBatchResponse(results=results)
-
-    def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
-        while context.is_active():
-            time.sleep(0.05)
-        yield from ()
-
 
 def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(
     scripted_cache: Callable[[pb_grpc.CacheServiceServicer], str], tmp_path: Path
 ) -> None:
-    # The methods it leaves out answer UNIMPLEMENTED, as generated.
     cache = ForgetfulCache(png_bytes(64, 48, seed=5))  # type: ignore[abstract]
     processor = ServiceProcess(
         "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": scripted_cache(cache)}
