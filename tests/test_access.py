@@ -33,7 +33,11 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def test_a_key_given_to_two_owners_stops_the_gateway(tmp_path: Path) -> None:
-    env = {**os.environ, "IMAGESVC_API_KEYS": f"alice:{ALICE},bob:{ALICE}"}
+    env = {
+        **os.environ,
+        "IMAGESVC_GATEWAY_PORT": "0",  # whatever else runs on this machine
+        "IMAGESVC_API_KEYS": f"alice:{ALICE},bob:{ALICE}",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, timeout=30
     )

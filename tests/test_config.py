@@ -50,7 +50,12 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 
 
 def test_bad_backend_url_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
-    env = {**os.environ, "IMAGESVC_DATA_DIR": str(tmp_path), "IMAGESVC_BLOB_URL": "ftp://x"}
+    env = {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(tmp_path),
+        "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",  # whatever else runs on this machine
+        "IMAGESVC_BLOB_URL": "ftp://x",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "cache"], cwd=ROOT, env=env, capture_output=True, timeout=30
     )
@@ -59,7 +64,12 @@ def test_bad_backend_url_stops_the_service_with_a_clear_message(tmp_path: Path) 
 
 
 def test_bad_value_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
-    env = {**os.environ, "IMAGESVC_DATA_DIR": str(tmp_path), "IMAGESVC_MAX_PIXELS": "many"}
+    env = {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(tmp_path),
+        "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",
+        "IMAGESVC_MAX_PIXELS": "many",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "cache"], cwd=ROOT, env=env, capture_output=True, timeout=30
     )
