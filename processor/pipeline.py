@@ -144,9 +144,13 @@ def _frames(
     width, height = plan(image.size, orientation, spec, limits)
     if animated:
         count = _frame_count(image, limits)
+        # Too costly to decode whole (a source stored under a laxer limit), or too large
+        # a result: refused, or the first frame alone where the caller allows it.
         if count * image.size[0] * image.size[1] > limits.max_total_pixels:
-            raise too_many_pixels(limits.max_total_pixels)  # stored under a laxer limit
-        if count * width * height > limits.max_pixels:
+            if spec.output.frames != "all_or_first":
+                raise too_many_pixels(limits.max_total_pixels)
+            animated = False
+        elif count * width * height > limits.max_pixels:
             if spec.output.frames != "all_or_first":
                 raise ServiceError(
                     Reason.OUTPUT_TOO_LARGE,

@@ -105,6 +105,12 @@ def test_frames_first_and_all_or_first() -> None:
     assert pipeline.render(io.BytesIO(source), fallback, limits).frames == 1
     roomy = limits_of(1_000_000, 8192)
     assert pipeline.render(io.BytesIO(source), fallback, roomy).frames == 10
+    # A source too costly to decode whole (stored under a laxer total) falls back too.
+    costly = pipeline.Limits(1_000_000, 1000, 8192, max_total_pixels=300_000)
+    assert pipeline.render(io.BytesIO(source), fallback, costly).frames == 1
+    with pytest.raises(ServiceError) as refused:
+        pipeline.render(io.BytesIO(source), wanted(format=gif), costly)
+    assert refused.value.reason == Reason.IMAGE_TOO_LARGE
 
 
 def test_a_result_as_large_as_its_source_is_never_refused_for_its_size() -> None:
