@@ -79,6 +79,11 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
     grpc.StatusCode.CANCELLED: (503, "Service unavailable", "unavailable"),
 }
 _RETRY = {503}
+_SERVER_DETAILS = {
+    502: "a service answered in a way the gateway did not expect",
+    503: "a service is unavailable or overloaded",
+    504: "a service took longer than allowed",
+}
 # The processor names request fields; callers of the gateway know query parameters.
 QUERY_NAMES = {
     "resize.width": "w",
@@ -104,7 +109,11 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
         remote.code, (502, "Bad gateway", "upstream-error")
     )
     headers = {"Retry-After": str(retry_after)} if status in _RETRY else {}
-    detail = remote.message if 400 <= status < 500 else ""
+    # A service's own words for a client's fault; ours for the rest (a failing service's
+    # message may name addresses and internals).
+    detail = remote.message if 400 <= status < 500 else _SERVER_DETAILS.get(status, "")
+    if status == 503:
+        detail += f"; retry after {retry_after} s"
     extensions: dict[str, Any] = {}
     if remote.reason:
         extensions["reason"] = remote.reason
@@ -113,6 +122,8 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
         extensions["parameter"] = QUERY_NAMES.get(field, field)
         # Worded as the gateway's own refusals are: "blur: must be between 0 and 50".
         detail = f"{extensions['parameter']}: {detail}"
+    elif kind == "invalid-parameter":
+        kind = "bad-request"  # a bad request that no one parameter is to blame for
     if status == 404:
         # The same answer whatever is missing, or hidden: nothing leaks.
         return HTTPProblem(404, "Not found", "no such image", kind="not-found")

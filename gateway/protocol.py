@@ -8,6 +8,7 @@ This gives them the same RFC 9457 body as every other error.
 from __future__ import annotations
 
 import json
+import uuid
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -24,6 +25,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         head += [
             b"content-type: application/problem+json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
+            # As on every answer, though no request id can be read from such a request.
+            b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)

@@ -62,6 +62,23 @@ def _pidfile(env: Env) -> Path:
     return data_dir(env) / "launcher.pid"
 
 
+def _launcher_of(pidfile: Path) -> int | None:
+    """The pid of a launcher running on this data folder, if its pid file names one (a
+    pid reused since by another program does not count)."""
+    try:
+        pid = int(pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"launcher" in cmdline and pid != os.getpid() else None
+
+
+def _reachable(listen: str) -> str:
+    """Where a service listening on listen is reached from this machine."""
+    host, _, port = listen.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::", "") else listen
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -148,8 +165,18 @@ class Launcher:
         # Before starting anything: a service that cannot listen would otherwise fail
         # among the others' output, and /readyz might be answered by whatever holds the
         # gateway's port.
+        pidfile = _pidfile(Env(self.env))
+        other = _launcher_of(pidfile)
+        if other is not None:
+            print(
+                f"imageservice: already running (pid {other}) on {pidfile.parent}; "
+                "`make stop` (with the same IMAGESVC_DATA_DIR) stops it",
+                flush=True,
+            )
+            return 1
         try:
-            for address, variable, host_variable in _listen_addresses(Env(self.env)):
+            addresses = _listen_addresses(Env(self.env))
+            for address, variable, host_variable in addresses:
                 ports.check(address, variable, host_variable)
         except ConfigError as exc:
             print(f"imageservice: bad configuration: {exc}", flush=True)
@@ -157,7 +184,13 @@ class Launcher:
         except ports.AddressUnavailable as exc:
             print(f"imageservice: {exc}", flush=True)
             return 1
-        pidfile = _pidfile(Env(self.env))
+        # The services find each other where they listen, unless told otherwise: moving
+        # IMAGESVC_CACHE_LISTEN alone must not leave the others calling the old port.
+        for (address, _, _), follows in zip(
+            addresses[1:], ("IMAGESVC_CACHE_ADDRESS", "IMAGESVC_PROCESSOR_ADDRESSES"), strict=True
+        ):
+            if not self.env.get(follows, "").strip():
+                self.env[follows] = _reachable(address)
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(os.getpid()))
         try:

@@ -134,6 +134,7 @@ def test_requests_that_do_not_parse_get_problem_json(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"content-type: application/problem+json" in head.lower()
+    assert b"x-request-id: " in head.lower()
     assert b'"status": 400' in body
 
 

@@ -109,6 +109,8 @@ def another_program() -> Iterator[int]:
 
 def test_launcher_starts_everything_quietly_and_stops_cleanly(tmp_path: Path) -> None:
     env = launcher_env(tmp_path / "data")
+    # Moved listen addresses alone: the services find each other there all the same.
+    del env["IMAGESVC_CACHE_ADDRESS"], env["IMAGESVC_PROCESSOR_ADDRESSES"]
     log = tmp_path / "run.log"
     url = f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}"
     with launched(env, log) as proc:
@@ -121,6 +123,18 @@ def test_launcher_starts_everything_quietly_and_stops_cleanly(tmp_path: Path) ->
                 "/images", content=png_bytes(8, 8), headers={"Content-Type": "image/png"}
             )
             assert created.status_code == 201
+            assert http.get(f"{created.headers['location']}?w=4").status_code == 200
+        # A second one on the same data folder is refused, whatever its ports.
+        second = subprocess.run(
+            [sys.executable, "-m", "launcher"],
+            cwd=ROOT,
+            env=launcher_env(tmp_path / "data"),
+            capture_output=True,
+            timeout=120,
+        )
+        assert second.returncode == 1
+        assert f"already running (pid {proc.pid})" in second.stdout.decode()
+        assert (tmp_path / "data" / "launcher.pid").read_text() == str(proc.pid)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     text = log.read_text()
