@@ -289,8 +289,14 @@ class CacheService(pb_grpc.CacheServiceServicer):
             page = await self.metadata.list(request.owner, page_size, request.page_token)
         except InvalidPageToken:
             raise invalid_argument("page_token", "not a page token this service issued") from None
+        # A caller lists only what they may read (an anonymous one sees no private image
+        # without an owner); a page may then come out short, its token still right.
+        caller = caller_from(context.invocation_metadata())
+        records = [
+            r for r in page.records if caller is None or can_read(r.owner, r.visibility, caller)
+        ]
         return pb.ListImagesResponse(
-            images=[image_proto(r) for r in page.records], next_page_token=page.next_token
+            images=[image_proto(r) for r in records], next_page_token=page.next_token
         )
 
     async def DeleteImage(

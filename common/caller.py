@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from imageservice.v1 import image_pb2
 
-OWNER_KEY = "x-caller-owner"
+# Binary (UTF-8): an owner is any text, and gRPC's text metadata takes printable ASCII only.
+OWNER_KEY = "x-caller-owner-bin"
 ADMIN_KEY = "x-caller-admin"
 
 
@@ -23,23 +24,32 @@ class Caller:
     authenticated: bool
     admin: bool = False  # may read and delete any owner's images
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """This caller as gRPC metadata."""
-        return ((OWNER_KEY, self.owner), (ADMIN_KEY, "1" if self.admin else "0"))
+        owner = self.owner.encode() if self.authenticated else b""
+        return ((OWNER_KEY, owner), (ADMIN_KEY, "1" if self.admin else "0"))
 
 
 ANONYMOUS = Caller("", False)
+# Where no keys are configured there is no access control: every caller may read and
+# delete every image.
+EVERYONE = Caller("", False, admin=True)
 
 
 def caller_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | None:
     """The caller a call was made for, or None when it names none."""
     found = dict(metadata or ())
     owner = found.get(OWNER_KEY)
-    if not isinstance(owner, str):
+    if not isinstance(owner, bytes):
         return None
-    return Caller(owner, bool(owner), admin=found.get(ADMIN_KEY) == "1")
+    name = owner.decode("utf-8", "replace")
+    return Caller(name, authenticated=bool(name), admin=found.get(ADMIN_KEY) == "1")
 
 
 def can_read(owner: str, visibility: int, caller: Caller) -> bool:
-    """Public images are everyone's; a private one is its owner's (and an admin's)."""
-    return visibility == image_pb2.VISIBILITY_PUBLIC or owner == caller.owner or caller.admin
+    """Public images are everyone's; a private one is its owner's (an authenticated
+    caller: an anonymous one owns nothing, not even images without an owner) and an
+    admin's."""
+    if visibility == image_pb2.VISIBILITY_PUBLIC or caller.admin:
+        return True
+    return caller.authenticated and owner == caller.owner

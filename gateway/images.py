@@ -362,7 +362,7 @@ async def list_images(request: Request) -> Response:
         page = await upstream_of(request).cache.ListImages(
             pb.ListImagesRequest(owner=caller.owner, page_size=int(raw), page_token=cursor or ""),
             timeout=settings.timeout_seconds,
-            metadata=call_metadata(),
+            metadata=call_metadata() + caller.metadata(),
         )
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:

@@ -49,6 +49,13 @@ FORMATS = {
 }
 FRAMES = {"all": ppb.FRAMES_ALL, "first": ppb.FRAMES_FIRST}
 SIZING = ("fit", "gravity", "enlarge", "dpr")
+# Formats that keep alpha, so nothing is flattened onto bg.
+_ALPHA_FORMATS = (
+    ppb.OUTPUT_FORMAT_PNG,
+    ppb.OUTPUT_FORMAT_WEBP,
+    ppb.OUTPUT_FORMAT_AVIF,
+    ppb.OUTPUT_FORMAT_GIF,
+)
 CURSOR = "[A-Za-z0-9_-]{32}"  # the shape of the cache service's page tokens (for listing)
 BLURRED_SIGMA = 10.0
 _COLOR = "^#?[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$"
@@ -328,6 +335,12 @@ class Parameters:
             return bad("q", "PNG and GIF are lossless: quality applies to JPEG, WebP and AVIF")
         if "q" in values and values.get("lossless"):
             return bad("q", "a lossless result has no quality")
+        if "frames" in values and fmt in (ppb.OUTPUT_FORMAT_JPEG, ppb.OUTPUT_FORMAT_AVIF):
+            return bad("frames", "JPEG and AVIF results are stills (use gif, webp, png or auto)")
+        if values.get("metadata") and fmt == ppb.OUTPUT_FORMAT_GIF:
+            return bad("metadata", "GIF carries no EXIF or XMP to keep")
+        if "bg" in values and "rotate" not in values and fmt in _ALPHA_FORMATS:
+            return bad("bg", "with this format alpha is kept: bg fills rotation corners only")
         return None
 
     def parse(self, query: list[tuple[str, str]], accept: str) -> Transformation | None:

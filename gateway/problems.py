@@ -34,7 +34,8 @@ class HTTPProblem(Exception):
         self.extensions = extensions
 
 
-def problem_response(problem: HTTPProblem, instance: str = "") -> JSONResponse:
+def problem_body(problem: HTTPProblem, instance: str = "") -> dict[str, Any]:
+    """The RFC 9457 document for problem."""
     body: dict[str, Any] = {
         "type": f"/problems/{problem.kind}" if problem.kind else "about:blank",
         "title": problem.title,
@@ -45,8 +46,15 @@ def problem_response(problem: HTTPProblem, instance: str = "") -> JSONResponse:
     if instance:
         body["instance"] = instance
     body.update(problem.extensions)
+    return body
+
+
+def problem_response(problem: HTTPProblem, instance: str = "") -> JSONResponse:
     return JSONResponse(
-        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
+        problem_body(problem, instance),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
     )
 
 

@@ -12,18 +12,19 @@ import uuid
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.problems import PROBLEM_JSON, HTTPProblem, problem_body
+
 
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
-        body = json.dumps(
-            {"type": "/problems/bad-request", "title": "Bad request", "status": 400, "detail": msg}
-        ).encode()
+        problem = HTTPProblem(400, "Bad request", msg, kind="bad-request")
+        body = json.dumps(problem_body(problem)).encode()
         head = [b"HTTP/1.1 400 Bad Request\r\n"]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
         ]
         head += [
-            b"content-type: application/problem+json\r\n",
+            b"content-type: " + PROBLEM_JSON.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             # As on every answer, though no request id can be read from such a request.
             b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",

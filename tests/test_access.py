@@ -91,6 +91,51 @@ def test_an_admin_key_may_delete_any_image(
             is_problem(http.get(image_path, headers=bearer(OPS)), 404)
 
 
+def test_an_image_without_an_owner_is_no_anonymous_callers_own(
+    stack: Callable[..., ServiceProcess], processor_server: ServiceProcess
+) -> None:
+    # Private and ownerless (uploaded before keys were configured): with keys, only an
+    # admin sees it. An anonymous caller owns nothing, not even what no one owns.
+    open_door = stack(processor=processor_server)
+    keyed = stack({"IMAGESVC_API_KEYS": KEYS}, processor=processor_server)
+    png = png_bytes(7, 7, seed=75)
+    with httpx.Client(base_url=open_door.url, timeout=30) as http:
+        made = http.post(
+            "/images?visibility=private", content=png, headers={"Content-Type": "image/png"}
+        ).json()
+    assert (made["owner"], made["visibility"]) == ("", "private")
+    path = f"/images/{made['id']}"
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        for headers in ({}, bearer(ALICE)):
+            for asked in (path, f"{path}/info", f"{path}?w=3"):
+                is_problem(http.get(asked, headers=headers), 404)
+        listed = {image["id"] for image in http.get("/images?limit=100").json()["images"]}
+        assert made["id"] not in listed
+        assert http.get(path, headers=bearer(OPS)).content == png
+
+
+def test_an_owner_may_be_any_text(
+    stack: Callable[..., ServiceProcess], processor_server: ServiceProcess
+) -> None:
+    key = "jose-key-0123456789"
+    gateway = stack({"IMAGESVC_API_KEYS": f"josé:{key}"}, processor=processor_server)
+    png = png_bytes(6, 5, seed=76)
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        made = http.post(
+            "/images", content=png, headers={"Content-Type": "image/png", **bearer(key)}
+        ).json()
+        assert made["owner"] == "josé"
+        path = f"/images/{made['id']}"
+        assert http.get(path, headers=bearer(key)).content == png
+        assert http.get(f"{path}/info", headers=bearer(key)).json()["owner"] == "josé"
+        assert http.get(f"{path}?w=3", headers=bearer(key)).status_code == 200
+        assert [i["id"] for i in http.get("/images", headers=bearer(key)).json()["images"]] == [
+            made["id"]
+        ]
+        is_problem(http.get(path), 404)
+        assert http.delete(path, headers=bearer(key)).status_code == 204
+
+
 def test_the_cache_service_hides_what_the_caller_may_not_read(
     stub: pb_grpc.CacheServiceStub,
 ) -> None:

@@ -330,7 +330,11 @@ def test_services_started_before_their_cache_wait_for_it_quietly(tmp_path: Path)
             image_id = client.post(
                 "/images", content=png_bytes(20, 20), headers={"Content-Type": "image/png"}
             ).json()["id"]
-            assert client.get(f"/images/{image_id}?w=5").status_code == 200
+            # The gateway has found its cache; the processor behind it may still be
+            # waiting to try again (at most 2 s): 503s until then.
+            while client.get(f"/images/{image_id}?w=5").status_code != 200:
+                assert time.monotonic() < deadline, "the processor never found its cache"
+                time.sleep(0.1)
     finally:
         for server in (gateway, processor, cache):
             if server.running:

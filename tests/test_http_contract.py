@@ -51,6 +51,9 @@ def image_id(gateway_server: ServiceProcess) -> str:
         ("crop=0,0,0,0", "crop"),
         ("crop=1,1,1,0000000", "crop"),
         ("frames=some", "frames"),
+        ("frames=first&format=jpeg", "frames"),
+        ("metadata=keep&format=gif", "metadata"),
+        ("bg=ff0000&format=png", "bg"),
     ],
 )
 def test_values_are_strict_and_nothing_is_silently_ignored(
@@ -73,6 +76,10 @@ def test_what_the_format_can_use_is_accepted(http: httpx.Client, image_id: str) 
         "blur=.5",
         "crop=0,0,001,10",
         "grayscale=false",
+        "frames=first&format=webp",
+        "metadata=keep&format=jpeg",
+        "bg=ff0000&format=jpeg",
+        "bg=ff000080&rotate=10&format=png",
     ):
         assert http.get(f"/images/{image_id}?{query}").status_code == 200, query
 
