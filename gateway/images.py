@@ -27,12 +27,13 @@ from gateway.auth import identify, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
-from gateway.uploads import MAX_FILENAME, upload
+from gateway.uploads import upload
 from gateway.upstream import Upstream
 
 IMMUTABLE = "max-age=31536000, immutable"
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
+MAX_FILENAME = 255  # characters, as the cache service keeps them
 
 
 def settings_of(request: Request) -> Settings:
@@ -331,6 +332,7 @@ async def post_image(request: Request) -> Response:
     if chosen not in ("public", "private"):
         raise params.bad("visibility", "must be public or private")
     if len(request.query_params.get("filename", "")) > MAX_FILENAME:
+        # Checked here as a parameter: a multipart body's own name is the cache's to check.
         raise params.bad("filename", f"longer than {MAX_FILENAME} characters")
     image = await upload(
         request,

@@ -107,6 +107,7 @@ QUERY_NAMES = {
     "output.format": "format",
     "color": "bg",
     "adjust": "brightness, contrast or saturation",
+    "original_filename": "filename",  # of a raw upload's query, or a multipart file's
 }
 
 

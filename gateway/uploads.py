@@ -23,14 +23,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from common.grpcclient import call_metadata
-from gateway.params import bad
 from gateway.problems import HTTPProblem
 from gateway.upstream import Upstream
 
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file's bytes
 MAX_BOUNDARY = 70  # RFC 2046
 RAW_TYPES = ("image/", "application/octet-stream")
-MAX_FILENAME = 255  # characters, as the cache service keeps them
 
 
 def too_large(limit: int) -> HTTPProblem:
@@ -192,8 +190,6 @@ async def upload(
                 400, "Bad request", 'the multipart field "file" is missing', kind="missing-file"
             )
         filename = part.filename
-        if len(filename) > MAX_FILENAME:
-            raise bad("filename", f"longer than {MAX_FILENAME} characters")
         chunks = _multipart_rest(body, part, state)
     elif kind.startswith(RAW_TYPES):
         chunks = body
