@@ -9,6 +9,7 @@ import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
+from tests.engines import S3Server, postgres_database, redis_prefix, s3_server
 from tests.support import ServiceProcess, channel
 
 
@@ -110,3 +111,24 @@ def stack(
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server, one for the session (each user makes its own bucket)."""
+    with s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of the session's own on the machine's PostgreSQL."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_key_prefix() -> Iterator[str]:
+    """A key prefix of the session's own on the machine's Redis."""
+    with redis_prefix() as prefix:
+        yield prefix
