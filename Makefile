@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos check-protos lint fmt test bench run dev stop clean
+.PHONY: help install engines protos check-protos lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,7 +51,10 @@ fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP)  ## the whole test suite
+engines:  ## make sure the PostgreSQL and Redis the tests use answer (installs/starts them as root)
+	bash .ci/engines
+
+test: $(STAMP) engines  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
 	$(BIN)/pytest
 
 bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run

@@ -37,6 +37,7 @@ class Settings:
     max_total_pixels: int
     allowed_formats: frozenset[str]
     chunk_bytes: int
+    render_lease_seconds: float
     validation_workers: int
     shutdown_grace_seconds: float
     log_level: str
@@ -65,6 +66,7 @@ class Settings:
             max_total_pixels=env.integer("MAX_TOTAL_PIXELS", 500_000_000, minimum=1),
             allowed_formats=formats,
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
+            render_lease_seconds=env.number("RENDER_LEASE_SECONDS", 10.0, minimum=0.1),
             validation_workers=env.integer(
                 "VALIDATION_WORKERS", os.cpu_count() or 2, minimum=1, maximum=256
             ),

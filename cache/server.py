@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 from imageservice.v1 import cache_service_pb2, cache_service_pb2_grpc
 
 from cache.backends import open_blob_store, open_metadata_store, open_variant_cache
-from cache.blobs import BlobStore
 from cache.config import Settings
-from cache.metadata import MetadataStore
 from cache.service import CacheService
-from cache.variants import VariantCache
+from cache.storage import StorageUnavailable
 from common import jsonlog
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+RECOVERY_INTERVAL_SECONDS = 60.0
+
+log = logging.getLogger("cache")
 
 
-async def reconcile(
-    blobs: BlobStore, metadata: MetadataStore, variants: VariantCache
-) -> tuple[int, int]:
-    """Drop what a crash left: staged files, blobs whose metadata never committed, and
-    variants of images whose delete did not finish."""
-    staged = await asyncio.to_thread(blobs.recover)
-    keys = await asyncio.to_thread(lambda: list(blobs.keys()))
-    orphans = await metadata.missing(keys)
-    for key in orphans:
-        await asyncio.to_thread(blobs.delete, key)
-    gone = await metadata.missing(variants.held_images())
-    for image_id in gone:
-        await variants.purge(image_id)
-    return staged, len(orphans) + len(gone)
+async def keep_recovering(service: CacheService) -> None:
+    """Finish crashed work now and every minute after, whichever replica it was."""
+    while True:
+        try:
+            finished = await service.recover()
+        except StorageUnavailable as exc:
+            log.warning("recovery postponed", extra={"upstream": exc.engine, "err": exc.detail})
+        else:
+            if finished:
+                jsonlog.lifecycle.info("recovered after a crash", extra={"finished": finished})
+        await asyncio.sleep(RECOVERY_INTERVAL_SECONDS)
 
 
 async def serve(settings: Settings) -> None:
@@ -41,16 +41,15 @@ async def serve(settings: Settings) -> None:
     server, health = create_server(settings.chunk_bytes)
     # The port first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
-    blobs = open_blob_store(settings.blob_url)
-    metadata = open_metadata_store(settings.metadata_url)
-    variants = await asyncio.to_thread(open_variant_cache, settings)
-    staged, orphans = await reconcile(blobs, metadata, variants)
-    if staged or orphans:
-        jsonlog.lifecycle.info(
-            "recovered after a crash", extra={"staged": staged, "orphans": orphans}
-        )
-
+    blobs = await open_blob_store(settings)
+    metadata = await open_metadata_store(settings)
+    variants = await open_variant_cache(settings)
     service = CacheService(settings, blobs, metadata, variants)
+    # In the background: start-up never waits for recovery, whatever the data's size.
+    tasks = [
+        asyncio.create_task(service.follow_deletions()),
+        asyncio.create_task(keep_recovering(service)),
+    ]
     cache_service_pb2_grpc.add_CacheServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     await server.start()
@@ -58,6 +57,11 @@ async def serve(settings: Settings) -> None:
     try:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
     finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         service.close()
-        await asyncio.to_thread(variants.close)
+        await variants.close()
         await metadata.close()
+        await blobs.close()

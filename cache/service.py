@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +19,16 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
 
-from cache.blobs import BlobStore
+from cache.blobs import BlobNotFound, BlobStore
 from cache.config import Settings
-from cache.metadata import ImageRecord, InvalidPageToken, MetadataStore
+from cache.metadata import (
+    DeletionsMissed,
+    ImageRecord,
+    IntentLost,
+    InvalidPageToken,
+    MetadataStore,
+)
+from cache.storage import StorageUnavailable
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.caller import caller_from, can_read
 from common.errors import Reason, ServiceError, invalid_argument
@@ -41,6 +50,11 @@ MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
 # so a small image never waits behind big validations. 16 Mpx (most photos) decode in a
 # fraction of a second.
 QUICK_LANE_PIXELS = 16_000_000
+# An upload's intent, or a staged file, older than this is a crash's leftover: no upload
+# spends that long between its intent and its record (the blob write alone), so
+# recovery may remove what it left without listing every image.
+STALE_SECONDS = 15 * 60
+STAGED_SUFFIX = ".partial"
 
 
 def _image_id(value: str, field_name: str = "id") -> ImageId:
@@ -161,6 +175,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         )
         # One queue per WatchDeletions stream.
         self._watchers: set[asyncio.Queue[str]] = set()
+        self._following = False  # deletions are followed now, so watchers may join
 
     def close(self) -> None:
         self._quick_decoders.shutdown(wait=True, cancel_futures=True)
@@ -183,7 +198,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                         raise invalid_argument("header", "the first message must be the header")
                     header = message.header
                     _check_header(header)
-                    temp = self.blobs.new_temp()
+                    temp = self.blobs.staging / f"{uuid.uuid4().hex}{STAGED_SUFFIX}"
                     out = temp.open("wb")
                     continue
                 if kind != "chunk":
@@ -214,16 +229,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 owner=header.owner,
                 visibility=_check_header(header),
             )
-            staged, temp = temp, None
             # Shielded: once the bytes are committing, a client hanging up must not
             # leave a blob without metadata or metadata without a blob.
-            await asyncio.shield(self._store(staged, record, info))
+            await asyncio.shield(self._store(temp, record, info))
             return pb.PutImageResponse(image=image_proto(record))
         finally:
             if out is not None:
                 out.close()
             if temp is not None:
-                self.blobs.discard(temp)
+                temp.unlink(missing_ok=True)
 
     async def _validate(self, path: Path) -> ImageInfo:
         loop = asyncio.get_running_loop()
@@ -238,16 +252,17 @@ class CacheService(pb_grpc.CacheServiceServicer):
             )
 
     async def _store(self, staged: Path, record: ImageRecord, info: ImageInfo) -> None:
-        try:
-            await asyncio.to_thread(self.blobs.commit, staged, record.id)
-        except BaseException:
-            self.blobs.discard(staged)
-            raise
+        """The intent, the blob, then the record: a crash anywhere leaves an intent that
+        recovery finishes (see `recover`), never a record without its blob."""
+        await self.metadata.intend(record.id, time.time_ns())
+        await self.blobs.put(record.id, staged)
         try:
             await self.metadata.insert(record)
-        except BaseException:
-            await asyncio.to_thread(self.blobs.delete, record.id)
-            raise
+        except IntentLost:
+            # Swept as stale while the blob was written: recovery may have run before
+            # the blob was there, so it is ours to remove.
+            await self.blobs.delete(record.id)
+            raise ServiceError(Reason.UPSTREAM_UNAVAILABLE, "the upload took too long") from None
         log.info(
             "stored image",
             extra={"id": record.id, "format": info.format, "bytes": record.byte_size},
@@ -259,16 +274,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
         image_id = _image_id(request.id)
         record = _readable(image_id, await self.metadata.get(image_id), context)
         try:
-            reader = await asyncio.to_thread(self.blobs.open, image_id)
-        except FileNotFoundError:
+            blob = await self.blobs.open(image_id)
+        except BlobNotFound:
             raise _not_found(image_id) from None
         try:
             yield pb.GetImageResponse(image=image_proto(record))
-            chunk_size = self.settings.chunk_bytes
-            while chunk := await asyncio.to_thread(reader.read, chunk_size):
+            async for chunk in blob.chunks(self.settings.chunk_bytes):
                 yield pb.GetImageResponse(chunk=chunk)
         finally:
-            reader.close()
+            await blob.close()
 
     async def StatImage(
         self, request: pb.StatImageRequest, context: Context
@@ -303,19 +317,67 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request: pb.DeleteImageRequest, context: Context
     ) -> pb.DeleteImageResponse:
         image_id = _image_id(request.id)
-        # Metadata first: from this moment the image is not listed nor served. The rest
-        # is shielded: a caller hanging up must not leave variants or watchers behind.
-        if not await self.metadata.delete(image_id):
+        # Metadata first: from this moment the image is not listed nor served, and every
+        # replica hears of it (see follow_deletions). The rest is shielded: a caller
+        # hanging up must not leave variants behind.
+        if not await self.metadata.delete(image_id, time.time_ns()):
             raise _not_found(image_id)
-        purged = await asyncio.shield(self._forget(image_id))
+        try:
+            purged = await asyncio.shield(self._forget(image_id))
+        except StorageUnavailable as exc:
+            # The image is gone for every client already; its intent stays, and
+            # recovery removes the rest once the engine answers.
+            log.warning(
+                "deleted image, cleanup deferred",
+                extra={"id": image_id, "upstream": exc.engine, "err": exc.detail},
+            )
+            return pb.DeleteImageResponse()
         log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
         return pb.DeleteImageResponse(purged_variants=purged)
 
     async def _forget(self, image_id: str) -> int:
-        """Everything of a deleted image after its metadata: watchers, blob, variants."""
-        self._announce(image_id)
-        await asyncio.to_thread(self.blobs.delete, image_id)
-        return await self.variants.purge(image_id)
+        """Everything of a deleted (or never committed) image but its record: blob,
+        variants, then the intent that said they might remain."""
+        await self.blobs.delete(image_id)
+        purged = await self.variants.purge(image_id)
+        await self.metadata.finish(image_id)
+        return purged
+
+    async def recover(self) -> int:
+        """Finish what a crash (of any replica) cut short: uploads whose record never
+        came and deletes whose cleanup did not end; return how many."""
+        stale = time.time_ns() - STALE_SECONDS * 1_000_000_000
+        unfinished = await self.metadata.unfinished(stale)
+        for image_id in unfinished:
+            await self._forget(image_id)
+        cutoff = time.time() - STALE_SECONDS
+        for staged in self.blobs.staging.glob(f"*{STAGED_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                if staged.stat().st_mtime < cutoff:
+                    staged.unlink()
+        return len(unfinished)
+
+    async def follow_deletions(self) -> None:
+        """Pass every deletion, through any replica, on to this replica's watchers (and
+        its own variants, when they are not shared); runs as long as the service."""
+        backoff = 0.2
+        while True:
+            try:
+                deleted = await self.metadata.deletions()
+                self._following = True
+                backoff = 0.2
+                async for image_id in deleted:
+                    if not self.variants.shared:
+                        await self.variants.purge(image_id)
+                    self._announce(image_id)
+            except (DeletionsMissed, StorageUnavailable) as exc:
+                log.warning("deletions missed; watchers start again", extra={"err": str(exc)})
+            finally:
+                # Watchers cannot know what they missed: they forget all and watch again.
+                self._following = False
+                self._watchers.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def _announce(self, image_id: str) -> None:
         for queue in list(self._watchers):
@@ -346,7 +408,10 @@ class CacheService(pb_grpc.CacheServiceServicer):
     ) -> pb.LookupVariantResponse:
         variant = await self._lookup(request)
         if variant is None:
-            return pb.LookupVariantResponse(miss=pb.VariantMiss())
+            claimed = request.claim and await self.variants.claim(
+                request.image_id, request.key, self.settings.render_lease_seconds
+            )
+            return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=claimed))
         meta = variant_proto(variant.record)
         if len(variant.data) > self.settings.chunk_bytes:
             return pb.LookupVariantResponse(too_large=meta)
@@ -427,6 +492,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def WatchDeletions(
         self, request: pb.WatchDeletionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchDeletionsResponse]:
+        if not self._following:
+            raise ServiceError(Reason.UPSTREAM_UNAVAILABLE, "deletions cannot be followed now")
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=WATCH_BACKLOG)
         self._watchers.add(queue)
         await context.send_initial_metadata(())  # the watcher knows it is connected
@@ -437,6 +504,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 except TimeoutError:
                     continue
                 yield pb.WatchDeletionsResponse(image_id=image_id)
-            raise ServiceError(Reason.OVERLOADED, "the watcher fell too far behind")
+            raise ServiceError(
+                Reason.UPSTREAM_UNAVAILABLE, "deletions may have been missed: watch again"
+            )
         finally:
             self._watchers.discard(queue)

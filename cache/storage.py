@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from common.errors import Reason, ServiceError
 
-class StorageUnavailable(Exception):
-    """The engine behind a store (S3, PostgreSQL, Redis...) did not answer; the call may
-    succeed later, so callers get UNAVAILABLE (HTTP 503 with Retry-After), never INTERNAL."""
+
+class StorageUnavailable(ServiceError):
+    """The engine behind a store (S3, PostgreSQL, Redis...) did not answer.
+
+    A ServiceError of its own, so every RPC that meets it answers UNAVAILABLE (HTTP 503
+    with Retry-After: the call may succeed later), never INTERNAL; the engine's own
+    words stay in `detail`, for the log, since they may name hosts.
+    """
 
     def __init__(self, engine: str, detail: str = "") -> None:
-        super().__init__(f"{engine} did not answer" + (f": {detail}" if detail else ""))
+        super().__init__(
+            Reason.UPSTREAM_UNAVAILABLE, f"the {engine} storage did not answer", {"upstream": engine}
+        )
         self.engine = engine
+        self.detail = detail

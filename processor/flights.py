@@ -26,6 +26,9 @@ class Flights(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._flights
+
     def join(
         self, key: str, start: Callable[[], asyncio.Future[T]]
     ) -> tuple[asyncio.Future[T], bool]:

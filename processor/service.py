@@ -49,6 +49,10 @@ HOT_ENTRY_BYTES = 1024 * 1024
 STORE_BATCH_SECONDS = 0.05
 STORE_BATCH_VARIANTS = 64  # the contract's bound on a PutVariantBatch
 Held = tuple[image_pb2.VariantMetadata, bytes]
+# While another processor renders a variant (it holds the lease), this one looks again
+# at these intervals, doubling: a render takes tens of milliseconds to seconds.
+LEASE_POLL_SECONDS = 0.02
+MAX_LEASE_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
                 await asyncio.wait((running, flight), return_when=asyncio.FIRST_COMPLETED)
         self.seen.put(key, True)
         if ask_cache:
-            lookup = await self._lookup(image_id, key)
+            lookup = await self._lookup_or_wait(image_id, key, context.time_remaining())
             outcome = lookup.WhichOneof("outcome")
             if outcome == "found":
                 found = lookup.found
@@ -218,11 +222,36 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         self.hot.put(image_id, key, (made, data), generation)
         return Answer(made, data, cache_hit=False)
 
-    async def _lookup(self, image_id: str, key: str) -> cache_pb.LookupVariantResponse:
-        """The cache's answer for key: found (small), too large for one message, or miss."""
+    async def _lookup_or_wait(
+        self, image_id: str, key: str, time_remaining: float | None
+    ) -> cache_pb.LookupVariantResponse:
+        """The cache's answer for key; a miss whose render another processor holds the
+        lease for is looked up again until it is stored or the lease is this one's."""
+        started = time.monotonic()
+        pause = LEASE_POLL_SECONDS
+        while True:
+            # A render of the key here already (this processor's own callers share it)
+            # needs no lease: it is ours to store.
+            claim = key not in self.flights
+            lookup = await self._lookup(image_id, key, claim)
+            waiting = claim and lookup.WhichOneof("outcome") == "miss" and not lookup.miss.claimed
+            if not waiting or key in self.flights:
+                return lookup
+            if time_remaining is not None and time.monotonic() - started + pause > time_remaining:
+                raise ServiceError(
+                    Reason.DEADLINE_EXCEEDED, "another processor's render of it did not end in time"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_LEASE_POLL_SECONDS)
+
+    async def _lookup(
+        self, image_id: str, key: str, claim: bool = False
+    ) -> cache_pb.LookupVariantResponse:
+        """The cache's answer for key: found (small), too large for one message, or miss
+        (claiming the lease to render it, if asked)."""
         try:
             return await self.cache.LookupVariant(
-                cache_pb.LookupVariantRequest(image_id=image_id, key=key),
+                cache_pb.LookupVariantRequest(image_id=image_id, key=key, claim=claim),
                 timeout=CACHE_DEADLINE_SECONDS,
                 metadata=call_metadata(),
             )

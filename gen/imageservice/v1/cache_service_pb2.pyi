@@ -326,12 +326,21 @@ class VariantMiss(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    claimed: _builtins.bool
+    """Set when the request asked to claim the render: true when the caller now holds
+    the lease to render the variant (it ends when the variant is stored, or expires);
+    false when another caller holds it and renders it now, so this one should look
+    again shortly rather than render it too.
+    """
     def __init__(
         self,
+        *,
+        claimed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed", b"claimed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,17 +352,23 @@ class LookupVariantRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     key: _builtins.str
+    claim: _builtins.bool
+    """On a miss, also claim the lease to render the variant, so that of several
+    processors (replicas) missing the same variant one renders it.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         key: _builtins.str = ...,
+        claim: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "image_id", b"image_id", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
