@@ -1,0 +1,170 @@
+"""An engine that stops answering (the network to it cut, for real): Redis down is only
+misses; PostgreSQL or S3 down is a 503 with Retry-After and nothing half-visible; all
+comes back without a restart once the engine answers again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import redis
+
+from tests.engines import REDIS_URL, Cutoff, S3Server, postgres_database, redis_prefix
+from tests.support import ServiceProcess, is_problem, png_bytes, start_all
+
+
+@dataclass
+class Stack:
+    http: httpx.Client
+    servers: tuple[ServiceProcess, ServiceProcess, ServiceProcess]
+    postgres: Cutoff
+    s3: Cutoff
+    redis: Cutoff
+    prefix: str
+
+    def upload(self, seed: int) -> httpx.Response:
+        data = png_bytes(30, 20, seed=seed)
+        return self.http.post("/images", content=data, headers={"Content-Type": "image/png"})
+
+    def listed(self) -> set[str]:
+        answer = self.http.get("/images", params={"limit": 100})
+        assert answer.status_code == 200, answer.text
+        return {image["id"] for image in answer.json()["images"]}
+
+
+def relay(url: str, default_port: int) -> Cutoff:
+    parts = urlsplit(url)
+    return Cutoff(parts.hostname or "127.0.0.1", parts.port or default_port)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Stack]:
+    with postgres_database() as database, redis_prefix() as prefix:
+        pg, s3_relay, redis_relay = (
+            relay(database, 5432),
+            relay(s3.endpoint, 80),
+            relay(REDIS_URL, 6379),
+        )
+        env = {
+            **s3.env(),
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_relay.port}",
+            "IMAGESVC_BLOB_URL": f"s3://{s3.create_bucket()}",
+            "IMAGESVC_METADATA_URL": database.replace(
+                f":{urlsplit(database).port}/", f":{pg.port}/"
+            ),
+            "IMAGESVC_VARIANT_CACHE_URL": f"redis://127.0.0.1:{redis_relay.port}/0",
+            "IMAGESVC_VARIANT_KEY_PREFIX": prefix,
+        }
+        servers = start_all(tmp_path_factory.mktemp("faults"), env)
+        try:
+            with httpx.Client(base_url=servers[2].url, timeout=30) as http:
+                yield Stack(http, servers, pg, s3_relay, redis_relay, prefix)
+        finally:
+            for server in servers:
+                server.kill()
+            for cutoff in (pg, s3_relay, redis_relay):
+                cutoff.close()
+
+
+def eventually(check: Callable[[], bool], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "did not recover in time"
+        time.sleep(0.1)
+
+
+def unavailable(response: httpx.Response) -> None:
+    is_problem(response, 503)
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_postgresql_down_is_a_503_and_recovers_without_a_restart(stack: Stack) -> None:
+    kept = stack.upload(1).json()["id"]
+    before = stack.listed()
+    stack.postgres.cut()
+    try:
+        unavailable(stack.upload(2))
+        unavailable(stack.http.get(f"/images/{kept}"))
+        unavailable(stack.http.get("/images"))
+    finally:
+        stack.postgres.restore()
+    eventually(lambda: stack.upload(3).status_code == 201)
+    assert stack.http.get(f"/images/{kept}").status_code == 200
+    # The upload refused while PostgreSQL was away is nowhere to be seen.
+    assert len(stack.listed() - before) == 1
+    assert all(server.running for server in stack.servers)
+
+
+def test_s3_down_is_a_503_and_recovers_without_a_restart(stack: Stack) -> None:
+    kept = stack.upload(10).json()["id"]
+    before = stack.listed()
+    stack.s3.cut()
+    try:
+        unavailable(stack.upload(11))
+        unavailable(stack.http.get(f"/images/{kept}"))
+        # Metadata needs no blob.
+        assert stack.http.get(f"/images/{kept}/info").status_code == 200
+    finally:
+        stack.s3.restore()
+    eventually(lambda: stack.upload(12).status_code == 201)
+    assert stack.http.get(f"/images/{kept}").status_code == 200
+    assert len(stack.listed() - before) == 1
+
+
+def variant_keys(prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return list(client.scan_iter(match=f"{prefix}*", count=1000))
+    finally:
+        client.close()
+
+
+def test_redis_down_is_only_misses(stack: Stack) -> None:
+    image_id = stack.upload(20).json()["id"]
+    stack.redis.cut()
+    try:
+        for width in (11, 12, 11):
+            answer = stack.http.get(f"/images/{image_id}?w={width}")
+            assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+        # A delete still deletes; the variants' cleanup waits for Redis.
+        doomed = stack.upload(21).json()["id"]
+        assert stack.http.get(f"/images/{doomed}?w=5").status_code == 200
+        assert stack.http.delete(f"/images/{doomed}").status_code == 204
+        assert stack.http.get(f"/images/{doomed}?w=5").status_code == 404
+    finally:
+        stack.redis.restore()
+    before = len(variant_keys(stack.prefix))
+    eventually(lambda: stack.http.get(f"/images/{image_id}?w=13").status_code == 200)
+    eventually(lambda: len(variant_keys(stack.prefix)) > before)
+
+
+def test_deletions_are_followed_again_after_postgresql_comes_back(stack: Stack) -> None:
+    image_id = stack.upload(30).json()["id"]
+    stack.postgres.cut()
+    time.sleep(0.5)
+    stack.postgres.restore()
+    eventually(lambda: stack.http.get(f"/images/{image_id}?w=9").status_code == 200)
+    assert stack.http.get(f"/images/{image_id}?w=9").status_code == 200  # hot now
+    eventually(lambda: stack.http.delete(f"/images/{image_id}").status_code == 204)
+    eventually(lambda: stack.http.get(f"/images/{image_id}?w=9").status_code == 404, 1.0)
+
+
+def test_the_relays_really_cut(tmp_path: Path) -> None:
+    """The fault is real: nothing gets through a cut relay, and all does once restored."""
+    cutoff = relay(REDIS_URL, 6379)
+    client = redis.Redis(port=cutoff.port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        assert client.ping()
+        cutoff.cut()
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        cutoff.restore()
+        assert client.ping()
+    finally:
+        client.close()
+        cutoff.close()
