@@ -157,15 +157,13 @@ def test_a_lease_is_held_until_it_expires(engine: Engine) -> None:
     image = new_id()
 
     async def scenario(cache: VariantCache) -> None:
-        assert await cache.claim(image, "k", 0.2)
-        assert not await cache.claim(image, "k", 0.2)
-        assert await cache.claim(image, "other", 0.2)  # leases are per key ...
-        assert await cache.claim(new_id(), "k", 0.2)  # ... and per image
-        await asyncio.sleep(0.1)
-        assert not await cache.claim(image, "k", 0.2)
-        await asyncio.sleep(0.15)
-        assert await cache.claim(image, "k", 0.2)
-        assert not await cache.claim(image, "k", 0.2)
+        assert await cache.claim(image, "k", 0.3)
+        assert not await cache.claim(image, "k", 0.3)
+        assert await cache.claim(image, "other", 0.3)  # leases are per key ...
+        assert await cache.claim(new_id(), "k", 0.3)  # ... and per image
+        await asyncio.sleep(0.35)
+        assert await cache.claim(image, "k", 30)
+        assert not await cache.claim(image, "k", 30)
 
     run(engine, scenario)
 
