@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cache.blobs import BlobStore, FileBlobStore
+from cache.blobs import BlobStore
+from cache.blobs.files import FileBlobStore
 from cache.config import Settings
-from cache.metadata import MetadataStore, SqliteMetadataStore
-from cache.variants import DiskLRU, MemoryLRU, TieredVariantCache, VariantCache
+from cache.metadata import MetadataStore
+from cache.metadata.sqlite import SqliteMetadataStore
+from cache.variants import VariantCache
+from cache.variants.local import DiskLRU, MemoryLRU, TieredVariantCache
+from cache.variants.redis import RedisVariantCache
 from common.env import ConfigError
+
+# redis://HOST[:PORT][/DB]: redis-py would read a path that is not a number as DB 0.
+_REDIS_DB = re.compile(r"/?[0-9]*")
 
 
 def _local_path(url: str) -> Path | None:
@@ -38,13 +46,49 @@ def open_metadata_store(url: str) -> MetadataStore:
 
 
 def open_variant_cache(settings: Settings) -> VariantCache:
-    """`memory:///path`: memory LRU over a disk LRU in path; `memory://`: memory only."""
+    """`memory:///path`: memory LRU over a disk LRU in path; `memory://`: memory only;
+    `redis://HOST[:PORT][/DB]` (`rediss://` for TLS): Redis, under the key prefix.
+
+    Blocking (the disk tier reads its index): call before serving. Redis is not reached
+    here: a cache may start while it is down, and misses until it answers.
+    """
     url = settings.variant_url
-    if urlsplit(url).scheme != "memory":
-        raise ConfigError(f"IMAGESVC_VARIANT_CACHE_URL={url!r}: supported is memory://[/path]")
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "rediss"):
+        shown = _without_password(url)
+        if not _is_redis_url(url):
+            raise ConfigError(
+                f"IMAGESVC_VARIANT_CACHE_URL={shown!r}: supported is redis://HOST[:PORT][/DB]"
+            )
+        try:
+            return RedisVariantCache(url, settings.variant_key_prefix)
+        except ValueError as exc:  # a bad option in the query, as redis-py reads it
+            raise ConfigError(f"IMAGESVC_VARIANT_CACHE_URL={shown!r}: {exc}") from None
+    if scheme != "memory":
+        raise ConfigError(
+            f"IMAGESVC_VARIANT_CACHE_URL={url!r}: supported are memory://[/path] and "
+            "redis://HOST[:PORT][/DB] (or rediss://)"
+        )
     path = _local_path(url)
     disk = None
     if path is not None and settings.variant_disk_bytes > 0:
         disk = DiskLRU(path, settings.variant_disk_bytes)
         disk.load()
     return TieredVariantCache(MemoryLRU(settings.variant_memory_bytes), disk)
+
+
+def _is_redis_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        return False
+    return bool(parts.hostname) and port != 0 and bool(_REDIS_DB.fullmatch(parts.path))
+
+
+def _without_password(url: str) -> str:
+    """url fit for an error message: a password in it becomes ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

@@ -28,6 +28,7 @@ class Settings:
     blob_url: str
     metadata_url: str
     variant_url: str
+    variant_key_prefix: str
     variant_memory_bytes: int
     variant_disk_bytes: int
     max_upload_bytes: int
@@ -57,6 +58,7 @@ class Settings:
             blob_url=env.text("BLOB_URL", f"file://{data / 'blobs'}"),
             metadata_url=env.text("METADATA_URL", f"sqlite://{data / 'metadata.db'}"),
             variant_url=env.text("VARIANT_CACHE_URL", f"memory://{data / 'variants'}"),
+            variant_key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
             variant_memory_bytes=env.size("VARIANT_MEMORY_BYTES", 256 * MiB),
             variant_disk_bytes=env.size("VARIANT_DISK_BYTES", 2048 * MiB),
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),

@@ -14,7 +14,8 @@ import pytest
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
-from cache.variants import DiskLRU, MemoryLRU, TieredVariantCache, Variant, VariantRecord
+from cache.variants import Variant, VariantRecord
+from cache.variants.local import DiskLRU, Leases, MemoryLRU, TieredVariantCache
 from common.errors import Reason
 from tests.support import ServiceProcess, channel, failure, png_bytes, upload
 
@@ -162,6 +163,24 @@ def test_tiered_cache_promotes_from_disk_and_purges_both(tmp_path: Path) -> None
         assert await tiers.purge(IMAGE) == 2
         assert await tiers.get(IMAGE, "a") is None and await tiers.get(IMAGE, "b") is None
         assert await tiers.get("J" * 22, "z") is not None
+        await tiers.close()
+
+    asyncio.run(scenario())
+
+
+def test_leases_stay_within_their_limit_dropping_expired_then_oldest() -> None:
+    async def scenario() -> None:
+        leases = Leases(limit=3)
+        assert leases.claim(IMAGE, "a", 60)
+        assert leases.claim(IMAGE, "short", 0.01)
+        assert leases.claim(IMAGE, "b", 60)
+        await asyncio.sleep(0.02)
+        assert leases.claim(IMAGE, "c", 60)  # room made by the expired one, not the oldest
+        assert len(leases) == 3 and not leases.claim(IMAGE, "a", 60)
+        assert leases.claim(IMAGE, "d", 60)  # none expired: the oldest, a, goes
+        assert len(leases) == 3
+        assert leases.claim(IMAGE, "a", 60)
+        assert not leases.claim(IMAGE, "c", 60) and not leases.claim(IMAGE, "d", 60)
 
     asyncio.run(scenario())
 

@@ -1,4 +1,4 @@
-"""The variant cache: a VariantCache Protocol, a memory LRU, a disk LRU and the two tiered."""
+"""The embedded variant cache: a memory LRU over a disk LRU, each replica holding its own."""
 
 from __future__ import annotations
 
@@ -12,50 +12,13 @@ import shutil
 import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
 
+from cache.variants import Variant, VariantRecord
 from common.lru import ImageLRU
 
 log = logging.getLogger("variants")
-
-# Keys are ids in URLs, logs and the disk tier: a short, plain alphabet.
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def valid_key(key: str) -> bool:
-    return bool(_KEY.fullmatch(key))
-
-
-@dataclass(frozen=True)
-class VariantRecord:
-    image_id: str
-    key: str
-    media_type: str
-    width: int
-    height: int
-    byte_size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Variant:
-    record: VariantRecord
-    data: bytes
-
-
-class VariantCache(Protocol):
-    async def get(self, image_id: str, key: str) -> Variant | None: ...
-    async def put(self, variant: Variant) -> None: ...
-    async def purge(self, image_id: str) -> int:
-        """Drop every variant of image_id; return how many there were."""
-
-    def held_images(self) -> set[str]:
-        """Every image some variant is held for (for start-up reconciliation)."""
-
-    def close(self) -> None:
-        """Finish pending writes (at shutdown)."""
 
 
 class MemoryLRU:
@@ -253,9 +216,6 @@ class DiskLRU:
         """Wait until every queued write is in the file."""
         await asyncio.wrap_future(self._writer.submit(lambda: None))
 
-    def held_images(self) -> set[str]:
-        return self._lru.images()
-
     def close(self) -> None:
         """Finish the queued writes and close the file."""
         self._writer.submit(self._db.close)
@@ -263,16 +223,60 @@ class DiskLRU:
         self._reader.close()
 
 
+class Leases:
+    """Render leases of one process: (image id, key) to when the lease runs out, on the
+    event loop's monotonic clock.
+
+    Bounded by `limit`: past it, expired leases go first, then the oldest taken. Losing
+    a lease early costs at most a second render of one variant, never a wrong answer.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._until: dict[tuple[str, str], float] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def claim(self, image_id: str, key: str, seconds: float) -> bool:
+        """Take the lease on key for `seconds`; False while an unexpired one is held."""
+        now = asyncio.get_running_loop().time()
+        ident = (image_id, key)
+        held = self._until.get(ident)
+        if held is not None and held > now:
+            return False
+        self._until.pop(ident, None)  # re-inserted last, so dict order stays oldest first
+        if len(self._until) >= self.limit:
+            self._make_room(now)
+        self._until[ident] = now + seconds
+        return True
+
+    def release(self, image_id: str, key: str) -> None:
+        self._until.pop((image_id, key), None)
+
+    def _make_room(self, now: float) -> None:
+        for ident, until in list(self._until.items()):
+            if until <= now:
+                del self._until[ident]
+        while len(self._until) >= self.limit:
+            del self._until[next(iter(self._until))]
+
+
 class TieredVariantCache:
     """Memory in front of disk: reads promote to memory, writes go to both."""
+
+    # Each replica keeps its own tiers, so each must purge its own on a delete.
+    shared = False
 
     def __init__(self, memory: MemoryLRU, disk: DiskLRU | None) -> None:
         self.memory = memory
         self.disk = disk
+        self.leases = Leases()
         # Counts purges, so a disk read that a purge overtook is not promoted (or served).
         self._purges = 0
 
     async def get(self, image_id: str, key: str) -> Variant | None:
+        """The variant, from memory or else disk; None for a miss."""
         variant = self.memory.get(image_id, key)
         if variant is None and self.disk is not None:
             before = self._purges
@@ -283,22 +287,26 @@ class TieredVariantCache:
                 self.memory.put(variant)
         return variant
 
-    def held_images(self) -> set[str]:
-        """Images with variants on disk (memory is empty at start)."""
-        return set() if self.disk is None else self.disk.held_images()
-
     async def put(self, variant: Variant) -> None:
+        """Keep variant in both tiers, and end the render lease on its key."""
+        self.leases.release(variant.record.image_id, variant.record.key)
         self.memory.put(variant)
         if self.disk is not None:
             await self.disk.put(variant)
 
-    def close(self) -> None:
-        if self.disk is not None:
-            self.disk.close()
-
     async def purge(self, image_id: str) -> int:
+        """Drop every variant of image_id from both tiers; return how many there were."""
         self._purges += 1
         keys = self.memory.purge(image_id)
         if self.disk is not None:
             keys |= await self.disk.purge(image_id)
         return len(keys)
+
+    async def claim(self, image_id: str, key: str, seconds: float) -> bool:
+        """Take the lease to render key for `seconds`; False while it is held."""
+        return self.leases.claim(image_id, key, seconds)
+
+    async def close(self) -> None:
+        """Finish the disk tier's queued writes and close its file."""
+        if self.disk is not None:
+            await asyncio.to_thread(self.disk.close)
