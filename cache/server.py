@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> None:
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
     blobs = await open_blob_store(settings)
     metadata = await open_metadata_store(settings)
-    variants = await open_variant_cache(settings)
+    variants = await asyncio.to_thread(open_variant_cache, settings)
     service = CacheService(settings, blobs, metadata, variants)
     # In the background: start-up never waits for recovery, whatever the data's size.
     tasks = [
