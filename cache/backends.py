@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from cache.blobs import BlobStore
 from cache.blobs.files import FileBlobStore
+from cache.blobs.s3 import S3BlobStore
 from cache.config import Settings
 from cache.metadata import MetadataStore
 from cache.metadata.sqlite import SqliteMetadataStore
@@ -27,13 +28,45 @@ def _local_path(url: str) -> Path | None:
     return Path(raw).resolve() if raw else None
 
 
-def open_blob_store(url: str) -> BlobStore:
-    """`file:///path`: blobs as files under path."""
+# S3's rules for new buckets: 3-63 lower-case letters, digits, dots and hyphens, starting
+# and ending with a letter or digit.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BLOB_URLS = "file:///path or s3://BUCKET[/PREFIX]"
+
+
+def s3_location(url: str) -> tuple[str, str]:
+    """The bucket and key prefix ('' for none) of `s3://BUCKET[/PREFIX]`; ConfigError if bad."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: not an s3:// URL")
+    # Endpoint, port and credentials come from the AWS_* variables, never the URL.
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(
+            f"IMAGESVC_BLOB_URL={url!r}: {bucket!r} is not a bucket name"
+            " (3-63 of a-z, 0-9, '.', '-'); supported is s3://BUCKET[/PREFIX]"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: s3:// URLs take no query or fragment")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: the prefix has an empty, . or .. part")
+    return bucket, prefix
+
+
+def open_blob_store(url: str, s3_staging: Path) -> BlobStore:
+    """`file:///path`: blobs as files under path (staged in path/tmp).
+
+    `s3://BUCKET[/PREFIX]`: objects in BUCKET, staged locally in s3_staging.
+    """
     scheme = urlsplit(url).scheme
+    if scheme == "s3":
+        bucket, prefix = s3_location(url)
+        return S3BlobStore(bucket, prefix, s3_staging)
     path = _local_path(url)
     if scheme == "file" and path is not None:
         return FileBlobStore(path)
-    raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: supported is file:///path")
+    raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: supported is {BLOB_URLS}")
 
 
 def open_metadata_store(url: str) -> MetadataStore:

@@ -1,45 +1,14 @@
-"""Where original image bytes live: a BlobStore Protocol and its file-system backend."""
+"""Blobs as files on a local file system: fsync'd, then renamed into place."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 
-TEMP_SUFFIX = ".partial"
-
-
-class BlobStore(Protocol):
-    """Durable, immutable blobs under opaque keys (image ids, already validated)."""
-
-    def new_temp(self) -> Path:
-        """A fresh local path to stage an upload in; commit() or discard() must follow."""
-
-    def commit(self, temp: Path, key: str) -> None:
-        """Durably make the staged file the blob under key (blocking: run in a thread)."""
-
-    def discard(self, temp: Path) -> None:
-        """Drop a staged file that will not be committed."""
-
-    def open(self, key: str) -> BlobReader:
-        """Open a blob for reading; raise FileNotFoundError if there is none."""
-
-    def delete(self, key: str) -> bool:
-        """Remove a blob; False if it did not exist."""
-
-    def keys(self) -> Iterator[str]:
-        """Every committed key (for start-up reconciliation)."""
-
-    def recover(self) -> int:
-        """Remove staged files left by a crash; return how many."""
-
-
-class BlobReader(Protocol):
-    def read(self, size: int) -> bytes: ...
-    def close(self) -> None: ...
+from cache.blobs import BlobNotFound
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,64 +19,88 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class FileBlobStore:
-    """Blobs as files in two levels of 256 shard folders, staged in tmp/ and renamed in.
+class FileBlob:
+    """One blob file, open for reading; reads run in threads so the loop never blocks."""
 
-    The rename is atomic and both the file and the folders are fsync'd before commit
-    returns, so after a crash a blob is either whole or absent.
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        """The bytes from the start, chunk_size at a time."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        offset = 0
+        # pread, not read: each call of chunks() starts over, whatever another did.
+        while offset < self.size:
+            chunk = await asyncio.to_thread(os.pread, self._fd, chunk_size, offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            yield chunk
+
+    async def close(self) -> None:
+        """Release the file."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class FileBlobStore:
+    """Blobs as files in two levels of 256 shard folders, staged in root/tmp and renamed in.
+
+    Staging on the same file system makes put a rename, which is atomic; the file and the
+    folders are fsync'd before put returns, so after a crash a blob is whole or absent.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.tmp = root / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.staging = root / "tmp"
+        self.staging.mkdir(parents=True, exist_ok=True)
         self._durable: set[Path] = set()
         self._lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key
 
-    def new_temp(self) -> Path:
-        return self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+    async def put(self, key: str, staged: Path) -> None:
+        """Durably move the staged file in as key's blob."""
+        await asyncio.to_thread(self._put, key, staged)
 
-    def commit(self, temp: Path, key: str) -> None:
-        with temp.open("rb+") as f:
+    def _put(self, key: str, staged: Path) -> None:
+        with staged.open("rb+") as f:
             os.fsync(f.fileno())
         final = self._path(key)
         if final.parent not in self._durable:
             # The shard folders' own entries must be on disk too, whoever made them (a
-            # concurrent commit, or a run that crashed before its fsync): once per run.
+            # concurrent put, or a run that crashed before its fsync): once per run.
             with self._lock:
                 if final.parent not in self._durable:
                     final.parent.mkdir(parents=True, exist_ok=True)
                     _fsync_dir(final.parent.parent)
                     _fsync_dir(self.root)
                     self._durable.add(final.parent)
-        os.replace(temp, final)
+        os.replace(staged, final)
         _fsync_dir(final.parent)
 
-    def discard(self, temp: Path) -> None:
-        temp.unlink(missing_ok=True)
+    async def open(self, key: str) -> FileBlob:
+        """key's blob, open for reading; BlobNotFound if there is none."""
+        return await asyncio.to_thread(self._open, key)
 
-    def open(self, key: str) -> BlobReader:
-        return self._path(key).open("rb")
-
-    def delete(self, key: str) -> bool:
+    def _open(self, key: str) -> FileBlob:
         try:
-            self._path(key).unlink()
+            fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError:
-            return False
-        return True
+            raise BlobNotFound(key) from None
+        try:
+            return FileBlob(fd, os.fstat(fd).st_size)
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def keys(self) -> Iterator[str]:
-        for shard in self.root.glob("??/??"):
-            for entry in os.scandir(shard):
-                if entry.is_file():
-                    yield entry.name
+    async def delete(self, key: str) -> None:
+        """Remove key's blob, if there is one."""
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
-    def recover(self) -> int:
-        removed = 0
-        for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
-            removed += 1
-        return removed
+    async def close(self) -> None:
+        """Nothing to release: every blob is closed by its reader."""
