@@ -90,8 +90,11 @@ class DeletionFanout:
 
     def lost(self) -> None:
         """The source went down: every consumer may miss deletions from now on."""
-        self._live = False
-        self._end_all(_End.MISSED)
+        # Only once per outage: consumers made during it wait for `connected`, rather
+        # than being cut off at every failed attempt to reconnect.
+        if self._live:
+            self._live = False
+            self._end_all(_End.MISSED)
 
     def connected(self) -> None:
         """The source is back: consumers made while it was down missed the gap."""

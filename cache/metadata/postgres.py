@@ -257,17 +257,9 @@ class PostgresMetadataStore:
         delay = 0.25
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._info, autocommit=True)
-            except psycopg.OperationalError as e:
-                log.warning(
-                    "cannot listen for deletions",
-                    extra={"database": self._where, "error": _detail(e)},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            try:
-                async with conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self._info, autocommit=True
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._fanout.connected()
                     self._listening.set()
@@ -277,12 +269,16 @@ class PostgresMetadataStore:
                             self._fanout.publish(notify.payload)
                         async with asyncio.timeout(CALL_TIMEOUT):
                             await conn.execute("SELECT 1")
-            except (psycopg.OperationalError, TimeoutError) as e:
+            # Anything, not only psycopg's errors: a listener that died quietly would
+            # leave every replica's hot copies of deleted images served forever.
+            except Exception as e:
                 log.warning(
-                    "lost the deletions connection",
+                    "no connection to hear deletions on",
                     extra={"database": self._where, "error": _detail(e)},
                 )
                 self._fanout.lost()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
         """Stop listening, end every deletions() iterator and close the pool."""
