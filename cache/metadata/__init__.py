@@ -81,10 +81,9 @@ class MetadataStore(Protocol):
     async def finish(self, image_id: str) -> None:
         """Clear image_id's intent: its blob and variants are gone."""
 
-    async def deletions(self) -> AsyncIterator[str]:
-        """Start following deletions: once this returns, the iterator yields every id
-        deleted through any replica from then on; it raises DeletionsMissed when some
-        may have been missed (the caller starts again)."""
+    def deletions(self) -> AsyncIterator[str]:
+        """Ids deleted through any replica from this call on, as they are deleted; raises
+        DeletionsMissed when some may have been missed (the caller starts again)."""
 
     async def close(self) -> None: ...
 
