@@ -325,6 +325,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
         try:
             if not await self.metadata.delete(image_id, time.time_ns()):
                 raise _not_found(image_id)
+            # This replica's watchers hear at once, before the caller has its answer;
+            # the others' through the store (and these again, which is harmless).
+            self._announce(image_id)
             try:
                 purged = await asyncio.shield(self._forget(image_id))
             except StorageUnavailable as exc:
