@@ -39,7 +39,9 @@ FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 CRASH_LIMIT = 5
 CRASH_WINDOW_SECONDS = 60.0
-STOP_SECONDS = 90  # the services stop one after the other, each given 20 s at most
+# The services stop one after the other (a service's replicas together), each given
+# 20 s at most.
+STOP_SECONDS = 90
 
 
 def _sources(service: str) -> dict[Path, float]:
@@ -128,16 +130,19 @@ class Launcher:
         self.children[name] = child
         print(f"{name} started (pid {child.pid})", flush=True)
 
-    def stop(self, name: str) -> None:
-        child = self.children.pop(name, None)
-        if child is None or child.poll() is not None:
-            return
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    def stop(self, *names: str) -> None:
+        """Stop these replicas gracefully, all at once (each given 20 s at most)."""
+        children = [self.children.pop(name, None) for name in names]
+        running = [c for c in children if c is not None and c.poll() is None]
+        for child in running:
+            child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for child in running:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def stop_all(self, *_: object) -> None:
         self.stopping = True
@@ -210,8 +215,8 @@ class Launcher:
                 time.sleep(0.5 if up else 0.2)
             return 0
         finally:
-            for name in reversed(self.replicas):
-                self.stop(name)
+            for service in reversed(SERVICES):
+                self.stop(*(r.name for r in self.replicas.values() if r.service == service))
             pidfile.unlink(missing_ok=True)
             print("imageservice stopped", flush=True)
 
