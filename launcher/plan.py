@@ -99,8 +99,8 @@ def _check_cache_replicas(env: dict[str, str], count: int) -> None:
             "(with SQLite, each replica hears only of its own deletes, so the others "
             "would go on serving deleted images)"
         )
-    variants = env.get("IMAGESVC_VARIANT_CACHE_URL", "").strip()
-    if variants and urlsplit(variants).scheme == "memory" and urlsplit(variants).path:
+    variants = Env(env).raw("VARIANT_CACHE_URL")
+    if variants is not None and urlsplit(variants).scheme == "memory" and urlsplit(variants).path:
         raise ConfigError(
             f"--cache {count}: IMAGESVC_VARIANT_CACHE_URL={variants} is one replica's own "
             "folder; leave it unset (each replica gets one in its data folder), or use "
@@ -118,8 +118,10 @@ def plan(environ: dict[str, str], counts: dict[str, int]) -> list[Replica]:
     if counts["cache"] > 1:
         _check_cache_replicas(common, counts["cache"])
         # One machine: every replica's blobs in the one folder a single cache would use
-        # (blobs are written whole and renamed in, so replicas may share the folder).
-        common.setdefault("IMAGESVC_BLOB_URL", f"file://{base / 'blobs'}")
+        # (a blob is written whole and renamed in, and what a crash left is found from
+        # the metadata's records of unfinished work, which every replica shares).
+        if Env(common).raw("BLOB_URL") is None:
+            common["IMAGESVC_BLOB_URL"] = f"file://{base / 'blobs'}"
     replicas = []
     taken: dict[int, str] = {}
     for service in SERVICES:
@@ -136,7 +138,7 @@ def plan(environ: dict[str, str], counts: dict[str, int]) -> list[Replica]:
     # The services find each other where they listen, unless told otherwise: moving
     # IMAGESVC_CACHE_LISTEN alone must not leave the others calling the old port.
     for service, variable in ADDRESS_VARIABLES.items():
-        if not common.get(variable, "").strip():
+        if Env(common).raw(variable.removeprefix("IMAGESVC_")) is None:
             common[variable] = ",".join(r.reachable for r in replicas if r.service == service)
     planned = [_with_env(r, common, counts[r.service], base) for r in replicas]
     for replica in planned:
