@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import builtins
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,33 @@ def decode_token(token: str) -> tuple[int, str]:
     raw = base64.urlsafe_b64decode(token)
     image_id = base64.urlsafe_b64encode(raw[8:]).decode().rstrip("=")
     return int.from_bytes(raw[:8], "big", signed=True), image_id
+
+
+def page_query(
+    columns: str, owner: str, page_size: int, page_token: str, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """The SQL and arguments of one page of owner's records, newest first, by keyset
+    pagination on (owner, created_ns DESC, id DESC); mark is the driver's placeholder.
+
+    One more row than the page is asked for: `page_of` tells from it whether more follow.
+    """
+    where = f"owner = {mark}"
+    args: tuple[object, ...] = (owner,)
+    if page_token:
+        created, after = decode_token(page_token)
+        where += f" AND (created_ns, id) < ({mark}, {mark})"
+        args += (created, after)
+    sql = (
+        f"SELECT {columns} FROM images WHERE {where} ORDER BY created_ns DESC, id DESC LIMIT {mark}"
+    )
+    return sql, (*args, page_size + 1)
+
+
+def page_of(rows: Sequence[Sequence[Any]], page_size: int) -> Page:
+    """The page that rows (from `page_query`) make, with the token of the next, if any."""
+    records = [ImageRecord(*row) for row in rows[:page_size]]
+    more = len(rows) > page_size
+    return Page(records, encode_token(records[-1].created_ns, records[-1].id) if more else "")
 
 
 def _id_bytes(image_id: str) -> bytes:

@@ -19,8 +19,8 @@ from cache.metadata import (
     ImageRecord,
     IntentLost,
     Page,
-    decode_token,
-    encode_token,
+    page_of,
+    page_query,
 )
 from cache.metadata.fanout import DeletionFanout
 from cache.metadata.migrate import migrate
@@ -200,26 +200,11 @@ class PostgresMetadataStore:
 
     async def list(self, owner: str, page_size: int, page_token: str) -> Page:
         """owner's records, newest first, by keyset pagination on images_by_owner."""
-        if page_token:
-            created, after = decode_token(page_token)
-            sql = (
-                f"SELECT {_COLUMNS} FROM images WHERE owner = %s AND (created_ns, id) < (%s, %s) "
-                "ORDER BY created_ns DESC, id DESC LIMIT %s"
-            )
-            args: tuple[object, ...] = (owner, created, after, page_size + 1)
-        else:
-            sql = (
-                f"SELECT {_COLUMNS} FROM images WHERE owner = %s "
-                "ORDER BY created_ns DESC, id DESC LIMIT %s"
-            )
-            args = (owner, page_size + 1)
+        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "%s")
         async with self._connection() as conn:
             cursor = await conn.execute(sql, args)
             rows = await cursor.fetchall()
-        records = [ImageRecord(*row) for row in rows[:page_size]]
-        more = len(rows) > page_size
-        token = encode_token(records[-1].created_ns, records[-1].id) if more else ""
-        return Page(records, token)
+        return page_of(rows, page_size)
 
     async def delete(self, image_id: str, now_ns: int) -> bool:
         """Remove the record and record a delete intent in one statement, NOTIFYing every

@@ -15,8 +15,8 @@ from cache.metadata import (
     ImageRecord,
     IntentLost,
     Page,
-    decode_token,
-    encode_token,
+    page_of,
+    page_query,
 )
 from cache.metadata.fanout import DeletionFanout
 
@@ -129,24 +129,9 @@ class SqliteMetadataStore:
 
     async def list(self, owner: str, page_size: int, page_token: str) -> Page:
         """owner's records, newest first, by keyset pagination on images_by_owner."""
-        if page_token:
-            created, after = decode_token(page_token)
-            sql = (
-                f"SELECT {_COLUMNS} FROM images WHERE owner = ? AND (created_ns, id) < (?, ?) "
-                "ORDER BY created_ns DESC, id DESC LIMIT ?"
-            )
-            args: tuple[object, ...] = (owner, created, after, page_size + 1)
-        else:
-            sql = (
-                f"SELECT {_COLUMNS} FROM images WHERE owner = ? "
-                "ORDER BY created_ns DESC, id DESC LIMIT ?"
-            )
-            args = (owner, page_size + 1)
+        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "?")
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
-        records = [ImageRecord(*row) for row in rows[:page_size]]
-        more = len(rows) > page_size
-        token = encode_token(records[-1].created_ns, records[-1].id) if more else ""
-        return Page(records, token)
+        return page_of(rows, page_size)
 
     async def delete(self, image_id: str, now_ns: int) -> bool:
         """Remove the record and record a delete intent in one transaction; announce it."""
