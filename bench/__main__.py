@@ -1,13 +1,14 @@
-"""`python -m bench [cache|processor|gateway]`: run the benchmarks and print their ratios."""
+"""`python -m bench [SUITE...]` (cache, processor, gateway, storage): print their ratios."""
 
 import sys
 
-from bench import cache_bench, gateway_bench, processor_bench
+from bench import cache_bench, gateway_bench, processor_bench, storage_bench
 
 SUITES = {
     "cache": cache_bench.main,
     "processor": processor_bench.main,
     "gateway": gateway_bench.main,
+    "storage": storage_bench.main,
 }
 
 if __name__ == "__main__":
