@@ -6,17 +6,21 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
+
 from cache.blobs import BlobStore
 from cache.blobs.files import FileBlobStore
 from cache.blobs.s3 import S3BlobStore
 from cache.config import Settings
 from cache.metadata import MetadataStore
+from cache.metadata.postgres import START_TIMEOUT, PostgresMetadataStore, conninfo
 from cache.metadata.sqlite import SqliteMetadataStore
 from cache.variants import VariantCache
 from cache.variants.local import DiskLRU, MemoryLRU, TieredVariantCache
 from cache.variants.redis import RedisVariantCache
 from common.env import ConfigError
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 # redis://HOST[:PORT][/DB]: redis-py would read a path that is not a number as DB 0.
 _REDIS_DB = re.compile(r"/?[0-9]*")
 
@@ -69,13 +73,56 @@ def open_blob_store(url: str, s3_staging: Path) -> BlobStore:
     raise ConfigError(f"IMAGESVC_BLOB_URL={url!r}: supported is {BLOB_URLS}")
 
 
-def open_metadata_store(url: str) -> MetadataStore:
-    """`sqlite:///path/to/file.db`: SQLite in WAL mode."""
+async def open_metadata_store(url: str, *, start_timeout: float = START_TIMEOUT) -> MetadataStore:
+    """`sqlite:///path/to/file.db`: SQLite in WAL mode; `postgresql://USER@HOST:PORT/DB`
+    (or `postgres://`): PostgreSQL, migrated and listening for deletions once this returns,
+    or StorageUnavailable if it did not answer within start_timeout seconds."""
     scheme = urlsplit(url).scheme
-    path = _local_path(url)
-    if scheme == "sqlite" and path is not None:
-        return SqliteMetadataStore(path)
-    raise ConfigError(f"IMAGESVC_METADATA_URL={url!r}: supported is sqlite:///path")
+    if scheme == "sqlite":
+        path = _local_path(url)
+        if path is not None:
+            return SqliteMetadataStore(path)
+    elif scheme in POSTGRES_SCHEMES:
+        return await PostgresMetadataStore.open(postgres_url(url), start_timeout=start_timeout)
+    raise ConfigError(
+        f"IMAGESVC_METADATA_URL={_redacted(url)!r}: supported are sqlite:///path and "
+        "postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def postgres_url(url: str) -> str:
+    """url, checked as `postgresql://USER@HOST[:PORT]/DB[?PARAM=VALUE...]` (or
+    `postgres://`) before any connection is tried; ConfigError naming what is wrong."""
+    parts = urlsplit(url)
+    problem = ""
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        problem = "the port is not a number"
+    if not parts.hostname:
+        problem = "no host"
+    elif not parts.path.strip("/"):
+        problem = "no database name"
+    if not problem:
+        try:
+            conninfo(url)
+        except psycopg.ProgrammingError as e:
+            problem = " ".join(str(e).split())
+    if problem:
+        raise ConfigError(
+            f"IMAGESVC_METADATA_URL={_redacted(url)!r}: {problem} "
+            "(expected postgresql://USER@HOST:PORT/DB)"
+        )
+    return url
+
+
+def _redacted(url: str) -> str:
+    """url without its password, which must not reach a log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def open_variant_cache(settings: Settings) -> VariantCache:

@@ -42,7 +42,7 @@ async def serve(settings: Settings) -> None:
     # The port first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
     blobs = open_blob_store(settings.blob_url, settings.data_dir / "staging")
-    metadata = await open_metadata_store(settings)
+    metadata = await open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)
     service = CacheService(settings, blobs, metadata, variants)
     # In the background: start-up never waits for recovery, whatever the data's size.

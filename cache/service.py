@@ -363,7 +363,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         backoff = 0.2
         while True:
             try:
-                deleted = await self.metadata.deletions()
+                deleted = self.metadata.deletions()
                 self._following = True
                 backoff = 0.2
                 async for image_id in deleted:

@@ -15,7 +15,9 @@ class StorageUnavailable(ServiceError):
 
     def __init__(self, engine: str, detail: str = "") -> None:
         super().__init__(
-            Reason.UPSTREAM_UNAVAILABLE, f"the {engine} storage did not answer", {"upstream": engine}
+            Reason.UPSTREAM_UNAVAILABLE,
+            f"the {engine} storage did not answer",
+            {"upstream": engine},
         )
         self.engine = engine
         self.detail = detail

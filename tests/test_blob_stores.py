@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import pytest
 
 from cache.backends import open_blob_store, s3_location

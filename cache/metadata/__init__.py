@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -73,17 +74,16 @@ class MetadataStore(Protocol):
         """Remove the record and record an intent to remove its blob and variants, in one
         transaction, announced to every replica's `deletions`; False if there was none."""
 
-    async def unfinished(self, stale_before_ns: int) -> list[str]:
+    async def unfinished(self, stale_before_ns: int) -> builtins.list[str]:
         """Ids whose work a crash may have cut short: every delete's, and the uploads'
         recorded before stale_before_ns (later ones may still be under way)."""
 
     async def finish(self, image_id: str) -> None:
         """Clear image_id's intent: its blob and variants are gone."""
 
-    async def deletions(self) -> AsyncIterator[str]:
-        """Start following deletions: once this returns, the iterator yields every id
-        deleted through any replica from then on; it raises DeletionsMissed when some
-        may have been missed (the caller starts again)."""
+    def deletions(self) -> AsyncIterator[str]:
+        """Ids deleted through any replica from this call on, as they are deleted; raises
+        DeletionsMissed when some may have been missed (the caller starts again)."""
 
     async def close(self) -> None: ...
 

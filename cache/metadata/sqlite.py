@@ -1,59 +1,29 @@
-"""Image metadata: a MetadataStore Protocol and its SQLite (WAL) backend."""
+"""The MetadataStore on SQLite in WAL mode: one machine, one replica, nothing else to run."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import re
+import builtins
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
+
+from cache.metadata import (
+    FIELDS,
+    ImageRecord,
+    IntentLost,
+    Page,
+    decode_token,
+    encode_token,
+)
+from cache.metadata.fanout import DeletionFanout
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One stored original as the metadata store keeps it."""
-
-    id: str
-    original_filename: str
-    media_type: str
-    format: str
-    width: int
-    height: int
-    frames: int
-    byte_size: int
-    sha256: str
-    created_ns: int
-    owner: str
-    visibility: int
-
-
-@dataclass(frozen=True)
-class Page:
-    records: list[ImageRecord]
-    next_token: str
-
-
-class InvalidPageToken(ValueError):
-    """The page token was not one this store issued."""
-
-
-class MetadataStore(Protocol):
-    async def insert(self, record: ImageRecord) -> None: ...
-    async def get(self, image_id: str) -> ImageRecord | None: ...
-    async def list(self, owner: str, page_size: int, page_token: str) -> Page: ...
-    async def delete(self, image_id: str) -> bool: ...
-    async def missing(self, image_ids: Collection[str]) -> set[str]:
-        """Those of image_ids that have no record."""
-
-    async def close(self) -> None: ...
-
-
+# IF NOT EXISTS throughout: a data dir made before intents existed gains the table and
+# keeps its images.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,
@@ -70,39 +40,23 @@ CREATE TABLE IF NOT EXISTS images (
     visibility INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_by_owner ON images (owner, created_ns DESC, id DESC);
+CREATE TABLE IF NOT EXISTS intents (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('put', 'delete')),
+    created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS intents_by_age ON intents (created_ns);
 """
-_COLUMNS = ", ".join(ImageRecord.__dataclass_fields__)
-
-
-# A page token is the last record's (created_ns, id) as 8 + 16 bytes in URL-safe base64:
-# always 32 characters, and any 32 such characters are a position in the list, so the
-# shape alone (which OpenAPI can state) says whether a token is valid. A made-up one
-# only moves the caller about their own list.
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
-
-
-def encode_token(created_ns: int, image_id: str) -> str:
-    raw = created_ns.to_bytes(8, "big", signed=True) + _id_bytes(image_id)
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_token(token: str) -> tuple[int, str]:
-    if not _TOKEN.fullmatch(token):
-        raise InvalidPageToken("the page token is not valid")
-    raw = base64.urlsafe_b64decode(token)
-    image_id = base64.urlsafe_b64encode(raw[8:]).decode().rstrip("=")
-    return int.from_bytes(raw[:8], "big", signed=True), image_id
-
-
-def _id_bytes(image_id: str) -> bytes:
-    return base64.urlsafe_b64decode(image_id + "==")
+_COLUMNS = ", ".join(FIELDS)
+_INSERT = f"INSERT INTO images ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
 
 
 class SqliteMetadataStore:
     """SQLite in WAL mode, with synchronous=FULL so a commit survives power loss.
 
     One connection on one thread: SQLite serialises writers anyway, and a single
-    thread keeps the event loop free without connection-sharing hazards.
+    thread keeps the event loop free without connection-sharing hazards. Deletions
+    are announced in this process only: SQLite is one replica's store.
     """
 
     def __init__(self, path: Path) -> None:
@@ -113,6 +67,7 @@ class SqliteMetadataStore:
         # writer); a hop to the writer's thread would cost more than the read itself.
         self._reader = sqlite3.connect(path, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=5000")
+        self._fanout = DeletionFanout(live=True)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -126,21 +81,54 @@ class SqliteMetadataStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn's statements as one transaction, committed unless fn raises."""
+
+        def run() -> T:
+            # IMMEDIATE takes the write lock up front, so a transaction that reads
+            # before writing cannot fail half-way on another process's write.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+        return await self._run(run)
+
+    async def intend(self, image_id: str, now_ns: int) -> None:
+        """Record that image_id's blob is about to be written."""
+        # OR IGNORE: ids are random, so an intent already there is this upload's own
+        # (kept with its first time) or a delete's, which insert then refuses.
+        sql = "INSERT OR IGNORE INTO intents (id, kind, created_ns) VALUES (?, 'put', ?)"
+        await self._run(lambda: self._db.execute(sql, (image_id, now_ns)))
+
     async def insert(self, record: ImageRecord) -> None:
-        values = tuple(getattr(record, name) for name in ImageRecord.__dataclass_fields__)
-        placeholders = ", ".join("?" * len(values))
-        sql = f"INSERT INTO images ({_COLUMNS}) VALUES ({placeholders})"
-        await self._run(lambda: self._db.execute(sql, values))
+        """Insert record and clear its put intent in one transaction; IntentLost if none."""
+        values = tuple(getattr(record, name) for name in FIELDS)
+
+        def insert(db: sqlite3.Connection) -> None:
+            cleared = db.execute(
+                "DELETE FROM intents WHERE id = ? AND kind = 'put'", (record.id,)
+            ).rowcount
+            if cleared == 0:
+                raise IntentLost(f"image {record.id}: its upload intent was swept as stale")
+            db.execute(_INSERT, values)
+
+        await self._transaction(insert)
 
     async def get(self, image_id: str) -> ImageRecord | None:
+        """image_id's record, or None."""
         sql = f"SELECT {_COLUMNS} FROM images WHERE id = ?"
         # fetchall, not fetchone: an unfinished statement would hold its read snapshot
         # open and keep SQLite from checkpointing the WAL.
         rows = self._reader.execute(sql, (image_id,)).fetchall()
-        row = rows[0] if rows else None
-        return None if row is None else ImageRecord(*row)
+        return ImageRecord(*rows[0]) if rows else None
 
     async def list(self, owner: str, page_size: int, page_token: str) -> Page:
+        """owner's records, newest first, by keyset pagination on images_by_owner."""
         if page_token:
             created, after = decode_token(page_token)
             sql = (
@@ -160,25 +148,56 @@ class SqliteMetadataStore:
         token = encode_token(records[-1].created_ns, records[-1].id) if more else ""
         return Page(records, token)
 
-    async def delete(self, image_id: str) -> bool:
-        sql = "DELETE FROM images WHERE id = ?"
-        cursor = await self._run(lambda: self._db.execute(sql, (image_id,)))
-        return cursor.rowcount > 0
+    async def delete(self, image_id: str, now_ns: int) -> bool:
+        """Remove the record and record a delete intent in one transaction; announce it."""
 
-    async def missing(self, image_ids: Collection[str]) -> set[str]:
-        def query() -> set[str]:
-            found: set[str] = set()
-            ids = list(image_ids)
-            for start in range(0, len(ids), 500):
-                batch = ids[start : start + 500]
-                marks = ", ".join("?" * len(batch))
-                sql = f"SELECT id FROM images WHERE id IN ({marks})"
-                found.update(row[0] for row in self._db.execute(sql, batch))
-            return set(ids) - found
+        def delete(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM images WHERE id = ?", (image_id,)).rowcount == 0:
+                return False
+            db.execute(
+                "INSERT INTO intents (id, kind, created_ns) VALUES (?, 'delete', ?) "
+                "ON CONFLICT (id) DO UPDATE SET kind = 'delete', created_ns = excluded.created_ns",
+                (image_id, now_ns),
+            )
+            return True
 
-        return await self._run(query)
+        deleted = await self._transaction(delete)
+        if deleted:
+            self._fanout.publish(image_id)
+        return deleted
+
+    async def unfinished(self, stale_before_ns: int) -> builtins.list[str]:
+        """Every delete intent's id, and the put intents' recorded before stale_before_ns.
+
+        A stale put intent becomes a delete intent here, in the same transaction: an
+        upload still under way then fails with IntentLost rather than inserting a
+        record whose blob recovery is about to remove.
+        """
+
+        def sweep(db: sqlite3.Connection) -> builtins.list[str]:
+            db.execute(
+                "UPDATE intents SET kind = 'delete' WHERE kind = 'put' AND created_ns < ?",
+                (stale_before_ns,),
+            )
+            rows = db.execute(
+                "SELECT id FROM intents WHERE kind = 'delete' ORDER BY created_ns"
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._transaction(sweep)
+
+    async def finish(self, image_id: str) -> None:
+        """Clear image_id's intent: its blob and variants are gone."""
+        sql = "DELETE FROM intents WHERE id = ?"
+        await self._run(lambda: self._db.execute(sql, (image_id,)))
+
+    def deletions(self) -> AsyncIterator[str]:
+        """Ids deleted through this store from now on; DeletionsMissed if it falls behind."""
+        return self._fanout.subscribe()
 
     async def close(self) -> None:
+        """End every deletions() iterator and close the database."""
+        self._fanout.close()
         self._reader.close()
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)

@@ -1,0 +1,482 @@
+"""The MetadataStore contract, once per engine (SQLite in a file, PostgreSQL in a database of
+its own), then what only PostgreSQL has: replicas, migrations, and its failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cache.backends import open_metadata_store, postgres_url
+from cache.metadata import (
+    DeletionsMissed,
+    ImageRecord,
+    IntentLost,
+    InvalidPageToken,
+    MetadataStore,
+    Page,
+    encode_token,
+)
+from cache.metadata.fanout import DeletionFanout
+from cache.metadata.migrate import migrate, migrations
+from cache.metadata.postgres import CALL_TIMEOUT, PostgresMetadataStore
+from cache.metadata.sqlite import SqliteMetadataStore
+from cache.storage import StorageUnavailable
+from common.env import ConfigError
+from common.ids import new_image_id
+from tests.engines import postgres_database
+from tests.support import free_port
+
+MINUTE_NS = 60 * 10**9
+
+
+def record(owner: str = "", created_ns: int = 0, **changes: Any) -> ImageRecord:
+    base = ImageRecord(
+        id=new_image_id(),
+        original_filename="cat.jpg",
+        media_type="image/jpeg",
+        format="JPEG",
+        width=4000,
+        height=3000,
+        frames=1,
+        byte_size=2_018_972,
+        sha256="ab" * 32,
+        created_ns=created_ns or time.time_ns(),
+        owner=owner,
+        visibility=0,
+    )
+    return replace(base, **changes)
+
+
+async def stored(store: MetadataStore, rec: ImageRecord) -> ImageRecord:
+    """rec, uploaded as the service does it: intent first, then the record."""
+    await store.intend(rec.id, rec.created_ns)
+    await store.insert(rec)
+    return rec
+
+
+async def next_id(deletions: AsyncIterator[str], seconds: float = 5) -> str:
+    return await asyncio.wait_for(anext(deletions), seconds)
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    url: str
+
+    async def open(self) -> MetadataStore:
+        return await open_metadata_store(self.url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A store's URL on an empty database of the test's own."""
+    if request.param == "sqlite":
+        yield Engine("sqlite", f"sqlite://{tmp_path / 'metadata.db'}")
+    else:
+        with postgres_database() as url:
+            yield Engine("postgresql", url)
+
+
+def run(engine: Engine, scenario: Callable[[MetadataStore], Awaitable[None]]) -> None:
+    async def main() -> None:
+        store = await engine.open()
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_insert_then_get_returns_every_field(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        rec = record(
+            owner="ölaf@例え.jp",
+            original_filename="Ünïcødé 猫 🐈.jpg",
+            byte_size=5 * 2**30,  # past 32 bits
+            visibility=1,
+            frames=12,
+        )
+        await stored(store, rec)
+        assert await store.get(rec.id) == rec
+        assert await store.get(new_image_id()) is None
+
+    run(engine, scenario)
+
+
+def test_insert_without_intent_is_refused_and_stores_nothing(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        rec = record()
+        with pytest.raises(IntentLost):
+            await store.insert(rec)
+        assert await store.get(rec.id) is None
+        assert (await store.list("", 10, "")).records == []
+
+    run(engine, scenario)
+
+
+def test_list_is_the_owners_newest_first_across_pages(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        now = time.time_ns()
+        # Three share a timestamp: the id breaks the tie, bytewise, on every engine.
+        mine = [await stored(store, record("ann", now + i // 3)) for i in range(8)]
+        for i in range(3):
+            await stored(store, record("bob", now + 100 + i))
+        expected = sorted(mine, key=lambda r: (r.created_ns, r.id), reverse=True)
+        seen: list[ImageRecord] = []
+        token = ""
+        pages = 0
+        while True:
+            page = await store.list("ann", 3, token)
+            pages += 1
+            seen += page.records
+            token = page.next_token
+            if not token:
+                break
+        assert seen == expected
+        assert pages == 3
+        assert await store.list("carol", 3, "") == Page([], "")
+
+    run(engine, scenario)
+
+
+def test_page_tokens_not_of_the_store_shape_are_refused(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        await stored(store, record("ann", 1000))
+        for token in ("nope", "x" * 31, "!" * 32):
+            with pytest.raises(InvalidPageToken):
+                await store.list("ann", 5, token)
+        # A well-formed token is a position: past everything, or before everything.
+        later = encode_token(2000, new_image_id())
+        assert [r.created_ns for r in (await store.list("ann", 5, later)).records] == [1000]
+        earlier = encode_token(10, new_image_id())
+        assert (await store.list("ann", 5, earlier)).records == []
+
+    run(engine, scenario)
+
+
+def test_delete_removes_the_record_once(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        rec = await stored(store, record("ann"))
+        kept = await stored(store, record("ann"))
+        assert await store.delete(rec.id, time.time_ns()) is True
+        assert await store.delete(rec.id, time.time_ns()) is False
+        assert await store.delete(new_image_id(), time.time_ns()) is False
+        assert await store.get(rec.id) is None
+        assert (await store.list("ann", 10, "")).records == [kept]
+
+    run(engine, scenario)
+
+
+def test_intents_say_what_recovery_must_finish(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        t = 1000 * MINUTE_NS
+        uploading = new_image_id()
+        await store.intend(uploading, t)
+        done = await stored(store, record(created_ns=t))
+        assert await store.unfinished(t + 100 * MINUTE_NS) == [uploading]
+        await store.finish(uploading)
+
+        late = new_image_id()
+        await store.intend(late, t)
+        assert await store.delete(done.id, t + 60 * MINUTE_NS)
+        # A delete's intent at any age; an upload's only once stale.
+        assert await store.unfinished(t - 15 * MINUTE_NS) == [done.id]
+        assert sorted(await store.unfinished(t + 15 * MINUTE_NS)) == sorted([late, done.id])
+        # Swept as stale: the upload may no longer insert its record...
+        with pytest.raises(IntentLost):
+            await store.insert(record(id=late, created_ns=t))
+        assert await store.get(late) is None
+        # ...and stays unfinished until recovery says its blob is gone.
+        assert sorted(await store.unfinished(0)) == sorted([late, done.id])
+        await store.finish(late)
+        await store.finish(done.id)
+        await store.finish(new_image_id())  # nothing to clear: no error
+        assert await store.unfinished(t + 1000 * MINUTE_NS) == []
+
+    run(engine, scenario)
+
+
+def test_every_deletions_iterator_sees_every_later_delete(engine: Engine) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        recs = [await stored(store, record()) for _ in range(3)]
+        first, second = store.deletions(), store.deletions()
+        assert await store.delete(new_image_id(), time.time_ns()) is False  # not announced
+        await store.delete(recs[0].id, time.time_ns())
+        await store.delete(recs[1].id, time.time_ns())
+        for deletions in (first, second):
+            assert [await next_id(deletions), await next_id(deletions)] == [
+                recs[0].id,
+                recs[1].id,
+            ]
+        third = store.deletions()
+        await store.delete(recs[2].id, time.time_ns())
+        for deletions in (first, second, third):
+            assert await next_id(deletions) == recs[2].id
+
+    run(engine, scenario)
+
+
+def test_closing_the_store_ends_its_deletions(engine: Engine) -> None:
+    async def main() -> None:
+        store = await engine.open()
+        deletions = store.deletions()
+        waiting = asyncio.ensure_future(anext(deletions))
+        await asyncio.sleep(0.05)
+        await store.close()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(main())
+
+
+def test_an_existing_sqlite_file_keeps_its_images_and_gains_intents(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.db"
+    old = record("ann", 1000)
+    # The schema as it was before intents.
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE images (id TEXT PRIMARY KEY, original_filename TEXT NOT NULL, "
+            "media_type TEXT NOT NULL, format TEXT NOT NULL, width INTEGER NOT NULL, "
+            "height INTEGER NOT NULL, frames INTEGER NOT NULL, byte_size INTEGER NOT NULL, "
+            "sha256 TEXT NOT NULL, created_ns INTEGER NOT NULL, owner TEXT NOT NULL, "
+            "visibility INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE INDEX images_by_owner ON images (owner, created_ns DESC, id DESC);"
+        )
+        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", astuple(old))
+
+    async def main() -> None:
+        store = SqliteMetadataStore(path)
+        try:
+            assert await store.get(old.id) == old
+            new = await stored(store, record("ann", 2000))
+            assert (await store.list("ann", 5, "")).records == [new, old]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_consumer_too_far_behind_is_cut_off() -> None:
+    async def main() -> None:
+        fanout = DeletionFanout(live=True, backlog=2)
+        slow, fast = fanout.subscribe(), fanout.subscribe()
+        for image_id in "abc":
+            fanout.publish(image_id)
+            assert await next_id(fast) == image_id
+        with pytest.raises(DeletionsMissed):
+            await next_id(slow)
+        fanout.publish("d")  # the slow one is no longer fed, and stays cut off
+        assert await next_id(fast) == "d"
+        with pytest.raises(DeletionsMissed):
+            await next_id(slow)
+
+    asyncio.run(main())
+
+
+def test_a_lost_source_cuts_consumers_off_until_it_is_back() -> None:
+    async def main() -> None:
+        fanout = DeletionFanout(live=True)
+        before = fanout.subscribe()
+        waiting = asyncio.ensure_future(anext(before))
+        await asyncio.sleep(0)
+        fanout.lost()
+        with pytest.raises(DeletionsMissed):
+            await asyncio.wait_for(waiting, 5)
+        # Made while the source is down: it cannot know what it missed until it is back.
+        during = fanout.subscribe()
+        pending = asyncio.ensure_future(anext(during))
+        fanout.lost()  # another failed attempt to reconnect: still waiting
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+        fanout.connected()
+        with pytest.raises(DeletionsMissed):
+            await asyncio.wait_for(pending, 5)
+        after = fanout.subscribe()
+        fanout.publish("x")
+        assert await next_id(after) == "x"
+
+    asyncio.run(main())
+
+
+# PostgreSQL only.
+
+
+def test_deletions_reach_another_replica(postgres_url: str) -> None:
+    async def main() -> None:
+        one, two = await open_metadata_store(postgres_url), await open_metadata_store(postgres_url)
+        try:
+            rec = await stored(one, record("ann"))
+            assert await two.get(rec.id) == rec
+            deletions = two.deletions()
+            assert await one.delete(rec.id, time.time_ns())
+            assert await next_id(deletions) == rec.id
+            assert await two.get(rec.id) is None
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(main())
+
+
+def test_replicas_starting_together_migrate_once() -> None:
+    async def main(url: str) -> None:
+        stores = await asyncio.gather(*(open_metadata_store(url) for _ in range(4)))
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                cursor = await conn.execute("SELECT version FROM schema_migrations ORDER BY 1")
+                versions = [row[0] for row in await cursor.fetchall()]
+                assert versions == [m.version for m in migrations()]
+                assert await migrate(conn) == []  # idempotent
+            await stored(stores[3], record())
+        finally:
+            for store in stores:
+                await store.close()
+
+    with postgres_database() as url:
+        asyncio.run(main(url))
+
+
+def test_migrations_are_numbered_once_and_shipped_with_the_package() -> None:
+    found = migrations()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    assert {m.name for m in found} >= {"images", "intents"}
+
+
+def test_metadata_urls_are_checked_before_connecting(tmp_path: Path) -> None:
+    for url in (
+        "mysql://db.example/images",
+        "sqlite://",
+        "postgresql://u@db.example:port/images",
+        "postgresql://u@db.example:5432",
+        "postgresql:///images",
+        "postgresql://u@db.example/images?bogus=1",
+    ):
+        with pytest.raises(ConfigError, match="IMAGESVC_METADATA_URL"):
+            asyncio.run(open_metadata_store(url))
+    with pytest.raises(ConfigError) as refused:
+        postgres_url("postgresql://u:s3cret@db.example:port/images")
+    assert "s3cret" not in str(refused.value)
+    assert postgres_url("postgres://u@db.example/images") == "postgres://u@db.example/images"
+
+    async def opened(url: str) -> type[object]:
+        store = await open_metadata_store(url)
+        await store.close()
+        return type(store)
+
+    assert asyncio.run(opened(f"sqlite://{tmp_path}/m.db")) is SqliteMetadataStore
+    with postgres_database() as url:
+        assert url.startswith("postgresql://")
+        short = "postgres://" + url.removeprefix("postgresql://")
+        assert asyncio.run(opened(short)) is PostgresMetadataStore
+
+
+def test_postgres_down_at_start_fails_clearly_and_soon() -> None:
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable) as failed:
+        asyncio.run(
+            open_metadata_store(f"postgresql://postgres@127.0.0.1:{port}/db", start_timeout=1)
+        )
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{port}/db" in str(failed.value)
+    assert failed.value.engine == "PostgreSQL"
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that the test can cut, as a network or a restart would."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop every open one, as a dead server does."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+        # The relays end once their sockets are gone; none is left for the loop to cancel.
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", 5432)
+        writers = {client_w, server_w}
+        self._writers |= writers
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        finally:
+            self._writers -= writers
+            self._relays.discard(task)
+
+
+def test_postgres_lost_then_back_is_unavailable_then_used_again(postgres_url: str) -> None:
+    async def main() -> None:
+        proxy = Proxy(free_port())
+        await proxy.start()
+        via_proxy = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        assert via_proxy != postgres_url
+        store = await open_metadata_store(via_proxy)
+        try:
+            rec = await stored(store, record())
+            deletions = store.deletions()
+            await proxy.cut()
+
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable):
+                await store.get(rec.id)
+            assert time.monotonic() - started < CALL_TIMEOUT + 1
+            with pytest.raises(DeletionsMissed):
+                await next_id(deletions)
+
+            await proxy.start()
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    assert await store.get(rec.id) == rec
+                    break
+                except StorageUnavailable:
+                    assert time.monotonic() < deadline, "the pool did not reconnect"
+                    await asyncio.sleep(0.2)
+            # Made while the listener may still be reconnecting: once it is back, a
+            # fresh iterator hears deletes again.
+            while True:
+                deletions = store.deletions()
+                assert await store.delete(rec.id, time.time_ns())
+                try:
+                    assert await next_id(deletions, 10) == rec.id
+                    break
+                except DeletionsMissed:
+                    assert time.monotonic() < deadline, "the listener did not reconnect"
+                    rec = await stored(store, record())
+        finally:
+            await store.close()
+            await proxy.cut()
+
+    asyncio.run(main())
