@@ -5,6 +5,7 @@ import sys
 
 from cache.config import Settings
 from cache.server import serve
+from cache.storage import StorageUnavailable
 from common.env import ConfigError
 from common.ports import AddressUnavailable
 
@@ -15,3 +16,5 @@ if __name__ == "__main__":
         sys.exit(f"cache: bad configuration: {exc}")
     except AddressUnavailable as exc:
         sys.exit(f"cache: {exc}")
+    except StorageUnavailable as exc:
+        sys.exit(f"cache: {exc.message}: {exc.detail}")

@@ -176,6 +176,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         # One queue per WatchDeletions stream.
         self._watchers: set[asyncio.Queue[str]] = set()
         self._following = False  # deletions are followed now, so watchers may join
+        self._deleting: set[str] = set()  # ids this replica's DeleteImage calls are deleting
 
     def close(self) -> None:
         self._quick_decoders.shutdown(wait=True, cancel_futures=True)
@@ -320,18 +321,25 @@ class CacheService(pb_grpc.CacheServiceServicer):
         # Metadata first: from this moment the image is not listed nor served, and every
         # replica hears of it (see follow_deletions). The rest is shielded: a caller
         # hanging up must not leave variants behind.
-        if not await self.metadata.delete(image_id, time.time_ns()):
-            raise _not_found(image_id)
+        self._deleting.add(image_id)
         try:
-            purged = await asyncio.shield(self._forget(image_id))
-        except StorageUnavailable as exc:
-            # The image is gone for every client already; its intent stays, and
-            # recovery removes the rest once the engine answers.
-            log.warning(
-                "deleted image, cleanup deferred",
-                extra={"id": image_id, "upstream": exc.engine, "err": exc.detail},
-            )
-            return pb.DeleteImageResponse()
+            if not await self.metadata.delete(image_id, time.time_ns()):
+                raise _not_found(image_id)
+            # This replica's watchers hear at once, before the caller has its answer;
+            # the others' through the store (and these again, which is harmless).
+            self._announce(image_id)
+            try:
+                purged = await asyncio.shield(self._forget(image_id))
+            except StorageUnavailable as exc:
+                # The image is gone for every client already; its intent stays, and
+                # recovery removes the rest once the engine answers.
+                log.warning(
+                    "deleted image, cleanup deferred",
+                    extra={"id": image_id, "upstream": exc.engine, "err": exc.detail},
+                )
+                return pb.DeleteImageResponse()
+        finally:
+            self._deleting.discard(image_id)
         log.info("deleted image", extra={"id": image_id, "purged_variants": purged})
         return pb.DeleteImageResponse(purged_variants=purged)
 
@@ -367,7 +375,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 self._following = True
                 backoff = 0.2
                 async for image_id in deleted:
-                    if not self.variants.shared:
+                    # Variants of this replica's own deletes are purged (and counted)
+                    # by DeleteImage.
+                    if not self.variants.shared and image_id not in self._deleting:
                         await self.variants.purge(image_id)
                     self._announce(image_id)
             except (DeletionsMissed, StorageUnavailable) as exc:

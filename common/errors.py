@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "imageservice.v1"
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 
 
 class Reason(StrEnum):
@@ -49,6 +50,13 @@ CODES: dict[Reason, grpc.StatusCode] = {
 }
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 @dataclass
 class ServiceError(Exception):
     """Raised by domain code; the server interceptor turns it into a rich gRPC status."""
@@ -71,8 +79,15 @@ class ServiceError(Exception):
         )
         detail = any_pb2.Any()
         detail.Pack(info)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-        return rpc_status.to_status(status)
+        status = rpc_status.to_status(
+            status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        )
+        if self.reason == Reason.UPSTREAM_UNAVAILABLE:
+            # This server is up; what it depends on (an engine, another service) is not,
+            # and every replica would say the same: a negative pushback tells gRPC's
+            # client not to spend the caller's deadline on retries.
+            status = _Status(status.code, status.details, (*status.trailing_metadata, NO_RETRY))
+        return status
 
 
 def invalid_argument(field_name: str, message: str) -> ServiceError:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,11 +16,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
+from cache.service import STALE_SECONDS
 from tests.support import ServiceProcess, channel, download, png_bytes, sha256, upload_requests
 
 
 def all_images(stub: pb_grpc.CacheServiceStub) -> list[str]:
     return [m.id for m in stub.ListImages(pb.ListImagesRequest(page_size=1000)).images]
+
+
+def age_leftovers(data_dir: Path, seconds: float = STALE_SECONDS + 60) -> None:
+    """Make what a crash left (upload intents, staged files) look `seconds` old, as it
+    would be by the time recovery may take it for a crash's (not another upload's)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "metadata.db")) as db:
+        db.execute("UPDATE intents SET created_ns = created_ns - ?", (int(seconds * 1e9),))
+        db.commit()
+    for staged in (data_dir / "blobs" / "tmp").iterdir():
+        stat = staged.stat()
+        os.utime(staged, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
@@ -57,6 +77,7 @@ def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
         t.join()
     assert len(acknowledged) >= 12
 
+    age_leftovers(server.data_dir)
     server.start()
     try:
         with channel(server.address) as ch:
@@ -69,37 +90,70 @@ def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
             for image_id in listed:  # the rest committed without the ack reaching us: whole too
                 meta, data = download(stub, image_id)
                 assert sha256(data) == meta.sha256 and meta.sha256 in sent_shas
-        assert not list((server.data_dir / "blobs" / "tmp").iterdir())
-        blobs = {p.name for p in (server.data_dir / "blobs").glob("??/??/*")}
-        assert blobs == set(listed)
+        # Recovery runs in the background: whatever the crash left goes soon after.
+        blobs_dir = server.data_dir / "blobs"
+        eventually(lambda: not list((blobs_dir / "tmp").iterdir()))
+        eventually(lambda: {p.name for p in blobs_dir.glob("??/??/*")} == set(listed))
     finally:
         server.terminate()
 
 
-def test_start_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
+def test_recovery_finishes_only_unfinished_intents(tmp_path: Path) -> None:
+    """Start-up looks at intents, never at every blob: a crashed upload's blob goes once
+    its intent is stale (another replica may still be writing a fresh one), a crashed
+    delete's blob and variants at once, and nothing else is touched."""
     data_dir = tmp_path / "data"
     server = ServiceProcess("cache", data_dir).start()
+    with channel(server.address) as ch:
+        kept = pb_grpc.CacheServiceStub(ch).PutImage(upload_requests(png_bytes(9, 9))).image.id
     server.terminate()
-    staged = data_dir / "blobs" / "tmp" / "deadbeef.partial"
-    staged.write_bytes(b"half an image")
-    orphan = data_dir / "blobs" / "AB" / "CD" / ("ABCD" + "x" * 18)
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"a blob whose metadata never committed")
-    deleted = "ZZ" + "q" * 20  # its delete crashed after the metadata went
+
+    def blob(image_id: str) -> Path:
+        path = data_dir / "blobs" / image_id[:2] / image_id[2:4] / image_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"bytes of " + image_id.encode())
+        return path
+
+    crashed_put, fresh_put, crashed_delete = ("AB" + c * 20 for c in "xyz")
+    stale_ns = time.time_ns() - int((STALE_SECONDS + 60) * 1e9)
+    with contextlib.closing(sqlite3.connect(data_dir / "metadata.db")) as db:
+        db.executemany(
+            "INSERT INTO intents (id, kind, created_ns) VALUES (?, ?, ?)",
+            [
+                (crashed_put, "put", stale_ns),
+                (fresh_put, "put", time.time_ns()),
+                (crashed_delete, "delete", time.time_ns()),
+            ],
+        )
+        db.commit()
+    paths = {image_id: blob(image_id) for image_id in (crashed_put, fresh_put, crashed_delete)}
     variants_db = data_dir / "variants" / "variants.db"
     with contextlib.closing(sqlite3.connect(variants_db)) as db:
         db.execute(
             "INSERT INTO variants (image_id, key, record, data, used) VALUES (?, ?, '{}', ?, 1)",
-            (deleted, "somekey", b"variant bytes of a deleted image"),
+            (crashed_delete, "somekey", b"variant bytes of a deleted image"),
         )
         db.commit()
+    old_staged = data_dir / "blobs" / "tmp" / "deadbeef.partial"
+    old_staged.write_bytes(b"half an image")
+    os.utime(old_staged, (time.time() - STALE_SECONDS - 60,) * 2)
+    new_staged = data_dir / "blobs" / "tmp" / "cafe.partial"
+    new_staged.write_bytes(b"an upload under way, of another replica")
+
     server.start()
     try:
-        assert not staged.exists() and not orphan.exists()
+        eventually(lambda: not paths[crashed_put].exists() and not old_staged.exists())
+        assert not paths[crashed_delete].exists()
+        assert paths[fresh_put].exists() and new_staged.exists()
         with contextlib.closing(sqlite3.connect(variants_db)) as db:
             assert not db.execute(
-                "SELECT * FROM variants WHERE image_id = ?", (deleted,)
+                "SELECT * FROM variants WHERE image_id = ?", (crashed_delete,)
             ).fetchall()
+        with contextlib.closing(sqlite3.connect(data_dir / "metadata.db")) as db:
+            left = db.execute("SELECT id FROM intents").fetchall()
+        assert left == [(fresh_put,)]
+        with channel(server.address) as ch:
+            assert download(pb_grpc.CacheServiceStub(ch), kept)[1]
         assert any(e.get("msg") == "recovered after a crash" for e in server.log_entries())
     finally:
         server.terminate()

@@ -388,7 +388,7 @@ def test_postgres_down_at_start_fails_clearly_and_soon() -> None:
             open_metadata_store(f"postgresql://postgres@127.0.0.1:{port}/db", start_timeout=1)
         )
     assert time.monotonic() - started < 5
-    assert f"127.0.0.1:{port}/db" in str(failed.value)
+    assert f"127.0.0.1:{port}/db" in failed.value.detail
     assert failed.value.engine == "PostgreSQL"
 
 

@@ -716,7 +716,7 @@ class GatedCache(ScriptedCache):
         with self.looked_up:
             self.lookups += 1
             self.looked_up.notify_all()
-        return pb.LookupVariantResponse(miss=pb.VariantMiss())
+        return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=request.claim))
 
 
 @pytest.fixture
@@ -797,7 +797,7 @@ class ForgetfulCache(ScriptedCache):
     def LookupVariant(self, request: pb.LookupVariantRequest, context: object) -> Any:
         self.lookups += 1
         if self.lookups == 1:
-            return pb.LookupVariantResponse(miss=pb.VariantMiss())
+            return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=request.claim))
         held = image_pb2.VariantMetadata(image_id=request.image_id, key=request.key)
         held.byte_size = 10**6
         return pb.LookupVariantResponse(too_large=held)
