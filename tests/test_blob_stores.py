@@ -24,7 +24,7 @@ from cache.blobs.files import FileBlobStore
 from cache.blobs.s3 import PART_BYTES, S3BlobStore
 from cache.storage import StorageUnavailable
 from common.env import ConfigError
-from tests.engines import S3_CREDENTIALS, S3Server
+from tests.engines import S3_CREDENTIALS, Cutoff, S3Server
 from tests.support import ROOT, free_port
 
 MiB = 1024 * 1024
@@ -298,67 +298,13 @@ def test_s3_dead_endpoint_is_storage_unavailable_within_seconds(
     asyncio.run(main())
 
 
-class Relay:
-    """A TCP relay to moto that can be cut, as when the engine dies mid-conversation."""
-
-    def __init__(
-        self, endpoint: str, cut_after: int | None = None, upstream_rate: int | None = None
-    ) -> None:
-        host, port = endpoint.removeprefix("http://").split(":")
-        self._target = (host, int(port))
-        self._cut_after = cut_after
-        self._upstream_rate = upstream_rate
-        self._upstream_bytes = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    def cut(self) -> None:
-        """Refuse new connections and drop every open one."""
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        await asyncio.gather(
-            self._pipe(reader, up_writer, upstream=True),
-            self._pipe(up_reader, writer, upstream=False),
-        )
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
-    ) -> None:
-        try:
-            while data := await reader.read(64 * 1024):
-                if upstream:
-                    if self._upstream_rate:
-                        await asyncio.sleep(len(data) / self._upstream_rate)
-                    self._upstream_bytes += len(data)
-                    if self._cut_after is not None and self._upstream_bytes > self._cut_after:
-                        self.cut()
-                        return
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-
 def test_s3_engine_dying_mid_read_is_storage_unavailable(
     s3: S3Server, s3_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = payload(3 * MiB)
 
-    async def main() -> None:
-        relay = Relay(s3.endpoint)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", await relay.start())
+    async def main(relay: Cutoff) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", relay.via(s3.endpoint))
         store = s3_backend.open()
         key = new_key()
         await store.put(key, stage(store, data))
@@ -372,7 +318,8 @@ def test_s3_engine_dying_mid_read_is_storage_unavailable(
                 pass
         assert time.monotonic() - started < 5
 
-    asyncio.run(main())
+    with Cutoff.to(s3.endpoint) as relay:
+        asyncio.run(main(relay))
 
 
 def test_s3_engine_dying_mid_upload_leaves_nothing(
@@ -381,20 +328,21 @@ def test_s3_engine_dying_mid_upload_leaves_nothing(
     data = payload(14 * MiB)
     key = new_key()
 
-    async def main() -> None:
-        # Cut once the first part and some of the second have gone through.
-        relay = Relay(s3.endpoint, cut_after=PART_BYTES + 2 * MiB)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", await relay.start())
+    async def main(relay: Cutoff) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", relay.via(s3.endpoint))
         store = s3_backend.open()
         started = time.monotonic()
         with pytest.raises(StorageUnavailable):
             await store.put(key, stage(store, data))
         assert time.monotonic() - started < 10
+        assert relay.upstream_bytes > PART_BYTES + 2 * MiB  # the cut it failed for
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
         with pytest.raises(BlobNotFound):
             await s3_backend.open().open(key)
 
-    asyncio.run(main())
+    # Cut once the first part and some of the second have gone through.
+    with Cutoff.to(s3.endpoint, cut_after=PART_BYTES + 2 * MiB) as relay:
+        asyncio.run(main(relay))
 
 
 def test_s3_a_slow_upload_is_not_cut_short(
@@ -404,16 +352,18 @@ def test_s3_a_slow_upload_is_not_cut_short(
     data = payload(3 * MiB)
     key = new_key()
 
-    async def main() -> None:
-        relay = Relay(s3.endpoint, upstream_rate=512 * 1024)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", await relay.start())
+    async def main(relay: Cutoff) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", relay.via(s3.endpoint))
         store = s3_backend.open()
+        started = time.monotonic()
         await store.put(key, stage(store, data))
+        assert time.monotonic() - started > 5  # slow indeed
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
         blob = await s3_backend.open().open(key)
         assert b"".join(await read_all(blob, MiB)) == data
 
-    asyncio.run(main())
+    with Cutoff.to(s3.endpoint, upstream_rate=512 * 1024) as relay:
+        asyncio.run(main(relay))
 
 
 def test_s3_prefix_places_objects_under_it(s3_backend: Backend, s3_client: Any) -> None:

@@ -4,11 +4,11 @@ comes back without a restart once the engine answers again."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -37,27 +37,20 @@ class Stack:
         return {image["id"] for image in answer.json()["images"]}
 
 
-def relay(url: str, default_port: int) -> Cutoff:
-    parts = urlsplit(url)
-    return Cutoff(parts.hostname or "127.0.0.1", parts.port or default_port)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Stack]:
     with postgres_database() as database, redis_prefix() as prefix:
         pg, s3_relay, redis_relay = (
-            relay(database, 5432),
-            relay(s3.endpoint, 80),
-            relay(REDIS_URL, 6379),
+            Cutoff.to(database),
+            Cutoff.to(s3.endpoint),
+            Cutoff.to(REDIS_URL),
         )
         env = {
             **s3.env(),
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_relay.port}",
+            "AWS_ENDPOINT_URL": s3_relay.via(s3.endpoint),
             "IMAGESVC_BLOB_URL": f"s3://{s3.create_bucket()}",
-            "IMAGESVC_METADATA_URL": database.replace(
-                f":{urlsplit(database).port}/", f":{pg.port}/"
-            ),
-            "IMAGESVC_VARIANT_CACHE_URL": f"redis://127.0.0.1:{redis_relay.port}/0",
+            "IMAGESVC_METADATA_URL": pg.via(database),
+            "IMAGESVC_VARIANT_CACHE_URL": redis_relay.via(REDIS_URL),
             "IMAGESVC_VARIANT_KEY_PREFIX": prefix,
         }
         servers = start_all(tmp_path_factory.mktemp("faults"), env)
@@ -164,15 +157,20 @@ def test_deletions_are_followed_again_after_postgresql_comes_back(stack: Stack) 
 
 def test_the_relays_really_cut(tmp_path: Path) -> None:
     """The fault is real: nothing gets through a cut relay, and all does once restored."""
-    cutoff = relay(REDIS_URL, 6379)
-    client = redis.Redis(port=cutoff.port, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        assert client.ping()
-        cutoff.cut()
-        with pytest.raises(redis.ConnectionError):
-            client.ping()
-        cutoff.restore()
-        assert client.ping()
-    finally:
-        client.close()
-        cutoff.close()
+    with Cutoff.to(REDIS_URL) as cutoff:
+        client = redis.Redis(port=cutoff.port, socket_timeout=1, socket_connect_timeout=1)
+        idle = socket.create_connection(("127.0.0.1", cutoff.port), timeout=2)
+        try:
+            assert client.ping()
+            idle.sendall(b"PING\r\n")
+            assert idle.recv(64) == b"+PONG\r\n"
+            cutoff.cut()
+            with pytest.raises(ConnectionResetError):
+                idle.recv(64)  # reset at once, though it was waiting, not sending
+            with pytest.raises(redis.ConnectionError):
+                client.ping()
+            cutoff.restore()
+            assert client.ping()
+        finally:
+            client.close()
+            idle.close()

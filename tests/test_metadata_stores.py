@@ -32,7 +32,7 @@ from cache.metadata.sqlite import SqliteMetadataStore
 from cache.storage import StorageUnavailable
 from common.env import ConfigError
 from common.ids import new_image_id
-from tests.engines import postgres_database
+from tests.engines import Cutoff, postgres_database
 from tests.support import free_port
 
 MINUTE_NS = 60 * 10**9
@@ -392,61 +392,13 @@ def test_postgres_down_at_start_fails_clearly_and_soon() -> None:
     assert failed.value.engine == "PostgreSQL"
 
 
-class Proxy:
-    """A TCP relay to PostgreSQL that the test can cut, as a network or a restart would."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._relays: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        """Refuse new connections and drop every open one, as a dead server does."""
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-        # The relays end once their sockets are gone; none is left for the loop to cancel.
-        await asyncio.gather(*self._relays, return_exceptions=True)
-
-    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", 5432)
-        writers = {client_w, server_w}
-        self._writers |= writers
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.transport.abort()
-
-        try:
-            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
-        finally:
-            self._writers -= writers
-            self._relays.discard(task)
-
-
 def test_postgres_lost_then_back_is_unavailable_then_used_again(postgres_url: str) -> None:
-    async def main() -> None:
-        proxy = Proxy(free_port())
-        await proxy.start()
-        via_proxy = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        assert via_proxy != postgres_url
-        store = await open_metadata_store(via_proxy)
+    async def main(relay: Cutoff) -> None:
+        store = await open_metadata_store(relay.via(postgres_url))
         try:
             rec = await stored(store, record())
             deletions = store.deletions()
-            await proxy.cut()
+            relay.cut()
 
             started = time.monotonic()
             with pytest.raises(StorageUnavailable):
@@ -455,7 +407,7 @@ def test_postgres_lost_then_back_is_unavailable_then_used_again(postgres_url: st
             with pytest.raises(DeletionsMissed):
                 await next_id(deletions)
 
-            await proxy.start()
+            relay.restore()
             deadline = time.monotonic() + 20
             while True:
                 try:
@@ -477,6 +429,6 @@ def test_postgres_lost_then_back_is_unavailable_then_used_again(postgres_url: st
                     rec = await stored(store, record())
         finally:
             await store.close()
-            await proxy.cut()
 
-    asyncio.run(main())
+    with Cutoff.to(postgres_url) as relay:
+        asyncio.run(main(relay))

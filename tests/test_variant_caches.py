@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -30,7 +29,7 @@ from cache.variants import Variant, VariantCache, VariantRecord
 from cache.variants.local import TieredVariantCache
 from cache.variants.redis import RedisVariantCache
 from common.env import ConfigError, Env
-from tests.engines import REDIS_URL
+from tests.engines import REDIS_URL, Cutoff
 from tests.support import free_port
 
 T = TypeVar("T")
@@ -320,72 +319,36 @@ def test_a_redis_that_does_not_answer_costs_one_timeout_then_is_skipped() -> Non
         asyncio.run(scenario(port))
 
 
-class Forwarder:
-    """A TCP relay to the real Redis that can be started and stopped on one port, so a
-    client sees Redis go away and come back."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        target = urlsplit(REDIS_URL)
-        self._target = (target.hostname or "127.0.0.1", target.port or 6379)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers |= {writer, up_writer}
-
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-
 def test_a_redis_cache_recovers_by_itself_when_redis_returns(redis_key_prefix: str) -> None:
     image = new_id()
     stored = variant(image, "k", b"rendered while Redis was back")
 
-    async def scenario() -> None:
-        relay = Forwarder(free_port())
-        url = f"redis://127.0.0.1:{relay.port}/0"
-        cache = RedisVariantCache(url, f"{redis_key_prefix}{new_id()}:", down_for=0.2)
+    async def scenario(relay: Cutoff) -> None:
+        relay.cut()  # Redis away from the start
+        prefix = f"{redis_key_prefix}{new_id()}:"
+        cache = RedisVariantCache(relay.via(REDIS_URL), prefix, down_for=0.2)
         try:
             assert await cache.get(image, "k") is None  # nothing there yet
             with pytest.raises(StorageUnavailable):
                 await cache.purge(image)
-            await relay.start()
+            relay.restore()
             await asyncio.sleep(0.25)
             assert await cache.claim(image, "k", 30)
             assert not await cache.claim(image, "k", 30)  # a real lease again
             await cache.put(stored)
             assert await cache.get(image, "k") == stored
-            await relay.stop()  # and away again: its pooled connection is broken
+            relay.cut()  # and away again: its pooled connection is broken
             assert await timed(cache.get(image, "k"), 1.5) is None
             await asyncio.sleep(0.25)
-            await relay.start()
+            relay.restore()
             await asyncio.sleep(0.25)
             assert await cache.get(image, "k") == stored
             assert await cache.purge(image) == 1
         finally:
             await cache.close()
-            with contextlib.suppress(AssertionError):
-                await relay.stop()
 
-    asyncio.run(scenario())
+    with Cutoff.to(REDIS_URL) as relay:
+        asyncio.run(scenario(relay))
 
 
 def test_the_variant_cache_url_picks_the_engine(tmp_path: Path) -> None:
