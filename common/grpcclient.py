@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 
 import grpc
 
+from common.env import ConfigError, Env
 from common.errors import Reason, ServiceError, remote_error
 from common.jsonlog import request_id
 
@@ -15,6 +17,50 @@ def message_limit(chunk_bytes: int) -> int:
     """The largest gRPC message a service sends or takes: a chunk, with headroom for its
     envelope, and never below gRPC's own 4 MB."""
     return max(chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
+
+
+def _family(address: str) -> str | None:
+    """The gRPC scheme of an IPv4:port or [IPv6]:port address, None for anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ip.version == 4 and not bracketed:
+        return "ipv4"
+    return "ipv6" if ip.version == 6 and bracketed else None
+
+
+def target(addresses: Sequence[str]) -> str:
+    """One gRPC target for every replica of a service: a target URI as given, a DNS name
+    (dns:///, so every address it resolves to is used), or a list of IP:port; ValueError
+    for a list that names a host or mixes IPv4 and IPv6 (gRPC resolves neither)."""
+    if len(addresses) == 1:
+        address = addresses[0]
+        return address if "://" in address else f"dns:///{address}"
+    families = {_family(a) for a in addresses}
+    if len(families) != 1 or None in families:
+        raise ValueError(
+            "a list takes IP:port addresses of one family; name replicas behind one DNS "
+            "name instead"
+        )
+    return f"{families.pop()}:" + ",".join(addresses)
+
+
+def addresses(env: Env, name: str, default: str) -> tuple[str, ...]:
+    """IMAGESVC_<name>: one address or DNS name, or a comma list of IP:port, each a
+    replica; ConfigError, naming the variable, for none or one gRPC cannot use."""
+    found = env.items(name, (default,))
+    if not found:
+        raise ConfigError(f"IMAGESVC_{name} names no address")
+    try:
+        target(found)
+    except ValueError as exc:
+        raise ConfigError(f"IMAGESVC_{name}={','.join(found)}: {exc}") from None
+    return found
 
 
 def service_config(service: str, idempotent: Sequence[str]) -> str:

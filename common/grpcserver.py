@@ -25,6 +25,22 @@ from common.ports import AddressUnavailable, check
 log = logging.getLogger("grpc")
 
 REQUEST_ID_KEY = "x-request-id"
+# A client balances over the addresses it resolved when it connected, and resolves again
+# only when a connection ends: a connection this old is sent GOAWAY (gRPC adds +-10%
+# jitter, so clients do not all move at once), and the client's next calls go over new
+# connections, to every replica the name now has, including those added since. New calls
+# never fail for it: they go to the new connections, and only calls already open stay.
+MAX_CONNECTION_AGE_SECONDS = 60.0
+# Calls open at GOAWAY are never cut (gRPC's own default, stated here). A finite grace
+# would end every WatchDeletions stream at age + grace, and each end makes its watcher
+# forget its whole hot cache (what was deleted meanwhile cannot be known): every gateway
+# worker and processor would lose its hot cache every few minutes. It would also cut
+# long uploads (the gateway allows one 900 s, IMAGESVC_UPLOAD_TIMEOUT_SECONDS) and
+# GetImage streams to slow readers. Every other call ends by its own deadlines, so the
+# old connection closes once its watch does (the watcher's process stops, or the
+# replica: then it re-watches within 0.2 s on a new connection).
+MAX_CONNECTION_AGE_GRACE_SECONDS: float | None = None
+UNLIMITED_MS = 2**31 - 1  # gRPC's "infinite" for its millisecond options
 # How long after a call has ended its follow-up work (log line, stores) runs.
 AFTER_CALL_SECONDS = 0.002
 
@@ -187,15 +203,28 @@ def _wrap_stream(
     return wrapper
 
 
-def create_server(chunk_bytes: int) -> tuple[grpc.aio.Server, Any]:
+def create_server(
+    chunk_bytes: int,
+    max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
+    max_connection_age_grace_seconds: float | None = MAX_CONNECTION_AGE_GRACE_SECONDS,
+) -> tuple[grpc.aio.Server, Any]:
     """A grpc.aio server with the call interceptor and the standard health service,
-    taking messages of a chunk and its envelope."""
+    taking messages of a chunk and its envelope, and asking clients to reconnect once a
+    connection is max_connection_age_seconds old (its open calls given the grace, None
+    for as long as they take)."""
+    grace_ms = (
+        UNLIMITED_MS
+        if max_connection_age_grace_seconds is None
+        else round(max_connection_age_grace_seconds * 1000)
+    )
     options = [
         # gRPC sets SO_REUSEPORT by default on Linux: a second server on a port in use
         # then starts and takes half the calls (to another data directory, for a cache).
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", message_limit(chunk_bytes)),
         ("grpc.max_send_message_length", message_limit(chunk_bytes)),
+        ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
     server = grpc.aio.server(interceptors=[CallInterceptor()], options=options)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

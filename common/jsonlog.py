@@ -21,7 +21,8 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, service, logger, message, request id, extras."""
+    """One JSON object per line: time, level, service, pid, logger, message, request id,
+    extras."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -33,6 +34,8 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
+            # Tells replicas apart where their lines meet (several under one launcher).
+            "pid": record.process,
             "logger": record.name,
             "msg": record.getMessage(),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.env import ConfigError, Env
+from common.grpcclient import addresses
 
 MiB = 1024 * 1024
 
@@ -24,7 +25,7 @@ class Settings:
     host: str
     port: int
     workers: int
-    cache_address: str
+    cache_addresses: tuple[str, ...]
     processor_addresses: tuple[str, ...]
     max_upload_bytes: int
     max_output_dimension: int
@@ -47,15 +48,12 @@ class Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
         keys = _api_keys(env.items("API_KEYS", ()))
-        processors = env.items("PROCESSOR_ADDRESSES", ("127.0.0.1:50052",))
-        if not processors:
-            raise ConfigError("IMAGESVC_PROCESSOR_ADDRESSES names no address")
         return cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
             workers=env.integer("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
-            cache_address=env.text("CACHE_ADDRESS", "127.0.0.1:50051"),
-            processor_addresses=processors,
+            cache_addresses=addresses(env, "CACHE_ADDRESS", "127.0.0.1:50051"),
+            processor_addresses=addresses(env, "PROCESSOR_ADDRESSES", "127.0.0.1:50052"),
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             # The processor's limits, read here too so a bad parameter is refused with
             # the same words, and OpenAPI states them.

@@ -13,19 +13,11 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common.grpcclient import insecure_channel, message_limit
+from common.grpcclient import insecure_channel, message_limit, target
 from gateway.config import Settings
 
 CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 PROCESSOR_SERVICE = processor_service_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
-
-
-def processor_target(addresses: tuple[str, ...]) -> str:
-    """One target for all replicas: a DNS name (all its addresses) or a list of IPs."""
-    if len(addresses) == 1:
-        address = addresses[0]
-        return address if "://" in address or ":///" in address else f"dns:///{address}"
-    return "ipv4:" + ",".join(addresses)
 
 
 @dataclass
@@ -43,13 +35,13 @@ class Upstream:
     def connect(cls, settings: Settings) -> Upstream:
         message = message_limit(settings.chunk_bytes)
         cache_channel = insecure_channel(
-            settings.cache_address,
+            target(settings.cache_addresses),
             CACHE_SERVICE,
             ["GetImage", "StatImage", "ListImages", "GetVariant"],
             message,
         )
         processor_channel = insecure_channel(
-            processor_target(settings.processor_addresses),
+            target(settings.processor_addresses),
             PROCESSOR_SERVICE,
             ["Process", "ProcessWhole"],
             message,

@@ -1,1 +1,2 @@
-"""Runs the whole system on one machine: `python -m launcher [--reload]`."""
+"""Runs the whole system on one machine: `python -m launcher [--reload] [--cache N]
+[--processor N] [--gateway N]`."""

@@ -1,13 +1,15 @@
-"""`python -m launcher [--reload]`: cache, processor and gateway, healthy, until Ctrl-C;
-`python -m launcher stop`: stop the one started with the same settings.
+"""`python -m launcher [--reload] [--cache N] [--processor N] [--gateway N]`: the
+services (N replicas of each, 1 by default), healthy, until Ctrl-C; `python -m launcher
+stop`: stop the one started with the same settings.
 
-What `make run` and `make dev` call. Checks that each service's address is free, starts
-the three services on embedded defaults (data under ./data unless IMAGESVC_DATA_DIR
-says otherwise), waits until the gateway's /readyz answers, prints the URL, and on
-Ctrl-C or SIGTERM stops them in order (gateway, processor, cache), each gracefully. A
-service that exits is started again (the others keep serving; gRPC reconnects), unless
+What `make run` and `make dev` call. Checks that every replica's address is free, starts
+the services on embedded defaults (data under ./data unless IMAGESVC_DATA_DIR says
+otherwise), waits until every replica answers healthy, prints the gateways' URLs, and on
+Ctrl-C or SIGTERM stops them in order (gateways, processors, caches), each gracefully. A
+replica that exits is started again (the others keep serving; gRPC reconnects), unless
 it keeps crashing. With --reload, a change to a service's code (or to common/) restarts
-that service.
+that service's replicas. Where replicas listen, and what several caches need, is in
+launcher/plan.py.
 
 The launcher's pid is in $IMAGESVC_DATA_DIR/launcher.pid while it runs: `stop` (what
 `make stop` calls) finds it there, so it needs the same IMAGESVC_DATA_DIR, if any.
@@ -15,6 +17,7 @@ The launcher's pid is in $IMAGESVC_DATA_DIR/launcher.pid while it runs: `stop` (
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -22,16 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from cache.config import Settings as CacheSettings
 from cache.config import data_dir
 from common import ports
 from common.env import ConfigError, Env
-from common.healthcheck import http_healthy
-from gateway.config import Settings as GatewaySettings
-from processor.config import Settings as ProcessorSettings
+from common.healthcheck import grpc_healthy, http_healthy
+from launcher.plan import MAX_REPLICAS, SERVICES, Replica, plan
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("cache", "processor", "gateway")  # start order; stop in reverse
 STARTUP_SECONDS = 60
 # A service that exits is started again after a pause that doubles each time (0.5 s,
 # 1, 2, 4...); this many exits of one service within the window is a crash loop.
@@ -39,23 +39,14 @@ FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 CRASH_LIMIT = 5
 CRASH_WINDOW_SECONDS = 60.0
-STOP_SECONDS = 90  # the services stop one after the other, each given 20 s at most
+# The services stop one after the other (a service's replicas together), each given
+# 20 s at most.
+STOP_SECONDS = 90
 
 
 def _sources(service: str) -> dict[Path, float]:
     files = [*(ROOT / service).rglob("*.py"), *(ROOT / "common").rglob("*.py")]
     return {f: f.stat().st_mtime for f in files}
-
-
-def _listen_addresses(env: Env) -> list[tuple[str, str, str | None]]:
-    """Where each service will listen, with the variables that say so (the port's, then
-    the host's where it has one); ConfigError for a bad value."""
-    gateway = GatewaySettings.from_env(env)
-    return [
-        (f"{gateway.host}:{gateway.port}", "IMAGESVC_GATEWAY_PORT", "IMAGESVC_GATEWAY_HOST"),
-        (CacheSettings.from_env(env).listen, "IMAGESVC_CACHE_LISTEN", None),
-        (ProcessorSettings.from_env(env).listen, "IMAGESVC_PROCESSOR_LISTEN", None),
-    ]
 
 
 def _pidfile(env: Env) -> Path:
@@ -71,12 +62,6 @@ def _launcher_of(pidfile: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"launcher" in cmdline and pid != os.getpid() else None
-
-
-def _reachable(listen: str) -> str:
-    """Where a service listening on listen is reached from this machine."""
-    host, _, port = listen.rpartition(":")
-    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::", "") else listen
 
 
 def _running(pid: int) -> bool:
@@ -123,41 +108,54 @@ def _ended(returncode: int) -> str:
 
 
 class Launcher:
-    def __init__(self, reload: bool) -> None:
+    def __init__(self, reload: bool, counts: dict[str, int]) -> None:
         self.reload = reload
+        self.counts = counts
+        self.replicas: dict[str, Replica] = {}  # by name, in start order
         self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self.crashes: dict[str, list[float]] = {s: [] for s in SERVICES}  # within the window
-        self.restart_at: dict[str, float] = {}  # a crashed service's next start
+        self.crashes: dict[str, list[float]] = {}  # per replica, within the window
+        self.restart_at: dict[str, float] = {}  # a crashed replica's next start
         self.stopping = False
-        # Absolute, so the services (which run in the checkout) and `stop` (run from
-        # anywhere) read the same folder.
-        self.env = {**os.environ, "IMAGESVC_DATA_DIR": str(data_dir(Env()))}
-        host = self.env.get("IMAGESVC_GATEWAY_HOST", "127.0.0.1")
-        port = self.env.get("IMAGESVC_GATEWAY_PORT", "8080")
-        self.url = f"http://{host}:{port}"
 
-    def start(self, service: str) -> None:
+    def start(self, name: str) -> None:
+        replica = self.replicas[name]
         # A session of its own: Ctrl-C reaches the launcher only, which then stops the
         # services in order instead of all at once.
         child = subprocess.Popen(
-            [sys.executable, "-m", service], cwd=ROOT, env=self.env, start_new_session=True
+            [sys.executable, "-m", replica.service],
+            cwd=ROOT,
+            env=replica.env,
+            start_new_session=True,
         )
-        self.children[service] = child
-        print(f"{service} started (pid {child.pid})", flush=True)
+        self.children[name] = child
+        print(f"{name} started (pid {child.pid})", flush=True)
 
-    def stop(self, service: str) -> None:
-        child = self.children.pop(service, None)
-        if child is None or child.poll() is not None:
-            return
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    def stop(self, *names: str) -> None:
+        """Stop these replicas gracefully, all at once (each given 20 s at most)."""
+        children = [self.children.pop(name, None) for name in names]
+        running = [c for c in children if c is not None and c.poll() is None]
+        for child in running:
+            child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for child in running:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def stop_all(self, *_: object) -> None:
         self.stopping = True
+
+    def healthy(self) -> bool:
+        """Every replica answers: the gateways' /readyz, the others' health service (so
+        clients balance over all of them from the first call)."""
+        return all(
+            http_healthy(f"{r.url}/readyz")
+            if r.service == "gateway"
+            else grpc_healthy(r.reachable, timeout=1.0)
+            for r in self.replicas.values()
+        )
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.stop_all)
@@ -165,7 +163,7 @@ class Launcher:
         # Before starting anything: a service that cannot listen would otherwise fail
         # among the others' output, and /readyz might be answered by whatever holds the
         # gateway's port.
-        pidfile = _pidfile(Env(self.env))
+        pidfile = _pidfile(Env())
         other = _launcher_of(pidfile)
         if other is not None:
             print(
@@ -175,27 +173,23 @@ class Launcher:
             )
             return 1
         try:
-            addresses = _listen_addresses(Env(self.env))
-            for address, variable, host_variable in addresses:
-                ports.check(address, variable, host_variable)
+            replicas = plan(dict(os.environ), self.counts)
+            for r in replicas:
+                ports.check(r.listen, r.variable, r.host_variable)
         except ConfigError as exc:
             print(f"imageservice: bad configuration: {exc}", flush=True)
             return 1
         except ports.AddressUnavailable as exc:
             print(f"imageservice: {exc}", flush=True)
             return 1
-        # The services find each other where they listen, unless told otherwise: moving
-        # IMAGESVC_CACHE_LISTEN alone must not leave the others calling the old port.
-        for (address, _, _), follows in zip(
-            addresses[1:], ("IMAGESVC_CACHE_ADDRESS", "IMAGESVC_PROCESSOR_ADDRESSES"), strict=True
-        ):
-            if not self.env.get(follows, "").strip():
-                self.env[follows] = _reachable(address)
+        self.replicas = {r.name: r for r in replicas}
+        self.crashes = {name: [] for name in self.replicas}
+        urls = ", ".join(r.url for r in replicas if r.service == "gateway")
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(os.getpid()))
         try:
-            for service in SERVICES:
-                self.start(service)
+            for name in self.replicas:
+                self.start(name)
             up = False
             deadline = time.monotonic() + STARTUP_SECONDS
             mtimes = {s: _sources(s) for s in SERVICES} if self.reload else {}
@@ -203,8 +197,8 @@ class Launcher:
                 if not self._restart_crashed():
                     return 1
                 if not up:
-                    if http_healthy(f"{self.url}/readyz"):
-                        print(f"\nimageservice is up: {self.url}  (Ctrl-C stops it)\n", flush=True)
+                    if self.healthy():
+                        print(f"\nimageservice is up: {urls}  (Ctrl-C stops it)\n", flush=True)
                         up = True
                     elif time.monotonic() > deadline:
                         print(f"not healthy after {STARTUP_SECONDS}s", flush=True)
@@ -214,29 +208,31 @@ class Launcher:
                     if now != mtimes[service]:
                         mtimes[service] = now
                         print(f"{service}: code changed, restarting", flush=True)
-                        self.stop(service)
-                        self.start(service)
+                        for replica in replicas:
+                            if replica.service == service:
+                                self.stop(replica.name)
+                                self.start(replica.name)
                 time.sleep(0.5 if up else 0.2)
             return 0
         finally:
             for service in reversed(SERVICES):
-                self.stop(service)
+                self.stop(*(r.name for r in self.replicas.values() if r.service == service))
             pidfile.unlink(missing_ok=True)
             print("imageservice stopped", flush=True)
 
     def _restart_crashed(self) -> bool:
-        """Start again, after a backoff, each service that has exited; False when one has
+        """Start again, after a backoff, each replica that has exited; False when one has
         crashed CRASH_LIMIT times within CRASH_WINDOW_SECONDS (it will not get better)."""
         now = time.monotonic()
-        for service in SERVICES:
-            child = self.children.get(service)
+        for name in self.replicas:
+            child = self.children.get(name)
             if child is not None and child.poll() is not None:
-                del self.children[service]
-                crashes = [t for t in self.crashes[service] if now - t < CRASH_WINDOW_SECONDS]
-                self.crashes[service] = crashes = [*crashes, now]
+                del self.children[name]
+                crashes = [t for t in self.crashes[name] if now - t < CRASH_WINDOW_SECONDS]
+                self.crashes[name] = crashes = [*crashes, now]
                 if len(crashes) >= CRASH_LIMIT:
                     print(
-                        f"{service} crashed {len(crashes)} times within "
+                        f"{name} crashed {len(crashes)} times within "
                         f"{CRASH_WINDOW_SECONDS:.0f} s (the last one {_ended(child.returncode)}); "
                         "giving up: its own lines above say why",
                         flush=True,
@@ -244,24 +240,48 @@ class Launcher:
                     return False
                 delay = min(FIRST_BACKOFF_SECONDS * 2 ** (len(crashes) - 1), MAX_BACKOFF_SECONDS)
                 print(
-                    f"{service} (pid {child.pid}) {_ended(child.returncode)}; "
+                    f"{name} (pid {child.pid}) {_ended(child.returncode)}; "
                     f"restarting it in {delay:g} s",
                     flush=True,
                 )
-                self.restart_at[service] = now + delay
-            if service in self.restart_at and now >= self.restart_at[service]:
-                del self.restart_at[service]
-                self.start(service)
+                self.restart_at[name] = now + delay
+            if name in self.restart_at and now >= self.restart_at[name]:
+                del self.restart_at[name]
+                self.start(name)
         return True
+
+
+def _replicas(text: str) -> int:
+    """An --cache/--processor/--gateway value."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"takes 1 to {MAX_REPLICAS} replicas, not {text!r}")
+    return count
 
 
 def main(args: list[str]) -> int:
     if args == ["stop"]:
         return stop()
-    if args not in ([], ["--reload"]):
-        print("usage: python -m launcher [--reload] | python -m launcher stop", file=sys.stderr)
-        return 2
-    return Launcher(reload=args == ["--reload"]).run()
+    parser = argparse.ArgumentParser(
+        prog="python -m launcher",
+        description="Run the image service on this machine until Ctrl-C "
+        "(`python -m launcher stop` stops it from elsewhere).",
+    )
+    parser.add_argument("--reload", action="store_true", help="restart a service on code changes")
+    for service in SERVICES:
+        parser.add_argument(
+            f"--{service}",
+            type=_replicas,
+            default=1,
+            metavar="N",
+            help=f"replicas of the {service} (default 1)",
+        )
+    options = parser.parse_args(args)
+    counts = {service: getattr(options, service) for service in SERVICES}
+    return Launcher(reload=options.reload, counts=counts).run()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from common.env import Env
+from common.grpcclient import addresses
 
 MiB = 1024 * 1024
 
@@ -15,7 +16,7 @@ class Settings:
     """Everything the processor reads from the environment."""
 
     listen: str
-    cache_address: str
+    cache_addresses: tuple[str, ...]
     workers: int
     queue_size: int
     max_output_dimension: int
@@ -38,7 +39,7 @@ class Settings:
         workers = env.integer("PROCESSOR_WORKERS", os.cpu_count() or 2, minimum=1, maximum=256)
         return cls(
             listen=env.text("PROCESSOR_LISTEN", "127.0.0.1:50052"),
-            cache_address=env.text("CACHE_ADDRESS", "127.0.0.1:50051"),
+            cache_addresses=addresses(env, "CACHE_ADDRESS", "127.0.0.1:50051"),
             workers=workers,
             queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
             max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),

@@ -13,7 +13,7 @@ from imageservice.v1 import (
 )
 
 from common import jsonlog
-from common.grpcclient import insecure_channel, message_limit
+from common.grpcclient import insecure_channel, message_limit, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from processor.config import Settings
 from processor.service import ProcessorService
@@ -29,7 +29,7 @@ async def serve(settings: Settings) -> None:
     server, health = create_server(settings.chunk_bytes)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN")
     channel = insecure_channel(
-        settings.cache_address,
+        target(settings.cache_addresses),
         CACHE_SERVICE,
         idempotent=["GetImage", "StatImage", "GetVariant", "LookupVariant", "ListImages"],
         max_message=message_limit(settings.chunk_bytes),

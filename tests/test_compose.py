@@ -1,16 +1,20 @@
-"""docker-compose.yml against the Compose schema, and against the code it names.
+"""docker-compose.yml (and its scale-out overlay) against the Compose schema, and against
+the code it names.
 
-No Docker engine runs here, so this is what can be checked: the file is valid
+No Docker engine runs here, so this is what can be checked: the files are valid
 Compose, every command is a module of ours, every variable is one the code reads,
-every port is one a service listens on, and the Dockerfile copies what exists.
+every port is one a service listens on, the overlay merged onto the base file fits
+together, and the Dockerfile copies what exists.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -18,6 +22,17 @@ import yaml
 from tests.support import ROOT, SHARED
 
 SPEC = SHARED / "compose-spec.json"
+SCALE = ROOT / "docker-compose.scale.yml"
+ENGINES = {"minio", "postgres", "redis"}
+# What the cache's engines read besides our own variables: the standard AWS ones (the
+# S3 endpoint and credentials) and libpq's password.
+ENGINE_VARIABLES = {
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "PGPASSWORD",
+}
 
 
 def compose() -> dict[str, Any]:
@@ -25,9 +40,92 @@ def compose() -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Override:
+    """A value tagged !override: it replaces the base file's instead of merging."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A value tagged !reset: the base file's is removed."""
+
+
+class _OverlayLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags."""
+
+
+_OverlayLoader.add_constructor(
+    "!override",
+    lambda loader, node: Override(
+        loader.construct_sequence(node, deep=True)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    ),
+)
+_OverlayLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def _plain(value: Any) -> Any:
+    """value with its merge tags dropped, as the schema reads it."""
+    if isinstance(value, Override):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not isinstance(v, Reset)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def overlay() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load(SCALE.read_text(), Loader=_OverlayLoader)
+    return data
+
+
+def _mount_target(volume: Any) -> Any:
+    if isinstance(volume, dict):
+        return volume["target"]
+    parts = str(volume).split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _merge(base: Any, over: Any, path: tuple[str, ...]) -> Any:
+    """Compose's merge of one file onto another (its specification's rules, for what
+    these files use): mappings merge, most sequences append, command, entrypoint and a
+    healthcheck's test are replaced, volumes are unique by target, and tags win."""
+    if isinstance(over, Override):
+        return _plain(over.value)
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            if isinstance(value, Reset):
+                merged.pop(key, None)
+            elif key in base:
+                merged[key] = _merge(base[key], value, (*path, key))
+            else:
+                merged[key] = _plain(value)
+        return merged
+    if isinstance(base, list) and isinstance(over, list):
+        if path[-1] in ("command", "entrypoint") or path[-2:] == ("healthcheck", "test"):
+            return _plain(over)
+        if len(path) == 3 and path[0] == "services" and path[2] == "volumes":
+            replaced = {_mount_target(v) for v in over}
+            return [v for v in base if _mount_target(v) not in replaced] + _plain(over)
+        return base + _plain(over)
+    return _plain(over)
+
+
+def merged() -> dict[str, Any]:
+    """What `docker compose -f docker-compose.yml -f docker-compose.scale.yml` runs."""
+    result: dict[str, Any] = _merge(compose(), overlay(), ())
+    return result
+
+
 def variables_read_by_the_code() -> set[str]:
     names: set[str] = set()
-    pattern = re.compile(r'env\.\w+\(\s*"([A-Z_]+)"')
+    # env.text("NAME", ...) and the like, and grpcclient's addresses(env, "NAME", ...).
+    pattern = re.compile(r'(?:env\.\w+\(|addresses\(env,)\s*"([A-Z_]+)"')
     for config in ROOT.glob("*/config.py"):
         names |= {f"IMAGESVC_{m}" for m in pattern.findall(config.read_text())}
     return names
@@ -103,3 +201,98 @@ def test_the_healthcheck_command_the_compose_file_uses(
     assert check("http", f"{gateway_server.url}/readyz") == 0
     assert check("http", f"http://127.0.0.1:{free_port()}/readyz") == 1
     assert check("nonsense") == 2
+
+
+def test_scale_overlay_is_valid_against_the_specification() -> None:
+    validator = jsonschema.Draft7Validator(json.loads(SPEC.read_text()))
+    validator.validate(_plain(overlay()))
+    validator.validate(merged())
+    broken = merged()
+    broken["services"]["cache"]["deploy"]["replica"] = 2  # a misspelt key is refused
+    assert not validator.is_valid(broken)
+
+
+def test_scale_overlay_adds_engines_and_replicas_that_fit_together() -> None:
+    services = merged()["services"]
+    assert set(services) == {"cache", "processor", "gateway", "minio-bucket", *ENGINES}
+    # One-shot jobs (the bucket's) run once and are waited for until they have exited 0;
+    # everything else is waited for until its healthcheck passes.
+    one_shot = {n for n, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"minio-bucket"}
+    for name, service in services.items():
+        assert name in one_shot or service["healthcheck"]["test"], name
+        for dependency, how in service.get("depends_on", {}).items():
+            assert dependency in services, (name, dependency)
+            wanted = (
+                "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            )
+            assert how["condition"] == wanted, (name, dependency)
+    assert set(services["cache"]["depends_on"]) == {"minio-bucket", *ENGINES}
+    # Every service of ours runs as replicas, none pinned to one container, and none
+    # shares a named volume (each replica's is its own).
+    named = set(merged()["volumes"])
+    for name in ("cache", "processor", "gateway"):
+        service = services[name]
+        assert service["deploy"]["replicas"] == 2
+        assert "container_name" not in service
+        for volume in service.get("volumes", []):
+            assert str(volume).split(":")[0] not in named, (name, volume)
+    # Every gateway replica publishes a port of its own, and only the gateway publishes.
+    assert [n for n, s in services.items() if "ports" in s] == ["gateway"]
+    assert services["gateway"]["ports"] == ["8080-8081:8080"]
+    assert services["gateway"]["environment"]["IMAGESVC_GATEWAY_PORT"] == "8080"
+
+    env = services["cache"]["environment"]
+    known = variables_read_by_the_code()
+    for name, service in services.items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("IMAGESVC_"):
+                assert variable in known, (name, variable)
+    assert {v for v in env if not v.startswith("IMAGESVC_")} == ENGINE_VARIABLES
+    # Every URL and address points at a service of the merged file, on its port.
+    listens = {
+        "cache": env["IMAGESVC_CACHE_LISTEN"],
+        "processor": services["processor"]["environment"]["IMAGESVC_PROCESSOR_LISTEN"],
+        "minio": "0.0.0.0:9000",  # MinIO's default
+        "postgres": "0.0.0.0:5432",
+        "redis": "0.0.0.0:6379",
+    }
+    pointed = [
+        env["IMAGESVC_METADATA_URL"],
+        env["IMAGESVC_VARIANT_CACHE_URL"],
+        env["AWS_ENDPOINT_URL"],
+        *(
+            f"grpc://{address}"
+            for s in services.values()
+            for variable, address in s.get("environment", {}).items()
+            if variable in ("IMAGESVC_CACHE_ADDRESS", "IMAGESVC_PROCESSOR_ADDRESSES")
+        ),
+    ]
+    assert len(pointed) == 6
+    for url in pointed:
+        parts = urlsplit(url)
+        assert parts.hostname in listens, url
+        assert listens[parts.hostname].endswith(f":{parts.port}"), url
+    assert urlsplit(env["IMAGESVC_METADATA_URL"]).scheme == "postgresql"
+    assert urlsplit(env["IMAGESVC_VARIANT_CACHE_URL"]).scheme == "redis"
+    # The cache's bucket is the one made at start, with MinIO's own credentials.
+    bucket = urlsplit(env["IMAGESVC_BLOB_URL"])
+    assert bucket.scheme == "s3"
+    assert f"mb --ignore-existing engine/{bucket.netloc}" in services["minio-bucket"]["command"][0]
+    minio = services["minio"]["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert env["PGPASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    # Redis is a cache here: bounded, least recently used evicted, nothing on disk.
+    redis = services["redis"]["command"]
+    for flag, value in (
+        ("--maxmemory-policy", "allkeys-lru"),
+        ("--save", ""),
+        ("--appendonly", "no"),
+    ):
+        assert redis[redis.index(flag) + 1] == value
+    assert re.fullmatch(r"\d+mb", redis[redis.index("--maxmemory") + 1])
+    # The cache's data folder is each replica's own, not the base file's shared volume.
+    assert services["cache"]["volumes"] == ["/data"]

@@ -1,10 +1,12 @@
 """`make run`'s launcher: ports checked first, all three services up and healthy and quiet,
-a crashed one restarted (a crash loop given up), `make stop`, then a clean stop."""
+a crashed one restarted (a crash loop given up), `make stop`, then a clean stop; and
+replicas of each service, each on its own port, sharing the work."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common import ports
+from launcher.plan import PORT_STRIDE
 from tests.support import ROOT, free_port, png_bytes
 
 
@@ -35,13 +39,38 @@ def launcher_env(data: Path) -> dict[str, str]:
     }
 
 
+def free_replica_port(replicas: int) -> int:
+    """A port free on loopback, as are those of its replicas' (PORT_STRIDE apart)."""
+    while True:
+        port = free_port()
+        try:
+            for i in range(1, replicas):
+                ports.bind("127.0.0.1", port + PORT_STRIDE * i).close()
+        except OSError:
+            continue
+        return port
+
+
+def replicas_env(data: Path, replicas: int) -> dict[str, str]:
+    """The environment of a launcher whose services have up to `replicas` replicas each,
+    on free loopback ports, keeping its data in data; the services find each other."""
+    gateway, cache, processor = (free_replica_port(replicas) for _ in range(3))
+    return {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(data),
+        "IMAGESVC_GATEWAY_PORT": str(gateway),
+        "IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{cache}",
+        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
+    }
+
+
 @contextmanager
-def launched(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m launcher` with env, its output (and its services') in log; stopped at
-    the end if still running (a failed test leaves no services behind)."""
+def launched(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m launcher` with env (and args), its output (and its services') in log;
+    stopped at the end if still running (a failed test leaves no services behind)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, stdout=out, stderr=out
         )
     try:
         yield proc
@@ -66,6 +95,29 @@ def wait_for(
         assert proc.poll() is None, f"the launcher exited before {what}:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"no {what} after 120 s:\n{log.read_text()}"
         time.sleep(0.1)
+
+
+def started(log: Path) -> dict[str, int]:
+    """The pid of each replica's latest start, by its name, from the launcher's lines."""
+    found = re.findall(r"^(\S+) started \(pid (\d+)\)$", log.read_text(), re.MULTILINE)
+    return {name: int(pid) for name, pid in found}
+
+
+def entries(log: Path) -> list[dict[str, object]]:
+    """The services' JSON log lines."""
+    text = log.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The IMAGESVC_* variables process pid was started with."""
+    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(i.decode().split("=", 1) for i in items if i.startswith(b"IMAGESVC_"))
+
+
+def rpc_pids(log: Path, method: str) -> set[object]:
+    """The pids of the processes that served calls to gRPC methods containing method."""
+    return {e["pid"] for e in entries(log) if e["msg"] == "rpc" and method in str(e.get("method"))}
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -242,3 +294,232 @@ def test_make_stop_finds_what_make_run_started_with_the_same_settings(tmp_path: 
     )
     assert again.returncode == 0
     assert "not running" in again.stdout and str(data / "launcher.pid") in again.stdout
+
+
+def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
+    env = replicas_env(tmp_path / "data", 2)
+    log = tmp_path / "run.log"
+    gateway, cache = int(env["IMAGESVC_GATEWAY_PORT"]), env["IMAGESVC_CACHE_LISTEN"]
+    processor = int(env["IMAGESVC_PROCESSOR_LISTEN"].rpartition(":")[2])
+    urls = [f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{gateway + PORT_STRIDE}"]
+    with launched(env, log, "--processor", "2", "--gateway", "2") as proc:
+        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        assert f"imageservice is up: {urls[0]}, {urls[1]}  (Ctrl-C stops it)" in log.read_text()
+        pids = started(log)
+        assert list(pids) == ["cache", "processor-1", "processor-2", "gateway-1", "gateway-2"]
+        # Every gateway is told of every processor, each on its own port.
+        told = environ_of(pids["gateway-2"])
+        assert told["IMAGESVC_PROCESSOR_ADDRESSES"] == (
+            f"127.0.0.1:{processor},127.0.0.1:{processor + PORT_STRIDE}"
+        )
+        assert (told["IMAGESVC_CACHE_ADDRESS"], told["IMAGESVC_GATEWAY_PORT"]) == (
+            cache,
+            str(gateway + PORT_STRIDE),
+        )
+        with (
+            httpx.Client(base_url=urls[0], timeout=30) as one,
+            httpx.Client(base_url=urls[1], timeout=30) as two,
+        ):
+            png = png_bytes(64, 48, seed=21)
+            created = one.post("/images", content=png, headers={"Content-Type": "image/png"})
+            assert created.status_code == 201
+            location = created.headers["location"]
+            assert two.get(location).content == png
+            for width in range(10, 18):  # new variants, so each is rendered by a processor
+                assert (one if width % 2 else two).get(f"{location}?w={width}").status_code == 200
+            processors = {pids["processor-1"], pids["processor-2"]}
+            wait_for(
+                lambda: rpc_pids(log, "ProcessorService/") == processors,
+                "renders on both processors",
+                proc,
+                log,
+            )
+            # One processor gone: the calls it would have had go to the other (an
+            # idempotent call that fails UNAVAILABLE is retried on another replica).
+            os.kill(pids["processor-1"], signal.SIGKILL)
+            for width in range(20, 28):
+                assert (one if width % 2 else two).get(f"{location}?w={width}").status_code == 200
+            wait_for(
+                lambda: started(log)["processor-1"] != pids["processor-1"],
+                "a new processor-1",
+                proc,
+                log,
+            )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    said = log.read_text()
+    assert (
+        f"processor-1 (pid {pids['processor-1']}) was killed by SIGKILL; restarting it in" in said
+    )
+    assert said.count('"msg": "stopped"') == 3  # the cache and both processors, gracefully
+    assert "imageservice stopped" in said
+
+
+def test_several_caches_are_refused_without_postgresql(tmp_path: Path) -> None:
+    env = replicas_env(tmp_path / "data", 2)
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "--cache", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    assert said == [
+        "imageservice: bad configuration: --cache 2 needs "
+        "IMAGESVC_METADATA_URL=postgresql://USER@HOST:PORT/DB (with SQLite, each replica "
+        "hears only of its own deletes, so the others would go on serving deleted images)"
+    ]
+    assert result.returncode == 1
+    assert not (tmp_path / "data").exists()  # nothing started, not even a pid file
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        (
+            {"IMAGESVC_VARIANT_CACHE_URL": "memory:///srv/variants"},
+            "--cache 3: IMAGESVC_VARIANT_CACHE_URL=memory:///srv/variants is one replica's "
+            "own folder; leave it unset (each replica gets one in its data folder), or use "
+            "memory:// or redis://",
+        ),
+        (
+            {"IMAGESVC_PROCESSOR_LISTEN": "CACHE+20"},
+            "IMAGESVC_CACHE_LISTEN + 20 and IMAGESVC_PROCESSOR_LISTEN both give port CACHE+20",
+        ),
+        ({"IMAGESVC_CACHE_LISTEN": "127.0.0.1:0"}, "IMAGESVC_CACHE_LISTEN gives 127.0.0.1:0: "),
+        ({"IMAGESVC_CACHE_LISTEN": "127.0.0.1:65530"}, "IMAGESVC_CACHE_LISTEN + 10 passes"),
+    ],
+)
+def test_cache_replicas_that_could_not_work_are_refused_before_anything_starts(
+    setting: dict[str, str], refusal: str, tmp_path: Path
+) -> None:
+    env = {
+        **replicas_env(tmp_path / "data", 3),
+        # Never reached: the launcher refuses before any service would connect.
+        "IMAGESVC_METADATA_URL": "postgresql://imagesvc@127.0.0.1:1/imagesvc",
+    }
+    cache = int(env["IMAGESVC_CACHE_LISTEN"].rpartition(":")[2])
+    for name, value in setting.items():
+        env[name] = value.replace("CACHE+20", f"127.0.0.1:{cache + 20}")
+    refusal = refusal.replace("CACHE+20", str(cache + 20))
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "--cache", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"imageservice: bad configuration: {refusal}")
+    assert result.returncode == 1
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--cache", "0"), ("--gateway", "17"), ("--processor", "two")]
+)
+def test_a_bad_replica_count_is_refused(flag: str, value: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", flag, value],
+        cwd=ROOT,
+        env=replicas_env(tmp_path / "data", 1),
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"argument {flag}: takes 1 to 16 replicas, not '{value}'" in result.stderr.decode()
+    assert result.stdout == b"" and not (tmp_path / "data").exists()
+
+
+def test_a_replicas_port_in_use_stops_the_launcher_before_it_starts_anything(
+    tmp_path: Path,
+) -> None:
+    env = replicas_env(tmp_path / "data", 1)
+    with another_program() as port:
+        # The second processor's port is the other program's; the first one's is free.
+        ports.bind("127.0.0.1", port - PORT_STRIDE).close()
+        env["IMAGESVC_PROCESSOR_LISTEN"] = f"127.0.0.1:{port - PORT_STRIDE}"
+        result = subprocess.run(
+            [sys.executable, "-m", "launcher", "--processor", "2"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    assert said == [
+        f"imageservice: cannot listen on 127.0.0.1:{port} (IMAGESVC_PROCESSOR_LISTEN + 10): "
+        "address in use"
+    ]
+    assert result.returncode == 1
+
+
+def test_cache_replicas_on_postgresql_share_images_and_deletes(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    data = tmp_path / "data"
+    env = {**replicas_env(data, 2), "IMAGESVC_METADATA_URL": postgres_url}
+    log = tmp_path / "run.log"
+    gateway = int(env["IMAGESVC_GATEWAY_PORT"])
+    urls = [f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{gateway + PORT_STRIDE}"]
+    with launched(env, log, "--cache", "2", "--processor", "2", "--gateway", "2") as proc:
+        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        pids = started(log)
+        assert set(pids) == {
+            *(f"{service}-{i}" for service in ("cache", "processor", "gateway") for i in (1, 2))
+        }
+        # Each cache has a folder of its own; the blobs are in the one they share.
+        for name in ("cache-1", "cache-2"):
+            told = environ_of(pids[name])
+            assert told["IMAGESVC_DATA_DIR"] == str(data / name)
+            assert told["IMAGESVC_BLOB_URL"] == f"file://{data / 'blobs'}"
+        with (
+            httpx.Client(base_url=urls[0], timeout=30) as one,
+            httpx.Client(base_url=urls[1], timeout=30) as two,
+        ):
+            images = {}
+            for seed in range(4):  # round-robin: uploads to both caches
+                png = png_bytes(32, 32, seed=100 + seed)
+                created = one.post("/images", content=png, headers={"Content-Type": "image/png"})
+                assert created.status_code == 201
+                images[created.headers["location"]] = png
+            for location, png in images.items():  # and reads from both
+                assert two.get(location).content == png
+                assert one.get(location).content == png
+                assert two.get(f"{location}?w=16").status_code == 200
+                assert one.get(f"{location}?w=16").status_code == 200
+            caches = {pids["cache-1"], pids["cache-2"]}
+            wait_for(
+                lambda: (
+                    rpc_pids(log, "CacheService/PutImage") | rpc_pids(log, "CacheService/GetImage")
+                    == caches
+                ),
+                "uploads and reads on both caches",
+                proc,
+                log,
+            )
+            # Deleted through one gateway (and one cache), gone through the other at
+            # once: the other gateway's hot cache held it, and heard of the delete.
+            deleted, *kept = images
+            assert two.delete(deleted).status_code == 204
+            wait_for(
+                lambda: (
+                    one.get(deleted).status_code == 404
+                    and one.get(f"{deleted}?w=16").status_code == 404
+                ),
+                "the delete seen through the other gateway",
+                proc,
+                log,
+            )
+            # One cache gone: reads go to the other, and so do new variants' calls.
+            os.kill(pids["cache-1"], signal.SIGKILL)
+            for location in kept:
+                assert one.get(location).content == images[location]
+                assert two.get(location).content == images[location]
+                assert one.get(f"{location}?w=12").status_code == 200
+                assert two.get(f"{location}?w=11").status_code == 200
+            wait_for(lambda: started(log)["cache-1"] != pids["cache-1"], "a new cache-1", proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    assert "imageservice stopped" in log.read_text()
