@@ -57,7 +57,7 @@ engines:  ## make sure the PostgreSQL and Redis the tests use answer (installs/s
 test: $(STAMP) engines  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## benchmarks, printed as ratios to a baseline measured in the same run
+bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run (storage and volume need the engines)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(BIN)/python -m bench
 

@@ -6,7 +6,8 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 
 def median_ms(op: Callable[[int], object], runs: int) -> float:
@@ -149,3 +150,28 @@ def core_matched(
         statistics.median(own) * 1000,
         statistics.median(base_all) * 1000,
     )
+
+
+@dataclass(frozen=True)
+class AsyncOp:
+    """An awaitable operation to time, op(i), after an untimed prepare(i) (staging its input)."""
+
+    run: Callable[[int], Awaitable[object]]
+    prepare: Callable[[int], Awaitable[object]] | None = None
+
+
+async def interleaved_async_ms(ops: Sequence[AsyncOp], runs: int, rounds: int = 3) -> list[float]:
+    """Median ms per call of each op, timed in alternating blocks of runs // rounds calls
+    (see interleaved_ms: blocks keep each side warm, alternation spreads the drift)."""
+    samples: list[list[float]] = [[] for _ in ops]
+    block = max(1, runs // rounds)
+    for r in range(rounds):
+        for op, out in zip(ops, samples, strict=True):
+            for i in [-1 - r, *range(r * block, (r + 1) * block)]:  # the first warms up
+                if op.prepare is not None:
+                    await op.prepare(i)
+                start = time.perf_counter()
+                await op.run(i)
+                if i >= 0:
+                    out.append(time.perf_counter() - start)
+    return [statistics.median(times) * 1000 for times in samples]
