@@ -86,6 +86,19 @@ def launched(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.
                 proc.wait()
 
 
+def refused(env: dict[str, str], *args: str) -> tuple[int, list[str]]:
+    """Run `python -m launcher *args` to its end (one that refuses to start): its exit
+    code, and the lines it printed on stdout and stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode().strip().splitlines()
+
+
 def wait_for(
     condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
@@ -177,15 +190,9 @@ def test_launcher_starts_everything_quietly_and_stops_cleanly(tmp_path: Path) ->
             assert created.status_code == 201
             assert http.get(f"{created.headers['location']}?w=4").status_code == 200
         # A second one on the same data folder is refused, whatever its ports.
-        second = subprocess.run(
-            [sys.executable, "-m", "launcher"],
-            cwd=ROOT,
-            env=launcher_env(tmp_path / "data"),
-            capture_output=True,
-            timeout=120,
-        )
-        assert second.returncode == 1
-        assert f"already running (pid {proc.pid})" in second.stdout.decode()
+        code, said = refused(launcher_env(tmp_path / "data"))
+        assert code == 1
+        assert any(f"already running (pid {proc.pid})" in line for line in said)
         assert (tmp_path / "data" / "launcher.pid").read_text() == str(proc.pid)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
@@ -209,12 +216,9 @@ def test_a_port_in_use_stops_the_launcher_before_it_starts_anything(
     env = launcher_env(tmp_path / "data")
     with another_program() as port:
         env[variable] = str(port) if variable.endswith("_PORT") else f"127.0.0.1:{port}"
-        result = subprocess.run(
-            [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, capture_output=True, timeout=120
-        )
-    said = (result.stdout + result.stderr).decode().strip().splitlines()
+        code, said = refused(env)
     assert said == [f"imageservice: cannot listen on 127.0.0.1:{port} ({variable}): address in use"]
-    assert result.returncode == 1
+    assert code == 1
 
 
 def test_a_crashed_service_is_restarted_while_the_others_keep_serving(tmp_path: Path) -> None:
@@ -357,20 +361,13 @@ def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
 
 def test_several_caches_are_refused_without_postgresql(tmp_path: Path) -> None:
     env = replicas_env(tmp_path / "data", 2)
-    result = subprocess.run(
-        [sys.executable, "-m", "launcher", "--cache", "2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    code, said = refused(env, "--cache", "2")
     assert said == [
         "imageservice: bad configuration: --cache 2 needs "
         "IMAGESVC_METADATA_URL=postgresql://USER@HOST:PORT/DB (with SQLite, each replica "
         "hears only of its own deletes, so the others would go on serving deleted images)"
     ]
-    assert result.returncode == 1
+    assert code == 1
     assert not (tmp_path / "data").exists()  # nothing started, not even a pid file
 
 
@@ -403,16 +400,9 @@ def test_cache_replicas_that_could_not_work_are_refused_before_anything_starts(
     for name, value in setting.items():
         env[name] = value.replace("CACHE+20", f"127.0.0.1:{cache + 20}")
     refusal = refusal.replace("CACHE+20", str(cache + 20))
-    result = subprocess.run(
-        [sys.executable, "-m", "launcher", "--cache", "3"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    said = (result.stdout + result.stderr).decode().strip().splitlines()
+    code, said = refused(env, "--cache", "3")
     assert len(said) == 1 and said[0].startswith(f"imageservice: bad configuration: {refusal}")
-    assert result.returncode == 1
+    assert code == 1
     assert not (tmp_path / "data").exists()
 
 
@@ -440,19 +430,12 @@ def test_a_replicas_port_in_use_stops_the_launcher_before_it_starts_anything(
         # The second processor's port is the other program's; the first one's is free.
         ports.bind("127.0.0.1", port - PORT_STRIDE).close()
         env["IMAGESVC_PROCESSOR_LISTEN"] = f"127.0.0.1:{port - PORT_STRIDE}"
-        result = subprocess.run(
-            [sys.executable, "-m", "launcher", "--processor", "2"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
-    said = (result.stdout + result.stderr).decode().strip().splitlines()
+        code, said = refused(env, "--processor", "2")
     assert said == [
         f"imageservice: cannot listen on 127.0.0.1:{port} (IMAGESVC_PROCESSOR_LISTEN + 10): "
         "address in use"
     ]
-    assert result.returncode == 1
+    assert code == 1
 
 
 def test_cache_replicas_on_postgresql_share_images_and_deletes(
