@@ -405,13 +405,14 @@ class CacheService(pb_grpc.CacheServiceServicer):
         image_id = _image_id(request.image_id, "image_id")
         if not valid_key(request.key):
             raise invalid_argument("key", "a variant key is 1-128 characters of [A-Za-z0-9_-]")
-        variant = await self.variants.get(image_id, request.key)
+        # The image is looked up on a hit too: a delete whose variant purge failed (the
+        # engine down) leaves variants until recovery, and they must not be served.
+        if await self.metadata.get(image_id) is None:
+            raise _not_found(image_id)
         # A miss is an expected answer, not an error (errors cost far more to build and
         # to read). It also says the image exists, so a processor may reuse an original
         # it holds.
-        if variant is None and await self.metadata.get(image_id) is None:
-            raise _not_found(image_id)
-        return variant
+        return await self.variants.get(image_id, request.key)
 
     async def LookupVariant(
         self, request: pb.LookupVariantRequest, context: Context
