@@ -117,12 +117,13 @@ def postgres_url(url: str) -> str:
 
 
 def _redacted(url: str) -> str:
-    """url without its password, which must not reach a log."""
+    """url fit for an error message: a password in it, or in its query, becomes ***."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def open_variant_cache(settings: Settings) -> VariantCache:
@@ -135,7 +136,7 @@ def open_variant_cache(settings: Settings) -> VariantCache:
     url = settings.variant_url
     scheme = urlsplit(url).scheme
     if scheme in ("redis", "rediss"):
-        shown = _without_password(url)
+        shown = _redacted(url)
         if not _is_redis_url(url):
             raise ConfigError(
                 f"IMAGESVC_VARIANT_CACHE_URL={shown!r}: supported is redis://HOST[:PORT][/DB]"
@@ -164,11 +165,3 @@ def _is_redis_url(url: str) -> bool:
     except ValueError:  # not a number, or past 65535
         return False
     return bool(parts.hostname) and port != 0 and bool(_REDIS_DB.fullmatch(parts.path))
-
-
-def _without_password(url: str) -> str:
-    """url fit for an error message: a password in it becomes ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

@@ -28,6 +28,9 @@ async def keep_recovering(service: CacheService) -> None:
             finished = await service.recover()
         except StorageUnavailable as exc:
             log.warning("recovery postponed", extra={"upstream": exc.engine, "err": exc.detail})
+        except Exception:
+            # Never silently: intents would pile up unseen. The next round tries again.
+            log.exception("recovery failed")
         else:
             if finished:
                 jsonlog.lifecycle.info("recovered after a crash", extra={"finished": finished})

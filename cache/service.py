@@ -45,6 +45,7 @@ MAX_PAGE_SIZE = 1000
 MAX_FILENAME = 255
 MAX_OWNER = 128
 WATCH_BACKLOG = 10_000
+FOLLOW_RETRY_SECONDS = 0.5  # while deletions cannot be followed, how often to try again
 MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
 # Uploads of at most this many pixels (all frames) are validated on a lane of their own,
 # so a small image never waits behind big validations. 16 Mpx (most photos) decode in a
@@ -174,7 +175,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             max_workers=settings.validation_workers, thread_name_prefix="inspect"
         )
         # One queue per WatchDeletions stream.
-        self._watchers: set[asyncio.Queue[str]] = set()
+        self._watchers: set[asyncio.Queue[str | None]] = set()
         self._following = False  # deletions are followed now, so watchers may join
         self._deleting: set[str] = set()  # ids this replica's DeleteImage calls are deleting
 
@@ -282,6 +283,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
             yield pb.GetImageResponse(image=image_proto(record))
             async for chunk in blob.chunks(self.settings.chunk_bytes):
                 yield pb.GetImageResponse(chunk=chunk)
+        except BlobNotFound:
+            raise _not_found(image_id) from None  # deleted while it was read
         finally:
             await blob.close()
 
@@ -346,8 +349,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def _forget(self, image_id: str) -> int:
         """Everything of a deleted (or never committed) image but its record: blob,
         variants, then the intent that said they might remain."""
-        await self.blobs.delete(image_id)
+        # Variants first: they are served where the original is not (hot caches).
         purged = await self.variants.purge(image_id)
+        await self.blobs.delete(image_id)
         await self.metadata.finish(image_id)
         return purged
 
@@ -356,24 +360,31 @@ class CacheService(pb_grpc.CacheServiceServicer):
         came and deletes whose cleanup did not end; return how many."""
         stale = time.time_ns() - STALE_SECONDS * 1_000_000_000
         unfinished = await self.metadata.unfinished(stale)
+        finished = 0
         for image_id in unfinished:
-            await self._forget(image_id)
+            # Each on its own: one that cannot be finished now waits for the next round.
+            try:
+                await self._forget(image_id)
+            except StorageUnavailable as exc:
+                log.warning("recovery postponed", extra={"id": image_id, "upstream": exc.engine})
+            else:
+                finished += 1
         cutoff = time.time() - STALE_SECONDS
         for staged in self.blobs.staging.glob(f"*{STAGED_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
                 if staged.stat().st_mtime < cutoff:
                     staged.unlink()
-        return len(unfinished)
+        return finished
 
     async def follow_deletions(self) -> None:
         """Pass every deletion, through any replica, on to this replica's watchers (and
         its own variants, when they are not shared); runs as long as the service."""
-        backoff = 0.2
         while True:
             try:
                 deleted = self.metadata.deletions()
+                # No await between these: a store that cannot follow deletions now ends
+                # the iteration at once, before any watcher can join.
                 self._following = True
-                backoff = 0.2
                 async for image_id in deleted:
                     # Variants of this replica's own deletes are purged (and counted)
                     # by DeleteImage.
@@ -381,22 +392,28 @@ class CacheService(pb_grpc.CacheServiceServicer):
                         await self.variants.purge(image_id)
                     self._announce(image_id)
             except (DeletionsMissed, StorageUnavailable) as exc:
-                log.warning("deletions missed; watchers start again", extra={"err": str(exc)})
+                if self._following:
+                    log.warning("deletions missed; watchers start again", extra={"err": str(exc)})
             finally:
                 # Watchers cannot know what they missed: they forget all and watch again.
                 self._following = False
-                self._watchers.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                for watcher in list(self._watchers):
+                    self._cut_off(watcher)
+            await asyncio.sleep(FOLLOW_RETRY_SECONDS)
 
     def _announce(self, image_id: str) -> None:
-        for queue in list(self._watchers):
-            try:
-                queue.put_nowait(image_id)
-            except asyncio.QueueFull:
-                # A watcher this far behind cannot be trusted: cut it off, and it will
-                # forget what it holds and watch again.
-                self._watchers.discard(queue)
+        """Hand image_id to every watcher; one too far behind is cut off."""
+        for watcher in list(self._watchers):
+            if watcher.qsize() >= WATCH_BACKLOG:
+                self._cut_off(watcher)
+            else:
+                watcher.put_nowait(image_id)
+
+    def _cut_off(self, watcher: asyncio.Queue[str | None]) -> None:
+        """End a watcher's stream once it has read what it was sent (it forgets all and
+        watches again): None is the end."""
+        self._watchers.discard(watcher)
+        watcher.put_nowait(None)
 
     async def _lookup(
         self, request: pb.GetVariantRequest | pb.LookupVariantRequest
@@ -505,15 +522,13 @@ class CacheService(pb_grpc.CacheServiceServicer):
     ) -> AsyncIterator[pb.WatchDeletionsResponse]:
         if not self._following:
             raise ServiceError(Reason.UPSTREAM_UNAVAILABLE, "deletions cannot be followed now")
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=WATCH_BACKLOG)
+        # Bounded by _announce, which cuts a watcher off at WATCH_BACKLOG ids behind, so
+        # that the end (None) always finds room.
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._watchers.add(queue)
         await context.send_initial_metadata(())  # the watcher knows it is connected
         try:
-            while queue in self._watchers or not queue.empty():
-                try:
-                    image_id = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except TimeoutError:
-                    continue
+            while (image_id := await queue.get()) is not None:
                 yield pb.WatchDeletionsResponse(image_id=image_id)
             raise ServiceError(
                 Reason.UPSTREAM_UNAVAILABLE, "deletions may have been missed: watch again"

@@ -18,6 +18,6 @@ class StorageUnavailable(ServiceError):
             Reason.UPSTREAM_UNAVAILABLE,
             f"the {engine} storage did not answer",
             {"upstream": engine},
+            detail,
         )
         self.engine = engine
-        self.detail = detail

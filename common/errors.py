@@ -64,6 +64,9 @@ class ServiceError(Exception):
     reason: Reason
     message: str
     metadata: dict[str, str] = field(default_factory=dict)
+    # What went wrong in words not fit for the caller (hosts, engines' own messages):
+    # logged by the interceptor, never sent.
+    detail: str = ""
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -122,6 +122,8 @@ class _Call:
     async def fail(self, exc: Exception) -> None:
         if isinstance(exc, ServiceError):
             self.code, self.error = exc.code, exc.reason.value
+            if exc.detail:
+                log.warning("%s: %s", exc.message, exc.detail, extra={"method": self.method})
             status = exc.to_status()
             await self.context.abort(status.code, status.details, status.trailing_metadata)
         self.code, self.error = grpc.StatusCode.INTERNAL, type(exc).__name__

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cache.backends import POSTGRES_SCHEMES
 from cache.config import Settings as CacheSettings
 from cache.config import data_dir
 from common import ports
@@ -91,7 +92,7 @@ def _addresses(service: str, first: str, count: int) -> list[tuple[str, str]]:
 def _check_cache_replicas(env: dict[str, str], count: int) -> None:
     """Several caches need state they all see; ConfigError saying what is missing."""
     settings = CacheSettings.from_env(Env(env))
-    if urlsplit(settings.metadata_url).scheme != "postgresql":
+    if urlsplit(settings.metadata_url).scheme not in POSTGRES_SCHEMES:
         # SQLite announces a delete to its own process's watchers only: the other
         # replicas' watchers, and the hot caches behind them, would keep deleted images.
         raise ConfigError(

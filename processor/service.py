@@ -53,6 +53,7 @@ Held = tuple[image_pb2.VariantMetadata, bytes]
 # at these intervals, doubling: a render takes tens of milliseconds to seconds.
 LEASE_POLL_SECONDS = 0.02
 MAX_LEASE_POLL_SECONDS = 0.25
+MAX_LEASE_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,13 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def _lookup_or_wait(
         self, image_id: str, key: str, time_remaining: float | None
     ) -> cache_pb.LookupVariantResponse:
-        """The cache's answer for key; a miss whose render another processor holds the
-        lease for is looked up again until it is stored or the lease is this one's."""
-        started = time.monotonic()
+        """The cache's answer for key. A miss whose render another processor holds the
+        lease for is looked up again until it is stored or the lease is this one's, for
+        at most half the call's time: then the miss is answered and this processor
+        renders too, since a render made twice beats a caller's deadline passing (the
+        other may have died, or failed, holding the lease)."""
+        patience = MAX_LEASE_WAIT_SECONDS if time_remaining is None else time_remaining / 2
+        give_up = time.monotonic() + min(patience, MAX_LEASE_WAIT_SECONDS)
         pause = LEASE_POLL_SECONDS
         while True:
             # A render of the key here already (this processor's own callers share it)
@@ -235,12 +240,8 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             claim = key not in self.flights
             lookup = await self._lookup(image_id, key, claim)
             waiting = claim and lookup.WhichOneof("outcome") == "miss" and not lookup.miss.claimed
-            if not waiting or key in self.flights:
+            if not waiting or key in self.flights or time.monotonic() + pause > give_up:
                 return lookup
-            if time_remaining is not None and time.monotonic() - started + pause > time_remaining:
-                raise ServiceError(
-                    Reason.DEADLINE_EXCEEDED, "another processor's render of it did not end in time"
-                )
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_LEASE_POLL_SECONDS)
 

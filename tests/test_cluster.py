@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
@@ -148,25 +150,51 @@ def test_processors_missing_the_same_variant_render_it_once(cluster: Cluster) ->
     assert sum(processed(p, key) for p in cluster.processors) == 1
 
 
-def test_a_delete_through_one_gateway_is_seen_by_both_within_a_second(cluster: Cluster) -> None:
-    first, second = clients(cluster)
-    created = first.post(
-        "/images", content=png_bytes(64, 64, seed=4), headers={"Content-Type": "image/png"}
-    )
-    image_id = created.json()["id"]
-    for client in (first, second):
+def warm(clients: list[httpx.Client], image_id: str) -> None:
+    """Every gateway holds the image and a variant of it in memory."""
+    for client in clients:
         for _ in range(2):  # the second read is served from the gateway's hot copy
             assert client.get(f"/images/{image_id}?w=32").status_code == 200
             assert client.get(f"/images/{image_id}").status_code == 200
-    assert second.delete(f"/images/{image_id}").status_code == 204
+
+
+def gone_everywhere_within_a_second(clients: list[httpx.Client], image_id: str) -> None:
     deleted = time.monotonic()
-    for client in (first, second):
+    for client in clients:
         while any(
             client.get(path).status_code != 404
             for path in (f"/images/{image_id}", f"/images/{image_id}?w=32")
         ):
             assert time.monotonic() - deleted < 1.0, "a gateway still serves a deleted image"
             time.sleep(0.02)
+
+
+def test_a_delete_through_one_gateway_is_seen_by_both_within_a_second(cluster: Cluster) -> None:
+    first, second = clients(cluster)
+    created = first.post(
+        "/images", content=png_bytes(64, 64, seed=4), headers={"Content-Type": "image/png"}
+    )
+    image_id = created.json()["id"]
+    warm([first, second], image_id)
+    assert second.delete(f"/images/{image_id}").status_code == 204
+    gone_everywhere_within_a_second([first, second], image_id)
+
+
+def test_a_delete_through_either_cache_replica_reaches_every_gateway(cluster: Cluster) -> None:
+    """Each gateway watches one cache replica: deleting through each in turn, at least
+    one delete reaches a gateway through the other replica (PostgreSQL's NOTIFY)."""
+    gateways = clients(cluster)
+    for seed, cache in enumerate(cluster.caches):
+        created = gateways[0].post(
+            "/images",
+            content=png_bytes(64, 64, seed=40 + seed),
+            headers={"Content-Type": "image/png"},
+        )
+        image_id = created.json()["id"]
+        warm(gateways, image_id)
+        with channel(cache.address) as ch:
+            pb_grpc.CacheServiceStub(ch).DeleteImage(pb.DeleteImageRequest(id=image_id))
+        gone_everywhere_within_a_second(gateways, image_id)
 
 
 def test_killing_a_cache_replica_mid_storm_loses_no_acknowledged_upload(

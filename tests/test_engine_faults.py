@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from imageservice.v1 import cache_service_pb2 as pb
+from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
 from tests.engines import REDIS_URL, Cutoff, S3Server, postgres_database, redis_prefix
-from tests.support import ServiceProcess, is_problem, png_bytes, start_all
+from tests.support import ServiceProcess, channel, is_problem, png_bytes, start_all
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Stack:
     s3: Cutoff
     redis: Cutoff
     prefix: str
+    env: dict[str, str]  # the cache's, through the relays
+    direct_postgres: str  # the database's own URL, not through the relay
 
     def upload(self, seed: int) -> httpx.Response:
         data = png_bytes(30, 20, seed=seed)
@@ -56,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[St
         servers = start_all(tmp_path_factory.mktemp("faults"), env)
         try:
             with httpx.Client(base_url=servers[2].url, timeout=30) as http:
-                yield Stack(http, servers, pg, s3_relay, redis_relay, prefix)
+                yield Stack(http, servers, pg, s3_relay, redis_relay, prefix, env, database)
         finally:
             for server in servers:
                 server.kill()
@@ -154,15 +158,49 @@ def test_redis_down_is_only_misses(stack: Stack) -> None:
     eventually(stored_again)
 
 
-def test_deletions_are_followed_again_after_postgresql_comes_back(stack: Stack) -> None:
-    image_id = stack.upload(30).json()["id"]
-    stack.postgres.cut()
-    time.sleep(0.5)
-    stack.postgres.restore()
-    eventually(lambda: stack.http.get(f"/images/{image_id}?w=9").status_code == 200)
-    assert stack.http.get(f"/images/{image_id}?w=9").status_code == 200  # hot now
-    eventually(lambda: stack.http.delete(f"/images/{image_id}").status_code == 204)
-    eventually(lambda: stack.http.get(f"/images/{image_id}?w=9").status_code == 404, 1.0)
+def test_deletions_are_followed_again_after_postgresql_comes_back(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A second cache replica, on a line to PostgreSQL of its own, takes the deletes: they
+    reach the stack's gateway (which watches the first replica only) through NOTIFY, once
+    the first replica's line is back, without a restart."""
+    other = ServiceProcess(
+        "cache",
+        tmp_path / "other",
+        {**stack.env, "IMAGESVC_METADATA_URL": stack.direct_postgres},
+    ).start()
+    seeds = iter(range(300, 400))
+
+    def served_from_memory() -> float:
+        metrics = stack.http.get("/metrics").text
+        line = 'imagesvc_variant_cache_total{result="gateway"}'
+        return sum(float(row.split()[-1]) for row in metrics.splitlines() if row.startswith(line))
+
+    def deleted_elsewhere_is_gone_here() -> bool:
+        image_id = stack.upload(next(seeds)).json()["id"]
+        assert stack.http.get(f"/images/{image_id}?w=9").status_code == 200
+        before = served_from_memory()
+        assert stack.http.get(f"/images/{image_id}?w=9").status_code == 200
+        if served_from_memory() == before:
+            return False  # the gateway keeps nothing while its watch is refused
+        with channel(other.address) as ch:
+            pb_grpc.CacheServiceStub(ch).DeleteImage(pb.DeleteImageRequest(id=image_id))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if stack.http.get(f"/images/{image_id}?w=9").status_code == 404:
+                return True
+            time.sleep(0.02)
+        return False
+
+    try:
+        assert deleted_elsewhere_is_gone_here()
+        stack.postgres.cut()
+        time.sleep(0.5)
+        stack.postgres.restore()
+        eventually(lambda: stack.upload(next(seeds)).status_code == 201)
+        eventually(deleted_elsewhere_is_gone_here)
+    finally:
+        other.kill()
 
 
 def test_the_relays_really_cut(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from tests.support import (
     channel,
     collect,
     failure,
+    open_image,
     png_bytes,
     process_request,
     sha256,
@@ -123,6 +124,25 @@ def test_a_hit_does_no_processing(
     for _ in range(5):
         assert collect(pstub.Process(request)) == (meta, data)
     assert len(processed_keys(processor_server)) == before
+
+
+def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
+    stub: pb_grpc.CacheServiceStub,
+    pstub: ppb_grpc.ProcessorServiceStub,
+    processor_server: ServiceProcess,
+    big_id: str,
+) -> None:
+    request = process_request(big_id, Op(resize=ppb.Resize(width=61)))
+    key = spec.parse(request.operations, request.output, spec.Limits(8192, 100)).key(big_id)
+    # Another processor claims the render, then dies: its lease outlives the call.
+    held = stub.LookupVariant(pb.LookupVariantRequest(image_id=big_id, key=key, claim=True))
+    assert held.miss.claimed
+    started = time.monotonic()
+    meta, data = collect(pstub.Process(request, timeout=4))
+    took = time.monotonic() - started
+    assert (meta.key, open_image(data).width) == (key, 61)
+    assert 1.8 < took < 3.5  # waited half its time for the other render, then made it
+    assert processed_keys(processor_server).count(key) == 1
 
 
 def test_identical_concurrent_misses_are_processed_once(

@@ -61,9 +61,9 @@ class Subscription:
 class DeletionFanout:
     """Publishes each deleted id to every live Subscription.
 
-    `live` is False while the source of deletions (a LISTEN connection) is down:
-    subscriptions made then are told they missed some as soon as it is back, since
-    deletions in between were never seen.
+    `live` is False while the source of deletions (a LISTEN connection) is down: a
+    subscription made then is told at once that it misses some, so that no consumer
+    ever believes it follows deletions while nothing is heard; it subscribes again.
     """
 
     def __init__(self, *, live: bool, backlog: int = BACKLOG) -> None:
@@ -78,6 +78,8 @@ class DeletionFanout:
         subscription = Subscription(self._backlog)
         if self._closed:
             subscription._finish(_End.CLOSED)
+        elif not self._live:
+            subscription._finish(_End.MISSED)
         else:
             self._subscribers.add(subscription)
         return subscription
@@ -90,17 +92,13 @@ class DeletionFanout:
 
     def lost(self) -> None:
         """The source went down: every consumer may miss deletions from now on."""
-        # Only once per outage: consumers made during it wait for `connected`, rather
-        # than being cut off at every failed attempt to reconnect.
         if self._live:
             self._live = False
             self._end_all(_End.MISSED)
 
     def connected(self) -> None:
-        """The source is back: consumers made while it was down missed the gap."""
-        if not self._live:
-            self._live = True
-            self._end_all(_End.MISSED)
+        """The source is back: consumers made from now on hear every deletion."""
+        self._live = True
 
     def close(self) -> None:
         """End every consumer's iteration; later ones end at once."""

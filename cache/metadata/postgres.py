@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -25,6 +26,7 @@ from cache.metadata import (
 from cache.metadata.fanout import DeletionFanout
 from cache.metadata.migrate import migrate
 from cache.storage import StorageUnavailable
+from common.ids import parse_image_id
 
 log = logging.getLogger("metadata")
 
@@ -33,6 +35,14 @@ CHANNEL = "imagesvc_deletions"
 # How long opening waits for PostgreSQL to answer: replicas and the database often start
 # together, and a database a few seconds late should not cost a crash and a restart.
 START_TIMEOUT = 30.0
+# What a database that is down, restarting, cut off or failed over to a read-only
+# standby raises: the call may succeed later (UNAVAILABLE), it is no bug of ours.
+_ENGINE_DOWN = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
+    TimeoutError,
+)
 # Every call gives up after CALL_TIMEOUT, so a database that is down or cut off costs a
 # caller a few seconds and an UNAVAILABLE, never a hang.
 CALL_TIMEOUT = 5.0
@@ -168,7 +178,7 @@ class PostgresMetadataStore:
         try:
             async with asyncio.timeout(CALL_TIMEOUT), self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, TimeoutError) as e:
+        except _ENGINE_DOWN as e:
             raise StorageUnavailable(ENGINE, f"{self._where}: {_detail(e)}") from e
 
     async def intend(self, image_id: str, now_ns: int) -> None:
@@ -251,7 +261,9 @@ class PostgresMetadataStore:
                     delay = 0.25
                     while True:
                         async for notify in conn.notifies(timeout=PING_SECONDS):
-                            self._fanout.publish(notify.payload)
+                            # Anyone with access to the database may NOTIFY.
+                            with contextlib.suppress(ValueError):
+                                self._fanout.publish(parse_image_id(notify.payload))
                         async with asyncio.timeout(CALL_TIMEOUT):
                             await conn.execute("SELECT 1")
             # Anything, not only psycopg's errors: a listener that died quietly would
