@@ -130,12 +130,13 @@ def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
     stub: pb_grpc.CacheServiceStub,
     pstub: ppb_grpc.ProcessorServiceStub,
     processor_server: ServiceProcess,
-    big_id: str,
 ) -> None:
-    request = process_request(big_id, Op(resize=ppb.Resize(width=61)))
-    key = spec.parse(request.operations, request.output, spec.Limits(8192, 100)).key(big_id)
+    # An image this processor has never seen: no render of it starts before the lookup.
+    image_id = upload(stub, png_bytes(300, 200, seed=61)).id
+    request = process_request(image_id, Op(resize=ppb.Resize(width=61)))
+    key = spec.parse(request.operations, request.output, spec.Limits(8192, 100)).key(image_id)
     # Another processor claims the render, then dies: its lease outlives the call.
-    held = stub.LookupVariant(pb.LookupVariantRequest(image_id=big_id, key=key, claim=True))
+    held = stub.LookupVariant(pb.LookupVariantRequest(image_id=image_id, key=key, claim=True))
     assert held.miss.claimed
     started = time.monotonic()
     meta, data = collect(pstub.Process(request, timeout=4))
