@@ -18,11 +18,30 @@ OWNER_KEY = "x-caller-owner-bin"
 ADMIN_KEY = "x-caller-admin"
 
 
+READ = "images:read"
+WRITE = "images:write"
+DELETE = "images:delete"
+ADMIN = "images:admin"  # every owner's images, as their owner may
+SCOPES = frozenset({READ, WRITE, DELETE, ADMIN})
+# What an authenticated caller may do when nothing narrower is said (an API key without
+# scopes): everything with their own images.
+OWN_SCOPES = frozenset({READ, WRITE, DELETE})
+
+
 @dataclass(frozen=True)
 class Caller:
     owner: str  # "" for the anonymous caller
     authenticated: bool
-    admin: bool = False  # may read and delete any owner's images
+    scopes: frozenset[str] = frozenset({READ})
+
+    @property
+    def admin(self) -> bool:
+        """May read, and do what its other scopes allow with, any owner's images."""
+        return ADMIN in self.scopes
+
+    def may(self, scope: str) -> bool:
+        """Whether this caller holds scope."""
+        return scope in self.scopes
 
     def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """This caller as gRPC metadata."""
@@ -30,10 +49,10 @@ class Caller:
         return ((OWNER_KEY, owner), (ADMIN_KEY, "1" if self.admin else "0"))
 
 
-ANONYMOUS = Caller("", False)
+ANONYMOUS = Caller("", False)  # public images only
 # Where no keys are configured there is no access control: every caller may read and
 # delete every image.
-EVERYONE = Caller("", False, admin=True)
+EVERYONE = Caller("", False, SCOPES)
 
 
 def caller_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | None:
@@ -43,7 +62,8 @@ def caller_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | 
     if not isinstance(owner, bytes):
         return None
     name = owner.decode("utf-8", "replace")
-    return Caller(name, authenticated=bool(name), admin=found.get(ADMIN_KEY) == "1")
+    scopes = SCOPES if found.get(ADMIN_KEY) == "1" else frozenset({READ})
+    return Caller(name, authenticated=bool(name), scopes=scopes)
 
 
 def can_read(owner: str, visibility: int, caller: Caller) -> bool:

@@ -28,7 +28,7 @@ def identify(request: Request, settings: Settings) -> Caller:
         return ANONYMOUS
     for known, holder in settings.api_keys.items():
         if hmac.compare_digest(known.encode(), key.encode()):
-            return Caller(holder.owner, True, holder.admin)
+            return Caller(holder.owner, True, holder.scopes)
     raise unauthenticated("the API key is not valid")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
 
@@ -15,7 +16,7 @@ class ApiKey:
     """What a key says of its holder."""
 
     owner: str
-    admin: bool  # may read and delete any owner's images
+    scopes: frozenset[str]  # see common/caller.py
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,29 @@ class Settings:
         )
 
 
+def _scopes(text: str) -> frozenset[str] | None:
+    """A key's scopes: none said is its owner's own (read, write, delete); `admin` is
+    short for every scope; else scopes joined by '+'. None if one is unknown."""
+    if not text:
+        return OWN_SCOPES
+    if text == "admin":
+        return SCOPES
+    scopes = frozenset(text.split("+"))
+    return scopes if scopes <= SCOPES else None
+
+
 def _api_keys(items: tuple[str, ...]) -> dict[str, ApiKey]:
-    """`owner:key` or `owner:key:admin` items, each key given to one owner only."""
+    """`owner:key[:scopes]` items, each key given to one owner only."""
     keys: dict[str, ApiKey] = {}
     for item in items:
         owner, _, rest = item.partition(":")
-        key, _, flag = rest.partition(":")
-        if not owner or len(key) < 16 or flag not in ("", "admin"):
+        key, _, scope_text = rest.partition(":")
+        scopes = _scopes(scope_text)
+        if not owner or len(key) < 16 or scopes is None:
             raise ConfigError(
-                "IMAGESVC_API_KEYS takes owner:key or owner:key:admin, comma-separated, "
-                "keys of 16 or more characters without ':'"
+                "IMAGESVC_API_KEYS takes owner:key, owner:key:admin or owner:key:SCOPES "
+                "(scopes joined by '+', of images:read, images:write, images:delete, "
+                "images:admin), comma-separated, keys of 16 or more characters without ':'"
             )
         if key in keys:
             # Silently, the later owner would win, and the earlier one's uploads with it.
@@ -87,5 +101,5 @@ def _api_keys(items: tuple[str, ...]) -> dict[str, ApiKey]:
                 if keys[key].owner != owner
                 else f"IMAGESVC_API_KEYS lists a key of {owner} twice"
             )
-        keys[key] = ApiKey(owner, admin=flag == "admin")
+        keys[key] = ApiKey(owner, scopes)
     return keys

@@ -17,7 +17,7 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
 
-from common.caller import Caller
+from common.caller import OWN_SCOPES, SCOPES, Caller
 from common.env import ConfigError, Env
 from gateway.config import ApiKey, Settings
 from tests.support import ROOT, ServiceProcess, failure, is_problem, png_bytes, upload
@@ -63,9 +63,9 @@ def test_bad_api_keys_are_refused(keys: str, message: str) -> None:
 def test_api_keys_name_their_owner_and_admins() -> None:
     keys = Settings.from_env(Env({"IMAGESVC_API_KEYS": KEYS})).api_keys
     assert keys == {
-        ALICE: ApiKey("alice", False),
-        BOB: ApiKey("bob", False),
-        OPS: ApiKey("ops", True),
+        ALICE: ApiKey("alice", OWN_SCOPES),
+        BOB: ApiKey("bob", OWN_SCOPES),
+        OPS: ApiKey("ops", SCOPES),
     }
 
 
@@ -151,7 +151,7 @@ def test_the_cache_service_hides_what_the_caller_may_not_read(
     assert fetched.code == grpc.StatusCode.NOT_FOUND
     alice = Caller("alice", True).metadata()
     assert stub.StatImage(pb.StatImageRequest(id=private), metadata=alice).image.id == private
-    admin = Caller("ops", True, admin=True).metadata()
+    admin = Caller("ops", True, SCOPES).metadata()
     assert stub.StatImage(pb.StatImageRequest(id=private), metadata=admin).image.id == private
     # Internal callers name no caller and are not scoped.
     assert stub.StatImage(pb.StatImageRequest(id=private)).image.owner == "alice"
