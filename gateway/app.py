@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/images/{image_id}", images.image, methods=["GET", "HEAD", "DELETE"]),
         Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
         Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
+        Route("/presets", images.list_presets, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/health", healthz, methods=["GET"]),  # the original service's name for it
         Route("/readyz", readyz, methods=["GET"]),
@@ -127,5 +128,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.params = params.Parameters(
         params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
     )
-    app.state.openapi = openapi.document(app.state.params.table)
+    app.state.openapi = openapi.document(app.state.params.table, settings.presets)
     return app

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from gateway import params
+from gateway.presets import Presets, load_presets
 
 MiB = 1024 * 1024
 
@@ -39,6 +41,7 @@ class Settings:
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
+    presets: Presets
 
     @property
     def auth_enabled(self) -> bool:
@@ -49,6 +52,9 @@ class Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
         keys = _api_keys(env.items("API_KEYS", ()))
+        max_output_dimension = env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1)
+        max_blur_sigma = env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1)
+        limits = params.Limits(max_output_dimension, max_blur_sigma)
         return cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
@@ -58,8 +64,8 @@ class Settings:
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             # The processor's limits, read here too so a bad parameter is refused with
             # the same words, and OpenAPI states them.
-            max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
-            max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
+            max_output_dimension=max_output_dimension,
+            max_blur_sigma=max_blur_sigma,
             timeout_seconds=env.number("GATEWAY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             upload_timeout_seconds=env.number("UPLOAD_TIMEOUT_SECONDS", 900.0, minimum=0.1),
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),
@@ -67,7 +73,18 @@ class Settings:
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            presets=_presets(env.text("PRESETS", ""), env.flag("PRESETS_ONLY", False), limits),
         )
+
+
+def _presets(path: str, only: bool, limits: params.Limits) -> Presets:
+    """The presets file's, checked under the limits requests are (none without a file)."""
+    if not path:
+        if only:
+            # Every transformation would be refused: surely not what was meant.
+            raise ConfigError("IMAGESVC_PRESETS_ONLY=true needs presets: set IMAGESVC_PRESETS")
+        return Presets()
+    return load_presets(path, params.Parameters(limits), only)
 
 
 def _scopes(text: str) -> frozenset[str] | None:

@@ -234,7 +234,8 @@ async def get_image(request: Request) -> Response:
             metrics_of(request).variants.labels("gateway").inc()
         return _from_memory(request, entry)
     query = list(request.query_params.multi_items())
-    wanted = params_of(request).parse(query, request.headers.get("accept", ""))
+    presets = settings_of(request).presets
+    wanted = presets.parse(query, params_of(request), request.headers.get("accept", ""))
     if wanted is None:
         return await _original(request, image_id, caller, key)
     return await _variant(request, image_id, caller, wanted, key)
@@ -307,6 +308,13 @@ async def _variant(
     return await _answer_and_keep(
         request, call, headers, variant.media_type, variant.byte_size, keep, head
     )
+
+
+async def list_presets(request: Request) -> Response:
+    """GET /presets: each preset's parameters, as the presets file gives them."""
+    params.only(request.query_params)
+    listing = settings_of(request).presets.listing
+    return JSONResponse({name: dict(values) for name, values in listing.items()})
 
 
 async def get_info(request: Request) -> Response:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway.params import CURSOR, Param
+from gateway.presets import QUERY_NAME, Presets
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 CURSOR_PATTERN = f"^{CURSOR}$"
@@ -32,9 +33,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): PROBLEM for status in statuses}
 
 
-def document(params: Iterable[Param]) -> dict[str, Any]:
+def document(params: Iterable[Param], presets: Presets | None = None) -> dict[str, Any]:
     """OpenAPI 3.1 for every route, parameter and response; params are the
-    transformation parameters under the service's limits."""
+    transformation parameters under the service's limits, presets the configured ones."""
+    params = list(params)
+    presets = presets or Presets()
     transform = [
         {
             "name": p.name,
@@ -47,6 +50,28 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
         }
         for p in params
     ]
+    if presets.only:
+        transform = []  # each is refused: a schema offering them would be a lie
+    if presets.names:
+        transform.append(
+            {
+                "name": QUERY_NAME,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": presets.names},
+                "description": "A named transformation (GET /presets lists them); "
+                + (
+                    "the only transformation parameter this service takes."
+                    if presets.only
+                    else "parameters given beside it win over the preset's."
+                ),
+            }
+        )
+    preset_values = {
+        "type": "object",
+        "properties": {p.name: p.schema for p in params},
+        "additionalProperties": False,
+    }
     image_schema = {
         "type": "object",
         "properties": {
@@ -201,6 +226,26 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
                     "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 404, 503, 504)},
                 }
             },
+            "/presets": {
+                "get": {
+                    "summary": "The presets: each one's name and transformation parameters",
+                    "responses": {
+                        "200": {
+                            "description": "Preset name to its parameters (empty when "
+                            "none are configured).",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "additionalProperties": preset_values,
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(400),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": status_ok}},
             },
@@ -252,6 +297,7 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
                         "detail": {"type": "string"},
                         "instance": {"type": "string"},
                         "parameter": {"type": "string"},
+                        "preset": {"type": "string"},
                         "reason": {"type": "string"},
                     },
                 },

@@ -4,6 +4,8 @@ OpenAPI describes each query parameter alone; some are refused only in combinati
 (`fit` without `w` or `h`, `progressive` with `format=png`...). Those combinations are
 left out of the cases schemathesis counts as valid, judged by the gateway's own rule
 (gateway.params.Parameters.conflict), which tests/test_http_contract.py tests directly.
+A preset is spelled out first, as the gateway does, so the parameters beside it are
+judged together with the preset's.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def filter_case(ctx: Any, case: Any) -> bool:
         return True
     query = [(name, _raw(value)) for name, value in case.query.items()]
     try:
-        values = PARAMETERS.values(query)
+        values = PARAMETERS.values(SETTINGS.presets.expand(query))
     except HTTPProblem:
         return True  # a parameter bad on its own: schemathesis meant it so
     return PARAMETERS.conflict(values) is None

@@ -156,6 +156,7 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/presets",
     }
     documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
     from gateway.params import Limits, Parameters

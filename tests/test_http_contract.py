@@ -154,8 +154,15 @@ def test_combinations_openapi_cannot_state_are_the_gateways_own_rules() -> None:
 
 
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
-    """`st run --checks all` over the whole OpenAPI document, against services of its own."""
-    cache, processor, gateway = start_all(tmp_path)
+    """`st run --checks all` over the whole OpenAPI document, against services of its own,
+    with presets (whose parameters may conflict with those given beside them)."""
+    presets = tmp_path / "presets.toml"
+    presets.write_text(
+        '[thumb]\nw = 300\nh = 200\nfit = "cover"\ngravity = "north"\n'
+        '[still]\nframes = "first"\nq = 70\nbg = "ffffff"\nrotate = 5\n'
+    )
+    settings = {"IMAGESVC_PRESETS": str(presets)}  # the hooks read them too
+    cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
     try:
         st = Path(sys.executable).parent / "st"
         result = subprocess.run(
@@ -172,7 +179,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "--no-color",
             ],
             cwd=ROOT,  # where schemathesis.toml is
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **settings, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
             timeout=300,
