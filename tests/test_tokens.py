@@ -130,17 +130,22 @@ def test_admin_scope_makes_an_admin_and_no_scope_grants_nothing() -> None:
     assert check(secret_tokens(), hs256(claims(scope=every))).scopes == SCOPES
 
 
+DROP = object()  # a claim left out
+
+
 @pytest.mark.parametrize(
-    ("payload", "why"),
+    ("changed", "why"),
     [
-        ({"exp": int(time.time()) + 60}, "the token has no sub claim"),
-        ({"sub": "alice"}, "the token has no exp claim"),
-        ({"sub": "", "exp": int(time.time()) + 60}, "sub must be 1-128 characters"),
-        ({"sub": "a" * 129, "exp": int(time.time()) + 60}, "sub must be 1-128 characters"),
-        (claims(scope=["images:read"]), "scope must be a space-separated string"),
+        ({"sub": DROP}, "the token has no sub claim"),
+        ({"exp": DROP}, "the token has no exp claim"),
+        ({"sub": ""}, "sub must be 1-128 characters"),
+        ({"sub": "a" * 129}, "sub must be 1-128 characters"),
+        ({"scope": ["images:read"]}, "scope must be a space-separated string"),
     ],
 )
-def test_claims_a_token_must_carry(payload: dict[str, Any], why: str) -> None:
+def test_claims_a_token_must_carry(changed: dict[str, Any], why: str) -> None:
+    # Made when the test runs: a collection-time exp could expire before it does.
+    payload = {k: v for k, v in {**claims(), **changed}.items() if v is not DROP}
     assert why in refused(secret_tokens(), hs256(payload))
 
 
