@@ -83,6 +83,16 @@ def _readable(image_id: str, record: ImageRecord | None, context: Context) -> Im
     return record
 
 
+def _check_owner(header: pb.PutImageHeader, context: Context) -> None:
+    """A call made for a caller stores images as theirs alone (an admin's as anyone's):
+    a gateway that got an owner wrong must not be able to plant images on another."""
+    caller = caller_from(context.invocation_metadata())
+    if caller is None or caller.admin:
+        return
+    if not caller.authenticated or header.owner != caller.owner:
+        raise ServiceError(Reason.PERMISSION_DENIED, "a caller may store images as their own only")
+
+
 def image_proto(record: ImageRecord) -> image_pb2.ImageMetadata:
     created = Timestamp(
         seconds=record.created_ns // 1_000_000_000, nanos=record.created_ns % 1_000_000_000
@@ -200,6 +210,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                         raise invalid_argument("header", "the first message must be the header")
                     header = message.header
                     _check_header(header)
+                    _check_owner(header, context)
                     temp = self.blobs.staging / f"{uuid.uuid4().hex}{STAGED_SUFFIX}"
                     out = temp.open("wb")
                     continue
@@ -321,6 +332,14 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self, request: pb.DeleteImageRequest, context: Context
     ) -> pb.DeleteImageResponse:
         image_id = _image_id(request.id)
+        caller = caller_from(context.invocation_metadata())
+        if caller is not None and not caller.admin:
+            # Owners never change, so what is checked here still holds at the delete.
+            record = _readable(image_id, await self.metadata.get(image_id), context)
+            if not caller.authenticated or record.owner != caller.owner:
+                raise ServiceError(
+                    Reason.PERMISSION_DENIED, "only the owner may delete it", {"id": image_id}
+                )
         # Metadata first: from this moment the image is not listed nor served, and every
         # replica hears of it (see follow_deletions). The rest is shielded: a caller
         # hanging up must not leave variants behind.

@@ -68,8 +68,8 @@ def caller_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | 
 
 def can_read(owner: str, visibility: int, caller: Caller) -> bool:
     """Public images are everyone's; a private one is its owner's (an authenticated
-    caller: an anonymous one owns nothing, not even images without an owner) and an
-    admin's."""
+    caller holding images:read: an anonymous one owns nothing, not even images without
+    an owner) and an admin's."""
     if visibility == image_pb2.VISIBILITY_PUBLIC or caller.admin:
         return True
-    return caller.authenticated and owner == caller.owner
+    return caller.authenticated and owner == caller.owner and caller.may(READ)

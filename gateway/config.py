@@ -9,6 +9,7 @@ from common.env import ConfigError, Env
 from common.grpcclient import addresses
 from gateway import params
 from gateway.presets import Presets, load_presets
+from gateway.tokens import MIN_SECRET_BYTES, KeysError, SecretKey, Tokens, jwks_source
 
 MiB = 1024 * 1024
 
@@ -38,6 +39,7 @@ class Settings:
     retry_after_seconds: int
     # Empty: no auth, every caller is the anonymous owner "".
     api_keys: dict[str, ApiKey]
+    tokens: Tokens | None  # None: no JWT
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
@@ -45,7 +47,7 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys) or self.tokens is not None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -70,6 +72,7 @@ class Settings:
             upload_timeout_seconds=env.number("UPLOAD_TIMEOUT_SECONDS", 900.0, minimum=0.1),
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),
             api_keys=keys,
+            tokens=_tokens(env),
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
@@ -120,3 +123,28 @@ def _api_keys(items: tuple[str, ...]) -> dict[str, ApiKey]:
             )
         keys[key] = ApiKey(owner, scopes)
     return keys
+
+
+def _tokens(env: Env) -> Tokens | None:
+    """The JWT verifier the settings describe, or None when neither key is set."""
+    secret, jwks = env.raw("JWT_SECRET"), env.raw("JWT_JWKS")
+    issuer, audience = env.raw("JWT_ISSUER"), env.raw("JWT_AUDIENCE")
+    if secret is None and jwks is None:
+        if issuer is not None or audience is not None:
+            raise ConfigError(
+                "IMAGESVC_JWT_ISSUER and IMAGESVC_JWT_AUDIENCE need IMAGESVC_JWT_SECRET or "
+                "IMAGESVC_JWT_JWKS"
+            )
+        return None
+    if secret is not None and jwks is not None:
+        # Two kinds of key would mean two algorithms a token could pick between.
+        raise ConfigError("IMAGESVC_JWT_SECRET and IMAGESVC_JWT_JWKS exclude each other: set one")
+    if secret is not None:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"IMAGESVC_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return Tokens(SecretKey(secret.encode()), issuer, audience)
+    assert jwks is not None
+    try:
+        return Tokens(jwks_source(jwks), issuer, audience)
+    except KeysError as exc:
+        raise ConfigError(f"IMAGESVC_JWT_JWKS={jwks!r} {exc}") from None

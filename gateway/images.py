@@ -17,13 +17,13 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from common.caller import Caller, can_read
+from common.caller import DELETE, READ, Caller, can_read
 from common.grpcclient import call_metadata
 from common.hotcache import HotCache
 from common.ids import ImageId, parse_image_id
 from gateway import params
 from gateway.answers import MAX_ENTRY_BYTES, Entry
-from gateway.auth import identify, require_writer
+from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
@@ -97,6 +97,19 @@ def _not_modified(request: Request, etag: str) -> bool:
         return False
     tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
     return "*" in tags or etag in tags
+
+
+def _scoped(image: image_pb2.ImageMetadata, caller: Caller) -> image_pb2.ImageMetadata:
+    """image, once the caller's scopes let them read it.
+
+    The cache service lets an owner read their own images (it knows owners, not
+    scopes), so a private image it answered is the caller's own or they are an admin:
+    only the images:read scope is left to check, and refusing that tells nothing.
+    """
+    private = image.visibility != image_pb2.VISIBILITY_PUBLIC
+    if private and not caller.admin and not caller.may(READ):
+        raise forbidden(f"reading a private image needs the {READ} scope")
+    return image
 
 
 async def _stat(request: Request, image_id: str, caller: Caller) -> image_pb2.ImageMetadata:
@@ -222,7 +235,7 @@ async def _answer_and_keep(
 async def get_image(request: Request) -> Response:
     """The original, or with transformation parameters a variant."""
     image_id = image_id_of(request)
-    caller = identify(request, settings_of(request))
+    caller = await identify(request, settings_of(request))
     key = _hot_key(request)
     hot = hot_of(request)
     request.state.hot_generation = hot.generation  # a put after a watch gap is refused
@@ -245,7 +258,7 @@ async def get_blurred(request: Request) -> Response:
     """The original service's blur endpoint, kept for its clients."""
     image_id = image_id_of(request)
     params.only(request.query_params)
-    caller = identify(request, settings_of(request))
+    caller = await identify(request, settings_of(request))
     return await _variant(request, image_id, caller, params_of(request).blurred(), None)
 
 
@@ -255,6 +268,11 @@ async def _original(request: Request, image_id: str, caller: Caller, key: str) -
         pb.GetImageRequest(id=image_id), metadata=call_metadata() + caller.metadata()
     )
     image = (await _first(call, pb.GetImageResponse, settings.timeout_seconds)).image
+    try:
+        _scoped(image, caller)
+    except HTTPProblem:
+        _hang_up(call)
+        raise
     headers = {"ETag": f'"{image.sha256}"', "Cache-Control": _cache_control(image.visibility)}
     keep = (image_id, key, image.owner, int(image.visibility))
     return await _answer_and_keep(request, call, headers, image.media_type, image.byte_size, keep)
@@ -271,7 +289,7 @@ async def _variant(
     visibility: int = image_pb2.VISIBILITY_PUBLIC
     owner = ""
     if settings.auth_enabled:  # private images exist only where there are owners
-        image = await _stat(request, image_id, caller)
+        image = _scoped(await _stat(request, image_id, caller), caller)
         visibility, owner = image.visibility, image.owner
     processor = upstream_of(request).processor
     # Most variants fit one message: one unary call, cheaper than a stream on both
@@ -319,8 +337,8 @@ async def list_presets(request: Request) -> Response:
 
 async def get_info(request: Request) -> Response:
     image_id = image_id_of(request)
-    caller = identify(request, settings_of(request))
-    image = await _stat(request, image_id, caller)
+    caller = await identify(request, settings_of(request))
+    image = _scoped(await _stat(request, image_id, caller), caller)
     body = json.dumps(image_json(image), separators=(",", ":")).encode()
     headers = {
         "ETag": f'"info-{hashlib.sha256(body).hexdigest()[:32]}"',
@@ -333,7 +351,7 @@ async def get_info(request: Request) -> Response:
 
 async def post_image(request: Request) -> Response:
     settings = settings_of(request)
-    caller = require_writer(request, settings)
+    caller = await require_writer(request, settings)
     params.only(request.query_params, ("visibility", "filename"))
     default = "private" if settings.auth_enabled else "public"
     chosen = request.query_params.get("visibility", default)
@@ -345,7 +363,7 @@ async def post_image(request: Request) -> Response:
     image = await upload(
         request,
         upstream_of(request),
-        owner=caller.owner,
+        caller=caller,
         visibility=image_pb2.VISIBILITY_PUBLIC
         if chosen == "public"
         else image_pb2.VISIBILITY_PRIVATE,
@@ -360,7 +378,9 @@ async def post_image(request: Request) -> Response:
 
 async def list_images(request: Request) -> Response:
     settings = settings_of(request)
-    caller = identify(request, settings)
+    caller = await identify(request, settings)
+    if caller.authenticated and not caller.may(READ):
+        raise forbidden(f"listing one's images needs the {READ} scope")
     params.only(request.query_params, ("limit", "cursor"))
     raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= LIST_LIMIT_MAX:
@@ -390,16 +410,16 @@ async def list_images(request: Request) -> Response:
 
 async def delete_image(request: Request) -> Response:
     settings = settings_of(request)
-    caller = require_writer(request, settings)
+    caller = await require(request, settings, DELETE)
     image_id = image_id_of(request)
     if settings.auth_enabled:
         image = await _stat(request, image_id, caller)  # 404 for one the caller cannot see
         if image.owner != caller.owner and not caller.admin:
-            raise HTTPProblem(403, "Forbidden", "only the owner may delete it", kind="forbidden")
+            raise forbidden("only the owner may delete it")
     await upstream_of(request).cache.DeleteImage(
         pb.DeleteImageRequest(id=image_id),
         timeout=settings.timeout_seconds,
-        metadata=call_metadata(),
+        metadata=call_metadata() + caller.metadata(),
     )
     # This process forgets at once; the others hear of it through WatchDeletions.
     hot_of(request).forget(image_id)

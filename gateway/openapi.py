@@ -104,7 +104,7 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
         "responses": {
             "200": IMAGE_BYTES,
             "304": {"description": "Not modified (If-None-Match matched the ETag)."},
-            **_errors(400, 401, 404, 413, 422, 503, 504),
+            **_errors(400, 401, 403, 404, 413, 422, 503, 504),
         },
     }
     return {
@@ -158,7 +158,7 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
                             **image_json,
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 401, 408, 413, 415, 422, 503, 504),
+                        **_errors(400, 401, 403, 408, 413, 415, 422, 503, 504),
                     },
                 },
                 "get": {
@@ -196,7 +196,7 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
                                 }
                             },
                         },
-                        **_errors(400, 401, 503, 504),
+                        **_errors(400, 401, 403, 503, 504),
                     },
                 },
             },
@@ -216,14 +216,14 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
                 "get": {
                     "summary": "Metadata",
                     "parameters": [ID],
-                    "responses": {"200": image_json, **_errors(401, 404, 503, 504)},
+                    "responses": {"200": image_json, **_errors(401, 403, 404, 503, 504)},
                 }
             },
             "/blurred-images/{image_id}": {
                 "get": {
                     "summary": "The image blurred (sigma 10), as the original service had it",
                     "parameters": [ID],
-                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 404, 503, 504)},
+                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 403, 404, 503, 504)},
                 }
             },
             "/presets": {
@@ -312,6 +312,14 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
                     },
                 }
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (IMAGESVC_API_KEYS) or a JWT whose sub is the "
+                    "owner and whose scope grants images:read, images:write, images:delete "
+                    "or images:admin (IMAGESVC_JWT_SECRET or IMAGESVC_JWT_JWKS).",
+                }
+            },
         },
     }

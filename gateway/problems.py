@@ -70,6 +70,7 @@ _BY_REASON: dict[str, tuple[int, str, str]] = {
     Reason.OUTPUT_TOO_LARGE: (422, "Requested output too large", "output-too-large"),
     Reason.CROP_OUTSIDE_IMAGE: (422, "Crop outside the image", "crop-outside-image"),
     Reason.IMAGE_NOT_FOUND: (404, "Not found", "not-found"),
+    Reason.PERMISSION_DENIED: (403, "Forbidden", "forbidden"),
     Reason.OVERLOADED: (503, "Service overloaded", "overloaded"),
     Reason.UPSTREAM_UNAVAILABLE: (503, "Service unavailable", "unavailable"),
     Reason.DEADLINE_EXCEEDED: (504, "Processing timed out", "timeout"),

@@ -22,6 +22,7 @@ from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from common.caller import Caller
 from common.grpcclient import call_metadata
 from gateway.problems import HTTPProblem
 from gateway.upstream import Upstream
@@ -155,7 +156,7 @@ async def upload(
     request: Request,
     upstream: Upstream,
     *,
-    owner: str,
+    caller: Caller,
     visibility: image_pb2.Visibility.ValueType,
     limit: int,
     idle_seconds: float,
@@ -204,14 +205,15 @@ async def upload(
     header = pb.PutImageHeader(
         original_filename=filename,
         claimed_media_type=kind,
-        owner=owner,
+        owner=caller.owner,
         visibility=visibility,
     )
     # The body is bounded by the caps above; the deadline only adds time to validate.
     state.call = upstream.cache.PutImage(
         _requests(header, chunks, state),
         timeout=total_seconds + idle_seconds,
-        metadata=call_metadata(),
+        # The cache service checks the owner against the caller too.
+        metadata=call_metadata() + caller.metadata(),
     )
     try:
         response: pb.PutImageResponse = await state.call
