@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from common.tls import Tls
 
 MiB = 1024 * 1024
 
@@ -39,6 +40,7 @@ class Settings:
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
+    tls: Tls | None  # mutual TLS on every gRPC connection, when set
 
     @property
     def auth_enabled(self) -> bool:
@@ -67,6 +69,7 @@ class Settings:
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            tls=Tls.from_env(env),
         )
 
 
