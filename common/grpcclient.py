@@ -133,8 +133,8 @@ def open_channel(
 
 
 def blocking_channel(address: str, tls: Tls | None) -> grpc.Channel:
-    """A plain synchronous channel to one address (health checks, tools), over mutual TLS
-    when tls is set."""
+    """A synchronous channel to one address, with gRPC's defaults (health checks, tools),
+    over mutual TLS when tls is set."""
     options = _tls_options(address, tls)
     if tls is None:
         return grpc.insecure_channel(address, options=options)

@@ -84,8 +84,8 @@ def _check(paths: dict[str, str | None]) -> None:
     except ssl.SSLError:
         raise ConfigError(f"IMAGESVC_TLS_CA={paths['TLS_CA']} holds no CA certificate") from None
     try:
-        # A password of its own: an encrypted key must fail here, never prompt (gRPC
-        # takes no encrypted keys).
+        # With a password given, an encrypted key fails here instead of prompting on the
+        # terminal (gRPC takes no encrypted keys).
         context.load_cert_chain(paths["TLS_CERT"] or "", paths["TLS_KEY"], password=b"\0")
     except ssl.SSLError:
         raise ConfigError(

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.env import ConfigError, Env
@@ -217,18 +218,26 @@ def test_tls_settings_are_checked_before_any_handshake(pki: Pki, tmp_path: Path)
     read = Tls.from_env(Env(pki.env()))
     assert read is not None and read.cert == pki.server.cert.read_bytes()
     assert read.server_name is None
-    cases = {
-        # Another certificate's key.
-        "IMAGESVC_TLS_KEY": {**pki.env(), "IMAGESVC_TLS_KEY": str(pki.client.key)},
-        # A key where the CA belongs.
-        "IMAGESVC_TLS_CA": {**pki.env(), "IMAGESVC_TLS_CA": str(pki.server.key)},
-        "IMAGESVC_TLS_SERVER_NAME": {"IMAGESVC_TLS_SERVER_NAME": "cache"},
-    }
+    encrypted = tmp_path / "encrypted-key.pem"
+    key = serialization.load_pem_private_key(pki.server.key.read_bytes(), None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello")
-    cases["IMAGESVC_TLS_CERT"] = {**pki.env(), "IMAGESVC_TLS_CERT": str(not_pem)}
-    folder = {**pki.env(), "IMAGESVC_TLS_CA": str(tmp_path)}
-    for variable, env in [*cases.items(), ("IMAGESVC_TLS_CA", folder)]:
+    refused = [
+        ("IMAGESVC_TLS_CERT", {**pki.env(), "IMAGESVC_TLS_CERT": str(not_pem)}),
+        ("IMAGESVC_TLS_KEY", {**pki.env(), "IMAGESVC_TLS_KEY": str(pki.client.key)}),
+        ("IMAGESVC_TLS_KEY", {**pki.env(), "IMAGESVC_TLS_KEY": str(encrypted)}),
+        ("IMAGESVC_TLS_CA", {**pki.env(), "IMAGESVC_TLS_CA": str(pki.server.key)}),
+        ("IMAGESVC_TLS_CA", {**pki.env(), "IMAGESVC_TLS_CA": str(tmp_path)}),
+        ("IMAGESVC_TLS_SERVER_NAME", {"IMAGESVC_TLS_SERVER_NAME": "cache"}),
+    ]
+    for variable, env in refused:
         with pytest.raises(ConfigError, match=variable):
             Tls.from_env(Env(env))
 
