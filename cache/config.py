@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.env import ConfigError, Env
 from common.imaging import SOURCE_FORMATS
+from common.tls import Tls
 
 MiB = 1024 * 1024
 
@@ -42,6 +43,7 @@ class Settings:
     validation_workers: int
     shutdown_grace_seconds: float
     log_level: str
+    tls: Tls | None  # mutual TLS on every gRPC connection, when set
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -74,4 +76,5 @@ class Settings:
             ),
             shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            tls=Tls.from_env(env),
         )

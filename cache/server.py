@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> None:
     jsonlog.configure("cache", settings.log_level)
     server, health = create_server(settings.chunk_bytes)
     # The port first: a cache that cannot serve must not recover someone else's data.
-    port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN")
+    port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)
     blobs = open_blob_store(settings.blob_url, settings.data_dir / "staging")
     metadata = await open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)

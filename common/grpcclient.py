@@ -11,6 +11,7 @@ import grpc
 from common.env import ConfigError, Env
 from common.errors import Reason, ServiceError, remote_error
 from common.jsonlog import request_id
+from common.tls import Tls
 
 
 def message_limit(chunk_bytes: int) -> int:
@@ -60,6 +61,13 @@ def addresses(env: Env, name: str, default: str) -> tuple[str, ...]:
         target(found)
     except ValueError as exc:
         raise ConfigError(f"IMAGESVC_{name}={','.join(found)}: {exc}") from None
+    hosts = {address.rpartition(":")[0] for address in found}
+    if len(hosts) > 1 and env.raw("TLS_CERT") and not env.raw("TLS_SERVER_NAME"):
+        # gRPC checks every replica of a list against one name (see _name_checked).
+        raise ConfigError(
+            f"IMAGESVC_{name} lists replicas on several hosts: over TLS, set "
+            "IMAGESVC_TLS_SERVER_NAME to a name all their certificates carry"
+        )
     return found
 
 
@@ -85,23 +93,52 @@ def service_config(service: str, idempotent: Sequence[str]) -> str:
     )
 
 
-def insecure_channel(
-    target: str, service: str, idempotent: Sequence[str], max_message: int
+def _name_checked(target: str, tls: Tls) -> str | None:
+    """What the server's certificate must name, when not the host dialled: gRPC checks a
+    list's every replica against the list as a whole, which no certificate names."""
+    if tls.server_name is not None:
+        return tls.server_name
+    scheme, _, rest = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in rest:
+        return None
+    hosts = {address.rpartition(":")[0].strip("[]") for address in rest.split(",")}
+    # addresses() refuses a list over several hosts without IMAGESVC_TLS_SERVER_NAME.
+    return hosts.pop() if len(hosts) == 1 else None
+
+
+def _tls_options(target: str, tls: Tls | None) -> list[tuple[str, str | int]]:
+    name = None if tls is None else _name_checked(target, tls)
+    return [] if name is None else [("grpc.ssl_target_name_override", name)]
+
+
+def open_channel(
+    target: str, service: str, idempotent: Sequence[str], max_message: int, tls: Tls | None
 ) -> grpc.aio.Channel:
     """An aio channel with the service config, message limits for chunked streams, and a
-    quick reconnect when a service comes back (instead of gRPC's 2-minute backoff cap)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.service_config", service_config(service, idempotent)),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-    )
+    quick reconnect when a service comes back (instead of gRPC's 2-minute backoff cap);
+    over mutual TLS when tls is set, else in plaintext."""
+    options: list[tuple[str, str | int]] = [
+        ("grpc.service_config", service_config(service, idempotent)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        *_tls_options(target, tls),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
+
+
+def blocking_channel(address: str, tls: Tls | None) -> grpc.Channel:
+    """A synchronous channel to one address, with gRPC's defaults (health checks, tools),
+    over mutual TLS when tls is set."""
+    options = _tls_options(address, tls)
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=options)
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:

@@ -21,6 +21,7 @@ from common.errors import ServiceError
 from common.grpcclient import message_limit
 from common.jsonlog import lifecycle, request_id
 from common.ports import AddressUnavailable, check
+from common.tls import Tls
 
 log = logging.getLogger("grpc")
 
@@ -234,11 +235,14 @@ def create_server(
     return server, health_servicer
 
 
-async def listen(server: grpc.aio.Server, address: str, variable: str) -> int:
-    """Bind server to address (from the variable named) and return its port; raise
-    AddressUnavailable, saying why, when it cannot."""
+async def listen(server: grpc.aio.Server, address: str, variable: str, tls: Tls | None) -> int:
+    """Bind server to address (from the variable named), over mutual TLS when tls is
+    set, and return its port; raise AddressUnavailable, saying why, when it cannot."""
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.server_credentials())
     except RuntimeError:  # grpc's message says nothing of why; older versions return 0
         port = 0
     if port:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from common.tls import Tls
 from gateway import params
 from gateway.presets import Presets, load_presets
 from gateway.tokens import MIN_SECRET_BYTES, KeysError, SecretKey, Tokens, jwks_source
@@ -44,6 +45,7 @@ class Settings:
     hot_cache_bytes: int
     log_level: str
     presets: Presets
+    tls: Tls | None  # mutual TLS on every gRPC connection, when set
 
     @property
     def auth_enabled(self) -> bool:
@@ -77,6 +79,7 @@ class Settings:
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
             presets=_presets(env.text("PRESETS", ""), env.flag("PRESETS_ONLY", False), limits),
+            tls=Tls.from_env(env),
         )
 
 

@@ -29,6 +29,7 @@ from cache.config import data_dir
 from common import ports
 from common.env import ConfigError, Env
 from common.healthcheck import grpc_healthy, http_healthy
+from common.tls import Tls
 from launcher.plan import MAX_REPLICAS, SERVICES, Replica, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,7 @@ class Launcher:
         self.crashes: dict[str, list[float]] = {}  # per replica, within the window
         self.restart_at: dict[str, float] = {}  # a crashed replica's next start
         self.stopping = False
+        self.tls: Tls | None = None  # what the health checks present, as the services do
 
     def start(self, name: str) -> None:
         replica = self.replicas[name]
@@ -153,7 +155,7 @@ class Launcher:
         return all(
             http_healthy(f"{r.url}/readyz")
             if r.service == "gateway"
-            else grpc_healthy(r.reachable, timeout=1.0)
+            else grpc_healthy(r.reachable, self.tls, timeout=1.0)
             for r in self.replicas.values()
         )
 
@@ -174,6 +176,7 @@ class Launcher:
             return 1
         try:
             replicas = plan(dict(os.environ), self.counts)
+            self.tls = Tls.from_env()
             for r in replicas:
                 ports.check(r.listen, r.variable, r.host_variable)
         except ConfigError as exc:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.env import Env
 from common.grpcclient import addresses
+from common.tls import Tls
 
 MiB = 1024 * 1024
 
@@ -31,6 +32,7 @@ class Settings:
     chunk_bytes: int
     shutdown_grace_seconds: float
     log_level: str
+    tls: Tls | None  # mutual TLS on every gRPC connection, when set
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -54,4 +56,5 @@ class Settings:
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            tls=Tls.from_env(env),
         )

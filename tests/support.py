@@ -26,8 +26,11 @@ from imageservice.v1 import image_pb2
 from imageservice.v1 import processor_service_pb2 as ppb
 from PIL import Image
 
+from common.env import Env
 from common.errors import RemoteError, remote_error
+from common.grpcclient import blocking_channel
 from common.grpcserver import REQUEST_ID_KEY
+from common.tls import Tls
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_SERVICES = frozenset({"cache", "processor"})
@@ -136,7 +139,7 @@ class ServiceProcess:
         if self.module not in GRPC_SERVICES or not logs_calls or not self.running:
             return
         marker = f"log-barrier-{os.urandom(8).hex()}".encode()
-        with channel(self.address) as ch:
+        with channel(self.address, Tls.from_env(Env({**os.environ, **self.env}))) as ch:
             health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(),
                 metadata=((REQUEST_ID_KEY, marker.decode()),),
@@ -183,8 +186,8 @@ def start_all(
     return cache, processor, gateway
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address)
+def channel(address: str, tls: Tls | None = None) -> grpc.Channel:
+    return blocking_channel(address, tls)
 
 
 def upload_requests(

@@ -126,7 +126,8 @@ def variables_read_by_the_code() -> set[str]:
     names: set[str] = set()
     # env.text("NAME", ...) and the like, and grpcclient's addresses(env, "NAME", ...).
     pattern = re.compile(r'(?:env\.\w+\(|addresses\(env,)\s*"([A-Z_]+)"')
-    for config in ROOT.glob("*/config.py"):
+    # Each service's config.py, and the readers they share in common/ (TLS).
+    for config in [*ROOT.glob("*/config.py"), *ROOT.glob("common/*.py")]:
         names |= {f"IMAGESVC_{m}" for m in pattern.findall(config.read_text())}
     return names
 

@@ -15,7 +15,7 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
 from common.env import ConfigError, Env
-from common.grpcclient import addresses, insecure_channel, target
+from common.grpcclient import addresses, open_channel, target
 from common.grpcserver import create_server
 from common.hotcache import HotCache
 from gateway.config import Settings as GatewaySettings
@@ -82,7 +82,7 @@ async def _serving(
     server.add_generic_rpc_handlers((_Peers().handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = insecure_channel(target([f"127.0.0.1:{port}"]), "test.Peers", ["Peer"], 4 << 20)
+    channel = open_channel(target([f"127.0.0.1:{port}"]), "test.Peers", ["Peer"], 4 << 20, None)
     try:
         await test(channel, server)
     finally:
@@ -163,7 +163,7 @@ async def _watching(grace: float | None) -> tuple[int, list[float], list[str]]:
     server.add_generic_rpc_handlers((deletions.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = insecure_channel(target([f"127.0.0.1:{port}"]), "x", [], 4 << 20)
+    channel = open_channel(target([f"127.0.0.1:{port}"]), "x", [], 4 << 20, None)
     hot: HotCache[bytes] = HotCache(1 << 20, len, 1 << 20)
     forgotten: list[str] = []
     watch = asyncio.create_task(hot.watch(pb_grpc.CacheServiceStub(channel), forgotten.append))
