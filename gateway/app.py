@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import jsonlog
-from gateway import images, openapi, params
+from gateway import images, openapi, params, signed_urls
 from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
@@ -108,6 +108,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    if settings.signing.enabled:
+        routes.append(
+            Route("/images/{image_id}/signed-urls", signed_urls.post_signed_url, methods=["POST"])
+        )
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Observability, metrics=registry)],
@@ -127,5 +131,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.params = params.Parameters(
         params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
     )
-    app.state.openapi = openapi.document(app.state.params.table)
+    app.state.openapi = openapi.document(app.state.params.table, settings.signing.enabled)
     return app

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from gateway.signing import Signing, parse_keys, parse_signing
 
 MiB = 1024 * 1024
 
@@ -39,6 +40,7 @@ class Settings:
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
+    signing: Signing = field(default_factory=Signing)  # no keys: signed URLs are off
 
     @property
     def auth_enabled(self) -> bool:
@@ -67,6 +69,9 @@ class Settings:
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            signing=parse_signing(
+                parse_keys(env.items("URL_SIGNING_KEYS", ())), env.raw("SIGNATURES")
+            ),
         )
 
 
