@@ -7,8 +7,10 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -31,7 +33,7 @@ from gateway.signing import (
     sign,
     verify,
 )
-from tests.support import ServiceProcess, is_problem, png_bytes
+from tests.support import ROOT, ServiceProcess, is_problem, png_bytes
 
 SECRET = "0123456789abcdef0123456789abcdef"
 NEW = SigningKey("new", b"N" * 32)
@@ -391,3 +393,20 @@ def test_without_keys_signature_parameters_are_unknown(http: httpx.Client) -> No
         body = is_problem(http.get(f"{path}?{query}"), 400)
         assert body["detail"] in ("kid: unknown parameter", "sig: unknown parameter")
     is_problem(http.post(f"{path}/signed-urls", json={}), 404)
+
+
+def test_the_readme_signs_as_the_gateway_verifies() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Signed URLs") : readme.index("### Errors")]
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert block is not None and len([ln for ln in block.group(1).splitlines() if ln]) <= 10
+    names: dict[str, Any] = {}
+    exec(compile(block.group(1), "README.md", "exec"), names)
+    url = names["signed_url"](PATH, {"w": "300", "grayscale": "", "été": "a b"}, "new", "N" * 32)
+    path, _, query = url.partition("?")
+    verify(path, items(query), [NEW], time.time())
+    assert reason(lambda: verify(path, items(query), [NEW], time.time() + 3600)) == (
+        "SIGNATURE_EXPIRED"
+    )
+    assert "`/images/AAAAAAAAAAAAAAAAAAAAAA?%C3%A9t%C3%A9=a%20b%2F~&a-b=1" in section
+    assert "`sig=eUdXz7r-Zs483kphN049ZzahEPKN9NUgO5RKiBeus34`" in section
