@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway.params import CURSOR, Param
+from gateway.signed_urls import MAX_EXPIRES_IN
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 CURSOR_PATTERN = f"^{CURSOR}$"
@@ -58,15 +59,14 @@ SIGNATURE = [
 ]
 
 
-def _signed_urls() -> dict[str, Any]:
+def _signed_urls(params: Iterable[Param]) -> dict[str, Any]:
     """POST /images/{image_id}/signed-urls, which exists where signing is on."""
-    value = {"type": ["string", "number", "boolean"]}
     return {
         "post": {
             "summary": "A signed URL of the image (its owner with images:write, or an admin)",
             "parameters": [ID],
             "requestBody": {
-                "required": True,
+                "required": False,  # none: the original, for an hour
                 "content": {
                     "application/json": {
                         "schema": {
@@ -76,12 +76,13 @@ def _signed_urls() -> dict[str, Any]:
                                     "type": "object",
                                     "description": "Transformation parameters, as in the "
                                     "query of GET /images/{image_id}; a flag is true.",
-                                    "additionalProperties": value,
+                                    "properties": {p.name: p.schema for p in params},
+                                    "additionalProperties": False,
                                 },
                                 "expires_in": {
                                     "type": "integer",
                                     "minimum": 1,
-                                    "maximum": 7 * 24 * 3600,
+                                    "maximum": MAX_EXPIRES_IN,
                                     "default": 3600,
                                 },
                             },
@@ -117,6 +118,7 @@ def document(params: Iterable[Param], signing: bool = False) -> dict[str, Any]:
     """OpenAPI 3.1 for every route, parameter and response; params are the
     transformation parameters under the service's limits; signing: whether signed URLs
     are on (their parameters, route and security scheme)."""
+    params = tuple(params)  # read twice where signing is on
     signature = SIGNATURE if signing else []
     transform = [
         {
@@ -364,5 +366,5 @@ def document(params: Iterable[Param], signing: bool = False) -> dict[str, Any]:
         },
     }
     if signing:
-        doc["paths"]["/images/{image_id}/signed-urls"] = _signed_urls()
+        doc["paths"]["/images/{image_id}/signed-urls"] = _signed_urls(params)
     return doc

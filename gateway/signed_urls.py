@@ -52,6 +52,8 @@ def _query_value(name: str, value: Any) -> str:
     """A JSON value as it is written in a query: a flag that is true is given bare."""
     if isinstance(value, bool):
         return "" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # JSON's 300.0 is the integer 300 (and w takes digits)
     if isinstance(value, str | int | float):
         return str(value)
     raise params.bad(name, "must be a string, a number or a boolean")
@@ -72,6 +74,8 @@ def _request(body: Any) -> tuple[list[tuple[str, str]], int]:
             raise params.bad(name, "the signature's own, not a transformation parameter")
     query = [(name, _query_value(name, value)) for name, value in asked.items()]
     expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN)
+    if isinstance(expires_in, float) and expires_in.is_integer():
+        expires_in = int(expires_in)  # JSON's 60.0 is the integer 60
     if type(expires_in) is not int or not 1 <= expires_in <= MAX_EXPIRES_IN:
         raise params.bad("expires_in", f"must be whole seconds between 1 and {MAX_EXPIRES_IN}")
     return query, expires_in

@@ -153,9 +153,14 @@ def test_combinations_openapi_cannot_state_are_the_gateways_own_rules() -> None:
     assert PARAMETERS.conflict(PARAMETERS.values([("w", "3"), ("fit", "cover")])) is None
 
 
-def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "gateway_env",
+    [{}, {"IMAGESVC_URL_SIGNING_KEYS": f"k1:{'K' * 32}"}],
+    ids=["plain", "signed-urls"],
+)
+def test_schemathesis_finds_nothing(tmp_path: Path, gateway_env: dict[str, str]) -> None:
     """`st run --checks all` over the whole OpenAPI document, against services of its own."""
-    cache, processor, gateway = start_all(tmp_path)
+    cache, processor, gateway = start_all(tmp_path, gateway_env=gateway_env)
     try:
         st = Path(sys.executable).parent / "st"
         result = subprocess.run(
