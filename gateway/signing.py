@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote as _urlquote
 
@@ -44,10 +44,7 @@ URL_HOLDER = Caller("", False, frozenset({READ, ADMIN}))
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
-    secret: bytes = b""
-
-    def __repr__(self) -> str:
-        return f"SigningKey({self.kid!r})"  # a secret is never printed
+    secret: bytes = field(repr=False)  # a secret is never printed
 
 
 @dataclass(frozen=True)
