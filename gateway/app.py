@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import jsonlog
-from gateway import images, openapi, params
+from gateway import images, openapi, params, signed_urls
 from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
@@ -109,6 +109,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    if settings.signing.enabled:
+        routes.append(
+            Route("/images/{image_id}/signed-urls", signed_urls.post_signed_url, methods=["POST"])
+        )
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Observability, metrics=registry)],
@@ -128,5 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.params = params.Parameters(
         params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
     )
-    app.state.openapi = openapi.document(app.state.params.table, settings.presets)
+    app.state.openapi = openapi.document(
+        app.state.params.table, settings.presets, settings.signing.enabled
+    )
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
@@ -10,6 +10,7 @@ from common.grpcclient import addresses
 from common.tls import Tls
 from gateway import params
 from gateway.presets import Presets, load_presets
+from gateway.signing import Signing, parse_keys, parse_signing
 from gateway.tokens import MIN_SECRET_BYTES, KeysError, SecretKey, Tokens, jwks_source
 
 MiB = 1024 * 1024
@@ -46,6 +47,7 @@ class Settings:
     log_level: str
     presets: Presets
     tls: Tls | None  # mutual TLS on every gRPC connection, when set
+    signing: Signing = field(default_factory=Signing)  # no keys: signed URLs are off
 
     @property
     def auth_enabled(self) -> bool:
@@ -80,6 +82,9 @@ class Settings:
             log_level=env.text("LOG_LEVEL", "INFO"),
             presets=_presets(env.text("PRESETS", ""), env.flag("PRESETS_ONLY", False), limits),
             tls=Tls.from_env(env),
+            signing=parse_signing(
+                parse_keys(env.items("URL_SIGNING_KEYS", ())), env.raw("SIGNATURES")
+            ),
         )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any, TypeVar, cast
@@ -21,7 +22,7 @@ from common.caller import DELETE, READ, Caller, can_read
 from common.grpcclient import call_metadata
 from common.hotcache import HotCache
 from common.ids import ImageId, parse_image_id
-from gateway import params
+from gateway import params, signing
 from gateway.answers import MAX_ENTRY_BYTES, Entry
 from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
@@ -235,7 +236,8 @@ async def _answer_and_keep(
 async def get_image(request: Request) -> Response:
     """The original, or with transformation parameters a variant."""
     image_id = image_id_of(request)
-    caller = await identify(request, settings_of(request))
+    query = list(request.query_params.multi_items())
+    caller = await _reader(request, query)
     key = _hot_key(request)
     hot = hot_of(request)
     request.state.hot_generation = hot.generation  # a put after a watch gap is refused
@@ -246,9 +248,9 @@ async def get_image(request: Request) -> Response:
         if key:
             metrics_of(request).variants.labels("gateway").inc()
         return _from_memory(request, entry)
-    query = list(request.query_params.multi_items())
+    asked = settings_of(request).signing.asked(query)
     presets = settings_of(request).presets
-    wanted = presets.parse(query, params_of(request), request.headers.get("accept", ""))
+    wanted = presets.parse(asked, params_of(request), request.headers.get("accept", ""))
     if wanted is None:
         return await _original(request, image_id, caller, key)
     return await _variant(request, image_id, caller, wanted, key)
@@ -257,9 +259,18 @@ async def get_image(request: Request) -> Response:
 async def get_blurred(request: Request) -> Response:
     """The original service's blur endpoint, kept for its clients."""
     image_id = image_id_of(request)
-    params.only(request.query_params)
-    caller = await identify(request, settings_of(request))
+    query = list(request.query_params.multi_items())
+    params.only(name for name, _ in settings_of(request).signing.asked(query))
+    caller = await _reader(request, query)
     return await _variant(request, image_id, caller, params_of(request).blurred(), None)
+
+
+async def _reader(request: Request, query: list[tuple[str, str]]) -> Caller:
+    """The caller, or whoever holds a validly signed URL; checked before anything is
+    answered, from memory included (an expired signature is refused even there)."""
+    settings = settings_of(request)
+    caller = await identify(request, settings)
+    return signing.reader(settings.signing, request.url.path, query, caller, time.time())
 
 
 async def _original(request: Request, image_id: str, caller: Caller, key: str) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.params import CURSOR, Param
 from gateway.presets import QUERY_NAME, Presets
+from gateway.signed_urls import MAX_EXPIRES_IN
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 CURSOR_PATTERN = f"^{CURSOR}$"
@@ -33,11 +34,96 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): PROBLEM for status in statuses}
 
 
-def document(params: Iterable[Param], presets: Presets | None = None) -> dict[str, Any]:
+SIGNATURE = [
+    {
+        "name": "kid",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{1,64}$"},
+        "description": "Signed URLs: the key that signed it (IMAGESVC_URL_SIGNING_KEYS).",
+    },
+    {
+        "name": "exp",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+        "description": "Signed URLs: UNIX seconds from which the signature is refused.",
+    },
+    {
+        "name": "sig",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Signed URLs: base64url (unpadded) HMAC-SHA256 of the canonical "
+        "string (README, Signed URLs); a bad one is 403 with a reason.",
+    },
+]
+
+
+def _signed_urls(params: Iterable[Param]) -> dict[str, Any]:
+    """POST /images/{image_id}/signed-urls, which exists where signing is on."""
+    return {
+        "post": {
+            "summary": "A signed URL of the image (its owner with images:write, or an admin)",
+            "parameters": [ID],
+            "requestBody": {
+                "required": False,  # none: the original, for an hour
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "params": {
+                                    "type": "object",
+                                    "description": "Transformation parameters, as in the "
+                                    "query of GET /images/{image_id}; a flag is true.",
+                                    "properties": {p.name: p.schema for p in params},
+                                    "additionalProperties": False,
+                                },
+                                "expires_in": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": MAX_EXPIRES_IN,
+                                    "default": 3600,
+                                },
+                            },
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The URL (path and query) and when it expires.",
+                    "headers": {"Cache-Control": {"schema": {"type": "string"}}},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "url": {"type": "string"},
+                                    "expires": {"type": "integer"},
+                                },
+                                "required": ["url", "expires"],
+                            }
+                        }
+                    },
+                },
+                **_errors(400, 401, 403, 404, 413, 503, 504),
+            },
+        }
+    }
+
+
+def document(
+    params: Iterable[Param], presets: Presets | None = None, signing: bool = False
+) -> dict[str, Any]:
     """OpenAPI 3.1 for every route, parameter and response; params are the
-    transformation parameters under the service's limits, presets the configured ones."""
-    params = list(params)
+    transformation parameters under the service's limits, presets the configured ones;
+    signing: whether signed URLs are on (their parameters, route and security scheme)."""
+    params = tuple(params)  # read twice where signing is on
     presets = presets or Presets()
+    signature = SIGNATURE if signing else []
     transform = [
         {
             "name": p.name,
@@ -100,14 +186,30 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
     }
     get_image = {
         "summary": "The original, or with transformation parameters a variant",
-        "parameters": [ID, *transform],
+        "parameters": [ID, *transform, *signature],
         "responses": {
             "200": IMAGE_BYTES,
             "304": {"description": "Not modified (If-None-Match matched the ETag)."},
             **_errors(400, 401, 403, 404, 413, 422, 503, 504),
         },
     }
-    return {
+    security: dict[str, Any] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (IMAGESVC_API_KEYS) or a JWT whose sub is the "
+            "owner and whose scope grants images:read, images:write, images:delete "
+            "or images:admin (IMAGESVC_JWT_SECRET or IMAGESVC_JWT_JWKS).",
+        }
+    }
+    if signing:
+        security["signedUrl"] = {
+            "type": "apiKey",
+            "in": "query",
+            "name": "sig",
+            "description": "A signed URL grants a read of exactly that URL until exp.",
+        }
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "imageservice", "version": "1.0.0"},
         "paths": {
@@ -222,7 +324,7 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
             "/blurred-images/{image_id}": {
                 "get": {
                     "summary": "The image blurred (sigma 10), as the original service had it",
-                    "parameters": [ID],
+                    "parameters": [ID, *signature],
                     "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 403, 404, 503, 504)},
                 }
             },
@@ -312,14 +414,9 @@ def document(params: Iterable[Param], presets: Presets | None = None) -> dict[st
                     },
                 }
             },
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key (IMAGESVC_API_KEYS) or a JWT whose sub is the "
-                    "owner and whose scope grants images:read, images:write, images:delete "
-                    "or images:admin (IMAGESVC_JWT_SECRET or IMAGESVC_JWT_JWKS).",
-                }
-            },
+            "securitySchemes": security,
         },
     }
+    if signing:
+        doc["paths"]["/images/{image_id}/signed-urls"] = _signed_urls(params)
+    return doc

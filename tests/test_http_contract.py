@@ -153,15 +153,21 @@ def test_combinations_openapi_cannot_state_are_the_gateways_own_rules() -> None:
     assert PARAMETERS.conflict(PARAMETERS.values([("w", "3"), ("fit", "cover")])) is None
 
 
-def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "signing",
+    [{}, {"IMAGESVC_URL_SIGNING_KEYS": f"k1:{'K' * 32}"}],
+    ids=["plain", "signed-urls"],
+)
+def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> None:
     """`st run --checks all` over the whole OpenAPI document, against services of its own,
-    with presets (whose parameters may conflict with those given beside them)."""
+    with presets (whose parameters may conflict with those given beside them), with and
+    without signed URLs."""
     presets = tmp_path / "presets.toml"
     presets.write_text(
         '[thumb]\nw = 300\nh = 200\nfit = "cover"\ngravity = "north"\n'
         '[still]\nframes = "first"\nq = 70\nbg = "ffffff"\nrotate = 5\n'
     )
-    settings = {"IMAGESVC_PRESETS": str(presets)}  # the hooks read them too
+    settings = {"IMAGESVC_PRESETS": str(presets), **signing}  # the hooks read presets too
     cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
     try:
         st = Path(sys.executable).parent / "st"
