@@ -24,6 +24,7 @@ from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
 from gateway.problems import HTTPProblem, from_grpc, problem_response
+from gateway.ratelimit import Limiter
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -88,8 +89,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         upstream = Upstream.connect(settings)
         hot = answer_cache(settings.hot_cache_bytes)
         watcher = asyncio.create_task(hot.watch(upstream.cache))
+        limiter = Limiter.connect(settings.rate_limit_url, settings.key_prefix)
         try:
-            yield {"upstream": upstream, "hot": hot}
+            yield {"upstream": upstream, "hot": hot, "limiter": limiter}
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,9 +110,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    middleware = [Middleware(Observability, metrics=registry)]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Observability, metrics=registry)],
+        middleware=middleware,
         exception_handlers={
             HTTPProblem: on_problem,
             grpc.aio.AioRpcError: on_grpc_error,

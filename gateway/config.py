@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from limits import RateLimitItem, parse
 
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from gateway.ratelimit import Budget, Network
 
 MiB = 1024 * 1024
 
@@ -39,6 +44,12 @@ class Settings:
     chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
+    # Budgets per caller; None: unlimited.
+    upload_budget: Budget | None
+    render_budget: Budget | None
+    rate_limit_url: str | None  # None: counters in memory
+    key_prefix: str
+    trusted_proxies: tuple[Network, ...]
 
     @property
     def auth_enabled(self) -> bool:
@@ -49,7 +60,7 @@ class Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
         keys = _api_keys(env.items("API_KEYS", ()))
-        return cls(
+        settings = cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
             workers=env.integer("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
@@ -67,7 +78,53 @@ class Settings:
             chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
             log_level=env.text("LOG_LEVEL", "INFO"),
+            upload_budget=_budget("uploads", env.text("RATE_LIMIT_UPLOADS", "")),
+            render_budget=_budget("renders", env.text("RATE_LIMIT_RENDERS", "")),
+            rate_limit_url=_redis_url(env.text("RATE_LIMIT_URL", "")),
+            key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
+            trusted_proxies=_networks(env.items("TRUSTED_PROXIES", ())),
         )
+        return settings
+
+
+def _budget(label: str, text: str) -> Budget | None:
+    """IMAGESVC_RATE_LIMIT_<LABEL>: the limits library's notation (`60/minute`, `1000 per
+    hour`), or empty for none."""
+    if not text:
+        return None
+    name = f"RATE_LIMIT_{label.upper()}"
+    try:
+        item: RateLimitItem = parse(text)
+    except ValueError:
+        raise ConfigError(
+            f"IMAGESVC_{name}={text!r} is not a rate such as 60/minute or 1000 per hour"
+        ) from None
+    if item.amount < 1:
+        raise ConfigError(f"IMAGESVC_{name}={text!r} allows nothing; leave it unset for no limit")
+    return Budget(label, item)
+
+
+def _redis_url(url: str) -> str | None:
+    """IMAGESVC_RATE_LIMIT_URL, or None for counters in memory."""
+    if not url:
+        return None
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError("IMAGESVC_RATE_LIMIT_URL takes redis://HOST:PORT/DB (or rediss://)")
+    return url
+
+
+def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
+    """IMAGESVC_TRUSTED_PROXIES: addresses and CIDR blocks."""
+    networks: list[Network] = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "IMAGESVC_TRUSTED_PROXIES takes IP addresses and CIDR blocks, "
+                f"comma-separated; {item!r} is neither"
+            ) from None
+    return tuple(networks)
 
 
 def _scopes(text: str) -> frozenset[str] | None:

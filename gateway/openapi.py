@@ -79,7 +79,7 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
         "responses": {
             "200": IMAGE_BYTES,
             "304": {"description": "Not modified (If-None-Match matched the ETag)."},
-            **_errors(400, 401, 404, 413, 422, 503, 504),
+            **_errors(400, 401, 404, 413, 422, 429, 503, 504),
         },
     }
     return {
@@ -133,7 +133,7 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
                             **image_json,
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 401, 408, 413, 415, 422, 503, 504),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 503, 504),
                     },
                 },
                 "get": {
@@ -198,7 +198,7 @@ def document(params: Iterable[Param]) -> dict[str, Any]:
                 "get": {
                     "summary": "The image blurred (sigma 10), as the original service had it",
                     "parameters": [ID],
-                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 404, 503, 504)},
+                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 404, 429, 503, 504)},
                 }
             },
             "/healthz": {

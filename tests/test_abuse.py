@@ -1,0 +1,177 @@
+"""Abuse: rate limits per caller, in memory and in Redis, and with Redis down. Real
+gateways."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import httpx
+import redis
+
+from tests.engines import REDIS_URL, Cutoff
+from tests.support import ServiceProcess, png_bytes
+
+Stack = Callable[..., ServiceProcess]
+KEY_A = "alice-key-0123456789"
+KEY_B = "bob-key-0123456789ab"
+KEYS = f"alice:{KEY_A},bob:{KEY_B}"
+
+
+def upload(gateway: ServiceProcess, headers: dict[str, str] | None = None) -> httpx.Response:
+    image = png_bytes(24, 16, seed=int.from_bytes(os.urandom(3)))
+    return httpx.post(
+        f"{gateway.url}/images?visibility=public",
+        content=image,
+        headers={"Content-Type": "image/png", **(headers or {})},
+        timeout=30,
+    )
+
+
+def render(gateway: ServiceProcess, image_id: str, query: str) -> httpx.Response:
+    return httpx.get(f"{gateway.url}/images/{image_id}?{query}", timeout=30)
+
+
+def remaining(response: httpx.Response, policy: str) -> int:
+    """r of the RateLimit field, checking it names the policy and says a t."""
+    match = re.fullmatch(rf'"{policy}";r=(\d+);t=(\d+)', response.headers["ratelimit"])
+    assert match is not None, response.headers["ratelimit"]
+    assert 1 <= int(match.group(2)) <= 60
+    return int(match.group(1))
+
+
+def assert_refused(response: httpx.Response, policy: str, quota: int) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert (body["status"], body["type"], body["policy"]) == (429, "/problems/rate-limited", policy)
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert response.headers["ratelimit-policy"] == f'"{policy}";q={quota};w=60'
+    assert remaining(response, policy) == 0
+
+
+def test_uploads_past_the_budget_are_refused_with_the_headers(stack: Stack) -> None:
+    gateway = stack({"IMAGESVC_RATE_LIMIT_UPLOADS": "2/minute"})
+    first, second = upload(gateway), upload(gateway)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.headers["ratelimit-policy"] == '"uploads";q=2;w=60'
+    assert (remaining(first, "uploads"), remaining(second, "uploads")) == (1, 0)
+    assert_refused(upload(gateway), "uploads", 2)
+    # Reads are not uploads, and renders have no budget here.
+    image_id = first.json()["id"]
+    assert render(gateway, image_id, "").status_code == 200
+    answer = render(gateway, image_id, "w=7")
+    assert answer.status_code == 200 and "ratelimit" not in answer.headers
+
+
+def test_render_misses_are_limited_and_hits_never_spend(stack: Stack) -> None:
+    # No hot cache in the gateway: every request reaches the processor, which says
+    # whether it rendered.
+    limited = {"IMAGESVC_RATE_LIMIT_RENDERS": "2/minute", "IMAGESVC_GATEWAY_CACHE_BYTES": "0"}
+    gateway = stack(limited)
+    image_id = upload(gateway).json()["id"]
+    miss = render(gateway, image_id, "w=10")
+    assert (miss.status_code, miss.headers["x-cache"]) == (200, "MISS")
+    assert miss.headers["ratelimit-policy"] == '"renders";q=2;w=60'
+    assert remaining(miss, "renders") == 1
+    for _ in range(5):
+        hit = render(gateway, image_id, "w=10")
+        assert (hit.status_code, hit.headers["x-cache"]) == (200, "HIT")
+        assert remaining(hit, "renders") == 1  # seen, not spent
+    assert remaining(render(gateway, image_id, "w=11"), "renders") == 0
+    assert_refused(render(gateway, image_id, "w=12"), "renders", 2)
+    blurred = httpx.get(f"{gateway.url}/blurred-images/{image_id}", timeout=30)
+    assert_refused(blurred, "renders", 2)  # a render like any other
+    # Originals and metadata are never renders.
+    assert render(gateway, image_id, "").status_code == 200
+    assert httpx.get(f"{gateway.url}/images/{image_id}/info", timeout=30).status_code == 200
+
+
+def test_answers_from_the_gateways_memory_are_never_limited(stack: Stack) -> None:
+    gateway = stack({"IMAGESVC_RATE_LIMIT_RENDERS": "1/minute"})
+    image_id = upload(gateway).json()["id"]
+    assert render(gateway, image_id, "w=20").headers["x-cache"] == "MISS"
+    assert_refused(render(gateway, image_id, "w=21"), "renders", 1)
+    for _ in range(5):
+        again = render(gateway, image_id, "w=20")  # the budget is spent, but no render
+        assert (again.status_code, again.headers["x-cache"]) == (200, "HIT")
+
+
+def test_each_api_key_has_its_own_budget(stack: Stack) -> None:
+    gateway = stack({"IMAGESVC_API_KEYS": KEYS, "IMAGESVC_RATE_LIMIT_UPLOADS": "1/minute"})
+    alice = {"Authorization": f"Bearer {KEY_A}"}
+    assert upload(gateway, alice).status_code == 201
+    assert_refused(upload(gateway, alice), "uploads", 1)
+    assert upload(gateway, {"X-API-Key": KEY_B}).status_code == 201
+    # A wrong key is refused as before, spending nobody's budget.
+    assert upload(gateway, {"Authorization": "Bearer not-a-key-at-all-00"}).status_code == 401
+    assert_refused(upload(gateway, {"X-API-Key": KEY_B}), "uploads", 1)
+
+
+def test_client_addresses_from_a_trusted_proxy_only(stack: Stack) -> None:
+    budget = {"IMAGESVC_RATE_LIMIT_UPLOADS": "1/minute"}
+    behind = stack({**budget, "IMAGESVC_TRUSTED_PROXIES": "127.0.0.0/8,10.0.0.0/8"})
+
+    def via(gateway: ServiceProcess, forwarded: str) -> httpx.Response:
+        return upload(gateway, {"X-Forwarded-For": forwarded})
+
+    assert via(behind, "203.0.113.1").status_code == 201
+    assert_refused(via(behind, "203.0.113.1"), "uploads", 1)
+    assert via(behind, "203.0.113.2").status_code == 201
+    # What the client wrote left of the proxies' hops proves nothing; a chain of trusted
+    # proxies is walked back to the first hop that is not one.
+    assert_refused(via(behind, "198.51.100.7, 203.0.113.1"), "uploads", 1)
+    assert_refused(via(behind, "203.0.113.2, 10.1.2.3"), "uploads", 1)
+    assert via(behind, "203.0.113.1, 203.0.113.3, 10.1.2.3").status_code == 201
+    assert via(behind, "nonsense").status_code == 201  # a garbled hop is its own caller
+
+    # Without the setting the peer is the caller, whatever it forwards.
+    direct = stack(budget)
+    assert via(direct, "203.0.113.4").status_code == 201
+    assert_refused(via(direct, "203.0.113.5"), "uploads", 1)
+    assert_refused(upload(direct), "uploads", 1)
+
+
+def test_redis_counters_are_shared_by_gateways(stack: Stack, redis_key_prefix: str) -> None:
+    env = {
+        "IMAGESVC_API_KEYS": KEYS,
+        "IMAGESVC_RATE_LIMIT_UPLOADS": "3/minute",
+        "IMAGESVC_RATE_LIMIT_URL": REDIS_URL,
+        "IMAGESVC_VARIANT_KEY_PREFIX": redis_key_prefix,
+    }
+    first, second = stack(env), stack(env)
+    alice = {"Authorization": f"Bearer {KEY_A}"}
+    assert remaining(upload(first, alice), "uploads") == 2
+    assert remaining(upload(second, alice), "uploads") == 1
+    assert remaining(upload(first, alice), "uploads") == 0
+    assert_refused(upload(second, alice), "uploads", 3)
+    assert remaining(upload(second, {"X-API-Key": KEY_B}), "uploads") == 2
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k.decode() for k in client.scan_iter(match=f"{redis_key_prefix}ratelimit*")]
+    finally:
+        client.close()
+    assert any("alice" in k for k in keys) and any("bob" in k for k in keys), keys
+
+
+def test_a_redis_that_is_down_lets_requests_through(stack: Stack, redis_key_prefix: str) -> None:
+    with Cutoff.to(REDIS_URL) as relay:
+        gateway = stack(
+            {
+                "IMAGESVC_RATE_LIMIT_UPLOADS": "2/minute",
+                "IMAGESVC_RATE_LIMIT_URL": relay.via(REDIS_URL),
+                "IMAGESVC_VARIANT_KEY_PREFIX": redis_key_prefix,
+            }
+        )
+        assert remaining(upload(gateway), "uploads") == 1
+        relay.cut()
+        for _ in range(3):  # more than the budget: the limits are off, not the service
+            answer = upload(gateway)
+            assert answer.status_code == 201 and "ratelimit" not in answer.headers
+        assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
+        warnings = [e for e in gateway.log_entries() if e.get("logger") == "gateway.ratelimit"]
+        assert [e["level"] for e in warnings] == ["warning"]  # once, not per request
+        relay.restore()
+        assert remaining(upload(gateway), "uploads") == 0  # counting again, from Redis
+        assert_refused(upload(gateway), "uploads", 2)
