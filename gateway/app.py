@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,6 +29,18 @@ from gateway.ratelimit import Limiter
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
+# What a script on another origin may read of an answer besides the CORS-safelisted
+# headers (Content-Type, Cache-Control...).
+CORS_EXPOSED = [
+    "ETag",
+    "Content-Length",
+    "Location",
+    "X-Cache",
+    "X-Request-ID",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+]
 
 
 async def healthz(request: Request) -> Response:
@@ -111,6 +124,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     middleware = [Middleware(Observability, metrics=registry)]
+    if settings.cors_origins:
+        # Inside Observability, so preflights are counted, logged and carry a request id.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "X-API-Key",
+                    "Content-Type",
+                    "If-None-Match",
+                    "X-Request-ID",
+                ],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=routes,
         middleware=middleware,

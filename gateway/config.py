@@ -50,6 +50,7 @@ class Settings:
     rate_limit_url: str | None  # None: counters in memory
     key_prefix: str
     trusted_proxies: tuple[Network, ...]
+    cors_origins: tuple[str, ...]  # empty: no CORS headers
 
     @property
     def auth_enabled(self) -> bool:
@@ -83,6 +84,7 @@ class Settings:
             rate_limit_url=_redis_url(env.text("RATE_LIMIT_URL", "")),
             key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
             trusted_proxies=_networks(env.items("TRUSTED_PROXIES", ())),
+            cors_origins=env.items("CORS_ORIGINS", ()),
         )
         return settings
 

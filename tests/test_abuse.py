@@ -1,4 +1,4 @@
-"""Abuse: rate limits per caller, in memory and in Redis, and with Redis down. Real
+"""Abuse: rate limits per caller, in memory and in Redis, and with Redis down; CORS. Real
 gateways."""
 
 from __future__ import annotations
@@ -175,3 +175,44 @@ def test_a_redis_that_is_down_lets_requests_through(stack: Stack, redis_key_pref
         relay.restore()
         assert remaining(upload(gateway), "uploads") == 0  # counting again, from Redis
         assert_refused(upload(gateway), "uploads", 2)
+
+
+def test_cors_preflight_and_exposed_headers(stack: Stack, gateway_server: ServiceProcess) -> None:
+    origin = "https://app.example"
+    cors = {"IMAGESVC_CORS_ORIGINS": f"{origin},https://other.example"}
+    gateway = stack({**cors, "IMAGESVC_RATE_LIMIT_RENDERS": "100/minute"})
+    preflight = httpx.options(
+        f"{gateway.url}/images",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert preflight.headers["x-request-id"]
+    stranger = httpx.options(
+        f"{gateway.url}/images",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert stranger.status_code == 400
+    assert "access-control-allow-origin" not in stranger.headers
+
+    image_id = upload(gateway).json()["id"]
+    answer = httpx.get(f"{gateway.url}/images/{image_id}?w=9", headers={"Origin": origin})
+    assert answer.headers["access-control-allow-origin"] == origin
+    exposed = {
+        h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")
+    }
+    wanted = {"etag", "content-length", "ratelimit", "ratelimit-policy", "x-request-id"}
+    assert wanted <= exposed
+
+    everyone = stack({"IMAGESVC_CORS_ORIGINS": "*"})
+    anywhere = httpx.get(f"{everyone.url}/healthz", headers={"Origin": "https://any.example"})
+    assert anywhere.headers["access-control-allow-origin"] == "*"
+    # Unset: no CORS at all, so browsers keep other origins out.
+    off = httpx.get(f"{gateway_server.url}/healthz", headers={"Origin": origin})
+    assert "access-control-allow-origin" not in off.headers
