@@ -51,10 +51,21 @@ class Settings:
     key_prefix: str
     trusted_proxies: tuple[Network, ...]
     cors_origins: tuple[str, ...]  # empty: no CORS headers
+    allow_anonymous: bool
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can reach the listening host."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name may resolve to any address
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -85,7 +96,17 @@ class Settings:
             key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
             trusted_proxies=_networks(env.items("TRUSTED_PROXIES", ())),
             cors_origins=env.items("CORS_ORIGINS", ()),
+            allow_anonymous=env.flag("ALLOW_ANONYMOUS", False),
         )
+        if not (settings.loopback_only or settings.auth_enabled or settings.allow_anonymous):
+            # Protected mode: an open gateway on a reachable address lets anyone store
+            # and delete anything; that must be chosen, not stumbled into.
+            raise ConfigError(
+                f"IMAGESVC_GATEWAY_HOST={settings.host} is reachable from other machines "
+                "and no authentication is configured (IMAGESVC_API_KEYS), so anyone could "
+                "upload, read and delete every image; configure authentication, listen on "
+                "127.0.0.1, or set IMAGESVC_ALLOW_ANONYMOUS=true to serve anonymously anyway"
+            )
         return settings
 
 

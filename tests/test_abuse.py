@@ -1,17 +1,20 @@
-"""Abuse: rate limits per caller, in memory and in Redis, and with Redis down; CORS. Real
-gateways."""
+"""Abuse: rate limits per caller, in memory and in Redis, and with Redis down; CORS; the
+protected mode that keeps an open gateway off reachable addresses. Real gateways."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import redis
 
 from tests.engines import REDIS_URL, Cutoff
-from tests.support import ServiceProcess, png_bytes
+from tests.support import ROOT, ServiceProcess, png_bytes
 
 Stack = Callable[..., ServiceProcess]
 KEY_A = "alice-key-0123456789"
@@ -216,3 +219,35 @@ def test_cors_preflight_and_exposed_headers(stack: Stack, gateway_server: Servic
     # Unset: no CORS at all, so browsers keep other origins out.
     off = httpx.get(f"{gateway_server.url}/healthz", headers={"Origin": origin})
     assert "access-control-allow-origin" not in off.headers
+
+
+def run_gateway(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway` that is expected to refuse to start."""
+    full = {
+        **os.environ,
+        "IMAGESVC_DATA_DIR": str(tmp_path),
+        "IMAGESVC_GATEWAY_PORT": "0",
+        **env,
+    }
+    command = [sys.executable, "-m", "gateway"]
+    return subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_protected_mode_refuses_an_open_gateway_on_a_reachable_address(
+    stack: Stack, tmp_path: Path
+) -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.1", "gateway.example"):
+        refused = run_gateway({"IMAGESVC_GATEWAY_HOST": host}, tmp_path)
+        assert refused.returncode == 1, (host, refused.stderr)
+        message = refused.stderr.strip()
+        assert message.startswith(f"gateway: bad configuration: IMAGESVC_GATEWAY_HOST={host} ")
+        assert "IMAGESVC_API_KEYS" in message and "IMAGESVC_ALLOW_ANONYMOUS=true" in message
+        assert "listening" not in refused.stdout + refused.stderr
+    # Loopback needs nothing; a reachable address needs auth or the explicit override.
+    for env in (
+        {"IMAGESVC_GATEWAY_HOST": "0.0.0.0", "IMAGESVC_ALLOW_ANONYMOUS": "true"},
+        {"IMAGESVC_GATEWAY_HOST": "0.0.0.0", "IMAGESVC_API_KEYS": KEYS},
+        {"IMAGESVC_GATEWAY_HOST": "localhost"},
+    ):
+        gateway = stack(env)
+        assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
