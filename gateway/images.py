@@ -360,7 +360,7 @@ async def post_image(request: Request) -> Response:
         raise params.bad("filename", f"longer than {MAX_FILENAME} characters")
     standing = None
     if settings.upload_budget is not None:
-        # Every attempt counts, refused or not: validating it is the work being limited.
+        # Every attempt counts, valid or not: validating it is the work being limited.
         who = caller_key(request, caller, settings.trusted_proxies)
         standing = await limiter_of(request).spend(settings.upload_budget, who)
     image = await upload(

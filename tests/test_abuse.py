@@ -17,9 +17,12 @@ from tests.engines import REDIS_URL, Cutoff
 from tests.support import ROOT, ServiceProcess, png_bytes
 
 Stack = Callable[..., ServiceProcess]
-KEY_A = "alice-key-0123456789"
-KEY_B = "bob-key-0123456789ab"
-KEYS = f"alice:{KEY_A},bob:{KEY_B}"
+# Owners of this module's own: the session's cache is shared, and other tests count the
+# images of theirs.
+OWNER_A, OWNER_B = f"limited-{os.urandom(4).hex()}", f"limited-{os.urandom(4).hex()}"
+KEY_A = "first-key-0123456789"
+KEY_B = "second-key-012345678"
+KEYS = f"{OWNER_A}:{KEY_A},{OWNER_B}:{KEY_B}"
 
 
 def upload(gateway: ServiceProcess, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -103,9 +106,9 @@ def test_answers_from_the_gateways_memory_are_never_limited(stack: Stack) -> Non
 
 def test_each_api_key_has_its_own_budget(stack: Stack) -> None:
     gateway = stack({"IMAGESVC_API_KEYS": KEYS, "IMAGESVC_RATE_LIMIT_UPLOADS": "1/minute"})
-    alice = {"Authorization": f"Bearer {KEY_A}"}
-    assert upload(gateway, alice).status_code == 201
-    assert_refused(upload(gateway, alice), "uploads", 1)
+    as_a = {"Authorization": f"Bearer {KEY_A}"}
+    assert upload(gateway, as_a).status_code == 201
+    assert_refused(upload(gateway, as_a), "uploads", 1)
     assert upload(gateway, {"X-API-Key": KEY_B}).status_code == 201
     # A wrong key is refused as before, spending nobody's budget.
     assert upload(gateway, {"Authorization": "Bearer not-a-key-at-all-00"}).status_code == 401
@@ -144,18 +147,18 @@ def test_redis_counters_are_shared_by_gateways(stack: Stack, redis_key_prefix: s
         "IMAGESVC_VARIANT_KEY_PREFIX": redis_key_prefix,
     }
     first, second = stack(env), stack(env)
-    alice = {"Authorization": f"Bearer {KEY_A}"}
-    assert remaining(upload(first, alice), "uploads") == 2
-    assert remaining(upload(second, alice), "uploads") == 1
-    assert remaining(upload(first, alice), "uploads") == 0
-    assert_refused(upload(second, alice), "uploads", 3)
+    as_a = {"Authorization": f"Bearer {KEY_A}"}
+    assert remaining(upload(first, as_a), "uploads") == 2
+    assert remaining(upload(second, as_a), "uploads") == 1
+    assert remaining(upload(first, as_a), "uploads") == 0
+    assert_refused(upload(second, as_a), "uploads", 3)
     assert remaining(upload(second, {"X-API-Key": KEY_B}), "uploads") == 2
     client = redis.Redis.from_url(REDIS_URL)
     try:
         keys = [k.decode() for k in client.scan_iter(match=f"{redis_key_prefix}ratelimit*")]
     finally:
         client.close()
-    assert any("alice" in k for k in keys) and any("bob" in k for k in keys), keys
+    assert any(OWNER_A in k for k in keys) and any(OWNER_B in k for k in keys), keys
 
 
 def test_a_redis_that_is_down_lets_requests_through(stack: Stack, redis_key_prefix: str) -> None:
