@@ -35,6 +35,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A counter that does not answer within this is taken as down: a limit must never cost
 # more than a moment of a request's time.
 STORAGE_TIMEOUT_SECONDS = 0.5
+# Once it is down, how long requests go unlimited without asking it again, so that a store
+# that hangs costs one timeout now and then, not one per request.
+STORAGE_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Limiter:
         self._storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
         self._failing = False
+        self._retry_at = 0.0  # monotonic; while before it, the store is not asked
 
     @classmethod
     def connect(cls, url: str | None, key_prefix: str) -> Limiter:
@@ -110,6 +114,8 @@ class Limiter:
     async def spend(self, budget: Budget, who: str, *, refuse: bool = True) -> Standing | None:
         """Spend one unit; raises 429 when none was left, unless told not to refuse (the
         work is done). None when the store is down."""
+        if time.monotonic() < self._retry_at:
+            return None
         try:
             async with asyncio.timeout(STORAGE_TIMEOUT_SECONDS):
                 spent = await self._strategy.hit(budget.item, budget.name, who)
@@ -122,6 +128,8 @@ class Limiter:
         return standing
 
     async def _standing(self, budget: Budget, who: str) -> Standing | None:
+        if time.monotonic() < self._retry_at:
+            return None
         try:
             async with asyncio.timeout(STORAGE_TIMEOUT_SECONDS):
                 stats = await self._strategy.get_window_stats(budget.item, budget.name, who)
@@ -135,6 +143,7 @@ class Limiter:
         return Standing(budget, max(0, stats.remaining), reset)
 
     def _down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + STORAGE_RETRY_SECONDS
         # Once per outage, not once per request.
         if not self._failing:
             self._failing = True

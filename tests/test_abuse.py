@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,8 +181,38 @@ def test_a_redis_that_is_down_lets_requests_through(stack: Stack, redis_key_pref
         warnings = [e for e in gateway.log_entries() if e.get("logger") == "gateway.ratelimit"]
         assert [e["level"] for e in warnings] == ["warning"]  # once, not per request
         relay.restore()
-        assert remaining(upload(gateway), "uploads") == 0  # counting again, from Redis
+        # Asked again a moment later; what passed meanwhile was not counted.
+        deadline = time.monotonic() + 15
+        while "ratelimit" not in (answer := upload(gateway)).headers:
+            assert answer.status_code == 201
+            assert time.monotonic() < deadline, "the limits never came back"
+            time.sleep(0.2)
+        assert remaining(answer, "uploads") == 0  # counting again, from Redis
         assert_refused(upload(gateway), "uploads", 2)
+
+
+def test_a_redis_that_hangs_costs_a_moment_now_and_then(stack: Stack) -> None:
+    with socket.socket() as silent:  # takes connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        gateway = stack(
+            {
+                "IMAGESVC_RATE_LIMIT_UPLOADS": "2/minute",
+                "IMAGESVC_RATE_LIMIT_RENDERS": "2/minute",
+                "IMAGESVC_RATE_LIMIT_URL": f"redis://127.0.0.1:{port}/0",
+            }
+        )
+        started = time.monotonic()
+        image_id = ""
+        for _ in range(4):
+            answer = upload(gateway)
+            assert answer.status_code == 201 and "ratelimit" not in answer.headers
+            image_id = answer.json()["id"]
+        for width in range(30, 34):
+            assert render(gateway, image_id, f"w={width}").status_code == 200
+        # One timeout (0.5 s), then nothing asked for 2 s: far less than 0.5 s a request.
+        assert time.monotonic() - started < 3.5
 
 
 def test_cors_preflight_and_exposed_headers(stack: Stack, gateway_server: ServiceProcess) -> None:
