@@ -17,6 +17,7 @@ import redis
 
 from tests.engines import REDIS_URL, Cutoff
 from tests.support import ROOT, ServiceProcess, png_bytes
+from tests.test_launcher import launcher_env, refused
 
 Stack = Callable[..., ServiceProcess]
 # Owners of this module's own: the session's cache is shared, and other tests count the
@@ -286,3 +287,15 @@ def test_protected_mode_refuses_an_open_gateway_on_a_reachable_address(
     ):
         gateway = stack(env)
         assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
+
+
+def test_make_run_refuses_an_open_gateway_on_a_reachable_address_before_starting(
+    tmp_path: Path,
+) -> None:
+    env = {**launcher_env(tmp_path / "data"), "IMAGESVC_GATEWAY_HOST": "0.0.0.0"}
+    code, said = refused(env)
+    assert code == 1
+    assert len(said) == 1
+    assert said[0].startswith("imageservice: bad configuration: IMAGESVC_GATEWAY_HOST=0.0.0.0")
+    assert "IMAGESVC_ALLOW_ANONYMOUS=true" in said[0]
+    assert not (tmp_path / "data").exists()  # nothing started, not even a pid file
