@@ -11,12 +11,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import redis
 
+from common.env import ConfigError, Env
+from gateway.config import Settings
 from tests.engines import REDIS_URL, Cutoff
 from tests.support import ROOT, ServiceProcess, png_bytes
+from tests.test_compose import compose, merged
 from tests.test_launcher import launcher_env, refused
 
 Stack = Callable[..., ServiceProcess]
@@ -299,3 +304,31 @@ def test_make_run_refuses_an_open_gateway_on_a_reachable_address_before_starting
     assert said[0].startswith("imageservice: bad configuration: IMAGESVC_GATEWAY_HOST=0.0.0.0")
     assert "IMAGESVC_ALLOW_ANONYMOUS=true" in said[0]
     assert not (tmp_path / "data").exists()  # nothing started, not even a pid file
+
+
+def test_compose_files_say_what_the_protected_mode_and_shared_limits_need() -> None:
+    gateway = compose()["services"]["gateway"]["environment"]
+    # Listening on every address with keys that may be empty: anonymous on purpose.
+    assert gateway["IMAGESVC_GATEWAY_HOST"] == "0.0.0.0"
+    assert gateway["IMAGESVC_ALLOW_ANONYMOUS"] == "true"
+    scaled = merged()["services"]
+    counters = urlsplit(scaled["gateway"]["environment"]["IMAGESVC_RATE_LIMIT_URL"])
+    assert (counters.scheme, counters.hostname, counters.port) == ("redis", "redis", 6379)
+    assert "redis" in scaled
+
+
+def test_bad_limit_settings_stop_the_gateway_naming_them() -> None:
+    for env, words in (
+        ({"IMAGESVC_RATE_LIMIT_UPLOADS": "lots"}, "IMAGESVC_RATE_LIMIT_UPLOADS='lots' is not"),
+        ({"IMAGESVC_RATE_LIMIT_RENDERS": "0/minute"}, "IMAGESVC_RATE_LIMIT_RENDERS='0/minute'"),
+        ({"IMAGESVC_RATE_LIMIT_URL": "memcached://x"}, "IMAGESVC_RATE_LIMIT_URL takes redis://"),
+        ({"IMAGESVC_TRUSTED_PROXIES": "10.0.0.0/8,proxy"}, "'proxy' is neither"),
+        ({"IMAGESVC_ALLOW_ANONYMOUS": "maybe"}, "IMAGESVC_ALLOW_ANONYMOUS='maybe'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            Settings.from_env(Env(env))
+    settings = Settings.from_env(
+        Env({"IMAGESVC_RATE_LIMIT_UPLOADS": "10 per hour", "IMAGESVC_TRUSTED_PROXIES": "::1"})
+    )
+    assert settings.upload_budget is not None and settings.render_budget is None
+    assert settings.upload_budget.policy == '"uploads";q=10;w=3600'
