@@ -84,7 +84,6 @@ class Limiter:
     for a while is better than losing the service."""
 
     def __init__(self, storage: Storage) -> None:
-        self._storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
         self._failing = False
         self._retry_at = 0.0  # monotonic; while before it, the store is not asked
