@@ -38,6 +38,9 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
         server_header=False,
+        # Who the client is behind a proxy is IMAGESVC_TRUSTED_PROXIES' to say, not
+        # uvicorn's (which would believe X-Forwarded-For from any loopback peer).
+        proxy_headers=False,
         http=ProblemHttpToolsProtocol,  # malformed requests get problem+json too
     )
     jsonlog.lifecycle.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,9 +25,22 @@ from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
 from gateway.problems import HTTPProblem, from_grpc, problem_response
+from gateway.ratelimit import Limiter
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
+# What a script on another origin may read of an answer besides the CORS-safelisted
+# headers (Content-Type, Cache-Control...).
+CORS_EXPOSED = [
+    "ETag",
+    "Content-Length",
+    "Location",
+    "X-Cache",
+    "X-Request-ID",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+]
 
 
 async def healthz(request: Request) -> Response:
@@ -88,8 +102,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         upstream = Upstream.connect(settings)
         hot = answer_cache(settings.hot_cache_bytes)
         watcher = asyncio.create_task(hot.watch(upstream.cache))
+        limiter = Limiter.connect(settings.rate_limit_url, settings.key_prefix)
         try:
-            yield {"upstream": upstream, "hot": hot}
+            yield {"upstream": upstream, "hot": hot, "limiter": limiter}
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,9 +128,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes.append(
             Route("/images/{image_id}/signed-urls", signed_urls.post_signed_url, methods=["POST"])
         )
+    middleware = [Middleware(Observability, metrics=registry)]
+    if settings.cors_origins:
+        # Inside Observability, so preflights are counted, logged and carry a request id.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "X-API-Key",
+                    "Content-Type",
+                    "If-None-Match",
+                    "X-Request-ID",
+                ],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Observability, metrics=registry)],
+        middleware=middleware,
         exception_handlers={
             HTTPProblem: on_problem,
             grpc.aio.AioRpcError: on_grpc_error,

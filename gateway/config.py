@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from limits import RateLimitItem, parse
 
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
@@ -10,6 +14,7 @@ from common.grpcclient import addresses
 from common.tls import Tls
 from gateway import params
 from gateway.presets import Presets, load_presets
+from gateway.ratelimit import Budget, Network
 from gateway.signing import Signing, parse_keys, parse_signing
 from gateway.tokens import MIN_SECRET_BYTES, KeysError, SecretKey, Tokens, jwks_source
 
@@ -47,11 +52,29 @@ class Settings:
     log_level: str
     presets: Presets
     tls: Tls | None  # mutual TLS on every gRPC connection, when set
+    # Budgets per caller; None: unlimited.
+    upload_budget: Budget | None
+    render_budget: Budget | None
+    rate_limit_url: str | None  # None: counters in memory
+    key_prefix: str
+    trusted_proxies: tuple[Network, ...]
+    cors_origins: tuple[str, ...]  # empty: no CORS headers
+    allow_anonymous: bool
     signing: Signing = field(default_factory=Signing)  # no keys: signed URLs are off
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.tokens is not None
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can reach the listening host."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name may resolve to any address
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -61,7 +84,7 @@ class Settings:
         max_output_dimension = env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1)
         max_blur_sigma = env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1)
         limits = params.Limits(max_output_dimension, max_blur_sigma)
-        return cls(
+        settings = cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
             workers=env.integer("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
@@ -85,7 +108,65 @@ class Settings:
             signing=parse_signing(
                 parse_keys(env.items("URL_SIGNING_KEYS", ())), env.raw("SIGNATURES")
             ),
+            upload_budget=_budget("uploads", env.text("RATE_LIMIT_UPLOADS", "")),
+            render_budget=_budget("renders", env.text("RATE_LIMIT_RENDERS", "")),
+            rate_limit_url=_redis_url(env.text("RATE_LIMIT_URL", "")),
+            key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
+            trusted_proxies=_networks(env.items("TRUSTED_PROXIES", ())),
+            cors_origins=env.items("CORS_ORIGINS", ()),
+            allow_anonymous=env.flag("ALLOW_ANONYMOUS", False),
         )
+        if not (settings.loopback_only or settings.auth_enabled or settings.allow_anonymous):
+            # Protected mode: an open gateway on a reachable address lets anyone store
+            # and delete anything; that must be chosen, not stumbled into.
+            raise ConfigError(
+                f"IMAGESVC_GATEWAY_HOST={settings.host} is reachable from other machines "
+                "and no authentication is configured (IMAGESVC_API_KEYS, IMAGESVC_JWT_SECRET "
+                "or IMAGESVC_JWT_JWKS), so anyone could "
+                "upload, read and delete every image; configure authentication, listen on "
+                "127.0.0.1, or set IMAGESVC_ALLOW_ANONYMOUS=true to serve anonymously anyway"
+            )
+        return settings
+
+
+def _budget(label: str, text: str) -> Budget | None:
+    """IMAGESVC_RATE_LIMIT_<LABEL>: the limits library's notation (`60/minute`, `1000 per
+    hour`), or empty for none."""
+    if not text:
+        return None
+    name = f"RATE_LIMIT_{label.upper()}"
+    try:
+        item: RateLimitItem = parse(text)
+    except ValueError:
+        raise ConfigError(
+            f"IMAGESVC_{name}={text!r} is not a rate such as 60/minute or 1000 per hour"
+        ) from None
+    if item.amount < 1:
+        raise ConfigError(f"IMAGESVC_{name}={text!r} allows nothing; leave it unset for no limit")
+    return Budget(label, item)
+
+
+def _redis_url(url: str) -> str | None:
+    """IMAGESVC_RATE_LIMIT_URL, or None for counters in memory."""
+    if not url:
+        return None
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError("IMAGESVC_RATE_LIMIT_URL takes redis://HOST:PORT/DB (or rediss://)")
+    return url
+
+
+def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
+    """IMAGESVC_TRUSTED_PROXIES: addresses and CIDR blocks."""
+    networks: list[Network] = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "IMAGESVC_TRUSTED_PROXIES takes IP addresses and CIDR blocks, "
+                f"comma-separated; {item!r} is neither"
+            ) from None
+    return tuple(networks)
 
 
 def _presets(path: str, only: bool, limits: params.Limits) -> Presets:

@@ -28,6 +28,7 @@ from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
+from gateway.ratelimit import Limiter, Standing, caller_key
 from gateway.uploads import upload
 from gateway.upstream import Upstream
 
@@ -51,6 +52,10 @@ def metrics_of(request: Request) -> Metrics:
 
 def params_of(request: Request) -> params.Parameters:
     return cast(params.Parameters, request.app.state.params)
+
+
+def limiter_of(request: Request) -> Limiter:
+    return cast(Limiter, request.state.limiter)
 
 
 def hot_of(request: Request) -> HotCache[Entry]:
@@ -302,6 +307,14 @@ async def _variant(
     if settings.auth_enabled:  # private images exist only where there are owners
         image = _scoped(await _stat(request, image_id, caller), caller)
         visibility, owner = image.visibility, image.owner
+    # A render's cost is known only once the processor has answered (a hit costs
+    # nothing): the budget is looked at before asking, and spent after a miss. So a
+    # caller with nothing left is refused what the gateway cannot answer from memory,
+    # and concurrent misses may pass the budget by as many as are in flight.
+    budget, standing = settings.render_budget, None
+    if budget is not None:
+        who = caller_key(request, caller, settings.trusted_proxies)
+        standing = await limiter_of(request).check(budget, who)
     processor = upstream_of(request).processor
     # Most variants fit one message: one unary call, cheaper than a stream on both
     # ends. A larger one is streamed by Process (made by then, not made again).
@@ -326,6 +339,8 @@ async def _variant(
         variant, head, cache_hit = first.variant, first.chunk, first.cache_hit
     served = "hit" if cache_hit else "miss"
     metrics_of(request).variants.labels(served).inc()
+    if budget is not None and not cache_hit:
+        standing = await limiter_of(request).spend(budget, who, refuse=False)
     headers = {
         "ETag": f'"{variant.sha256}"',
         "Cache-Control": _cache_control(visibility),
@@ -334,9 +349,18 @@ async def _variant(
     if wanted.negotiated:
         headers["Vary"] = "Accept"
     keep = None if key is None else (image_id, key, owner, visibility)
-    return await _answer_and_keep(
+    response = await _answer_and_keep(
         request, call, headers, variant.media_type, variant.byte_size, keep, head
     )
+    return _with_standing(response, standing)
+
+
+def _with_standing(response: Response, standing: Standing | None) -> Response:
+    """response with the RateLimit headers of the budget it counted against (added
+    after the hot cache took its copy: they are this caller's, and of this moment)."""
+    if standing is not None:
+        response.headers.update(standing.headers())
+    return response
 
 
 async def list_presets(request: Request) -> Response:
@@ -371,6 +395,11 @@ async def post_image(request: Request) -> Response:
     if len(request.query_params.get("filename", "")) > MAX_FILENAME:
         # Checked here as a parameter: a multipart body's own name is the cache's to check.
         raise params.bad("filename", f"longer than {MAX_FILENAME} characters")
+    standing = None
+    if settings.upload_budget is not None:
+        # Every attempt counts, valid or not: validating it is the work being limited.
+        who = caller_key(request, caller, settings.trusted_proxies)
+        standing = await limiter_of(request).spend(settings.upload_budget, who)
     image = await upload(
         request,
         upstream_of(request),
@@ -382,9 +411,10 @@ async def post_image(request: Request) -> Response:
         idle_seconds=settings.timeout_seconds,
         total_seconds=settings.upload_timeout_seconds,
     )
-    return JSONResponse(
+    response = JSONResponse(
         image_json(image), status_code=201, headers={"Location": f"/images/{image.id}"}
     )
+    return _with_standing(response, standing)
 
 
 async def list_images(request: Request) -> Response:

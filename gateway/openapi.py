@@ -190,7 +190,7 @@ def document(
         "responses": {
             "200": IMAGE_BYTES,
             "304": {"description": "Not modified (If-None-Match matched the ETag)."},
-            **_errors(400, 401, 403, 404, 413, 422, 503, 504),
+            **_errors(400, 401, 403, 404, 413, 422, 429, 503, 504),
         },
     }
     security: dict[str, Any] = {
@@ -260,7 +260,7 @@ def document(
                             **image_json,
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 401, 403, 408, 413, 415, 422, 503, 504),
+                        **_errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504),
                     },
                 },
                 "get": {
@@ -325,7 +325,7 @@ def document(
                 "get": {
                     "summary": "The image blurred (sigma 10), as the original service had it",
                     "parameters": [ID, *signature],
-                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 403, 404, 503, 504)},
+                    "responses": {"200": IMAGE_BYTES, **_errors(400, 401, 403, 404, 429, 503, 504)},
                 }
             },
             "/presets": {
