@@ -6,6 +6,8 @@ JWKS file (issuer and audience checked), two URL signing keys (new first, old se
 signatures in the default grant mode.
 """
 
+# ruff: noqa: E501 (the table below is one row per caller, wider than a line)
+
 from __future__ import annotations
 
 import base64
@@ -52,34 +54,40 @@ ROUTES = (
     "get_w20",  # GET /images/{A's private}?w=20 (the signed rows: a signed URL of it)
     "head",  # HEAD /images/{A's private}
     "info",  # GET /images/{A's private}/info
+    "blurred",  # GET /blurred-images/{A's private} (the signed rows: a signed URL of it)
     "get_public",  # GET /images/{A's public}
     "delete",  # DELETE /images/{a fresh private image of A's, one per cell}
     "sign",  # POST /images/{A's private}/signed-urls
     "presets",  # GET /presets
     "healthz",  # GET /healthz
+    "readyz",  # GET /readyz
+    "openapi",  # GET /openapi.json
+    "metrics",  # GET /metrics
 )
+SIGNED_ROUTES = ("get_w20", "blurred")  # the reads a signed URL is made for
 NA: None = None  # no such cell: a signed URL is a URL of one read, not a credential
+# The routes that need no credential never look at one (401 is for routes that do).
 # fmt: off
 MATRIX: dict[str, tuple[int | None, ...]] = {
-    #                       list upload get  w20  head info pub  del  sign presets healthz
-    "anonymous":           (200, 401,   404, 404, 404, 404, 200, 401, 401, 200, 200),
-    "key_a":               (200, 201,   200, 200, 200, 200, 200, 204, 200, 200, 200),
-    "key_b":               (200, 201,   404, 404, 404, 404, 200, 404, 404, 200, 200),
-    "jwt_a_read":          (200, 403,   200, 200, 200, 200, 200, 403, 403, 200, 200),
-    "jwt_a_write":         (403, 201,   403, 403, 403, 403, 200, 403, 200, 200, 200),
-    "jwt_a_delete":        (403, 403,   403, 403, 403, 403, 200, 204, 403, 200, 200),
-    "jwt_a_admin":         (403, 403,   200, 200, 200, 200, 200, 403, 403, 200, 200),
-    "jwt_expired":         (401, 401,   401, 401, 401, 401, 401, 401, 401, 200, 200),
-    "jwt_wrong_issuer":    (401, 401,   401, 401, 401, 401, 401, 401, 401, 200, 200),
-    "jwt_wrong_audience":  (401, 401,   401, 401, 401, 401, 401, 401, 401, 200, 200),
-    "jwt_alg_none":        (401, 401,   401, 401, 401, 401, 401, 401, 401, 200, 200),
-    "jwt_hs256_rsa_pub":   (401, 401,   401, 401, 401, 401, 401, 401, 401, 200, 200),
-    "signed_valid":        (NA,  NA,    NA,  200, NA,  NA,  NA,  NA,  NA,  NA,  NA),
-    "signed_tampered":     (NA,  NA,    NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA),
-    "signed_expired":      (NA,  NA,    NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA),
-    "signed_unknown_kid":  (NA,  NA,    NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA),
-    "signed_old_key":      (NA,  NA,    NA,  200, NA,  NA,  NA,  NA,  NA,  NA,  NA),
-    "admin":               (200, 201,   200, 200, 200, 200, 200, 204, 200, 200, 200),
+    #                      list upload get  w20  head info blur pub  del  sign pre  hz   rz   oapi metr
+    "anonymous":          (200, 401,   404, 404, 404, 404, 404, 200, 401, 401, 200, 200, 200, 200, 200),
+    "key_a":              (200, 201,   200, 200, 200, 200, 200, 200, 204, 200, 200, 200, 200, 200, 200),
+    "key_b":              (200, 201,   404, 404, 404, 404, 404, 200, 404, 404, 200, 200, 200, 200, 200),
+    "jwt_a_read":         (200, 403,   200, 200, 200, 200, 200, 200, 403, 403, 200, 200, 200, 200, 200),
+    "jwt_a_write":        (403, 201,   403, 403, 403, 403, 403, 200, 403, 200, 200, 200, 200, 200, 200),
+    "jwt_a_delete":       (403, 403,   403, 403, 403, 403, 403, 200, 204, 403, 200, 200, 200, 200, 200),
+    "jwt_a_admin":        (403, 403,   200, 200, 200, 200, 200, 200, 403, 403, 200, 200, 200, 200, 200),
+    "jwt_expired":        (401, 401,   401, 401, 401, 401, 401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "jwt_wrong_issuer":   (401, 401,   401, 401, 401, 401, 401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "jwt_wrong_audience": (401, 401,   401, 401, 401, 401, 401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "jwt_alg_none":       (401, 401,   401, 401, 401, 401, 401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "jwt_hs256_rsa_pub":  (401, 401,   401, 401, 401, 401, 401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "signed_valid":       (NA,  NA,    NA,  200, NA,  NA,  200, NA,  NA,  NA,  NA,  NA,  NA,  NA,  NA),
+    "signed_tampered":    (NA,  NA,    NA,  403, NA,  NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA,  NA),
+    "signed_expired":     (NA,  NA,    NA,  403, NA,  NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA,  NA),
+    "signed_unknown_kid": (NA,  NA,    NA,  403, NA,  NA,  403, NA,  NA,  NA,  NA,  NA,  NA,  NA,  NA),
+    "signed_old_key":     (NA,  NA,    NA,  200, NA,  NA,  200, NA,  NA,  NA,  NA,  NA,  NA,  NA,  NA),
+    "admin":              (200, 201,   200, 200, 200, 200, 200, 200, 204, 200, 200, 200, 200, 200, 200),
 }
 # fmt: on
 # The reason a refused signature gives.
@@ -102,10 +110,10 @@ def test_the_table_is_complete() -> None:
     assert all(len(row) == len(ROUTES) for row in MATRIX.values())
     for caller, row in MATRIX.items():
         if caller.startswith("signed_"):
-            assert [route for route, s in zip(ROUTES, row, strict=True) if s] == ["get_w20"]
+            assert tuple(route for route, s in zip(ROUTES, row, strict=True) if s) == SIGNED_ROUTES
         else:
             assert None not in row, caller
-    assert len(CELLS) == 13 * len(ROUTES) + 5
+    assert len(CELLS) == 13 * len(ROUTES) + 5 * len(SIGNED_ROUTES)
 
 
 # --- credentials ----------------------------------------------------------------------
@@ -139,7 +147,7 @@ class World:
     private: str  # A's private image
     public: str  # A's public image
     headers: dict[str, dict[str, str]]  # caller → request headers
-    signed: dict[str, str]  # signed row → the query of GET /images/{private}?w=20
+    signed: dict[tuple[str, str], str]  # (signed row, route) → the URL
 
 
 def bearer(credential: str) -> dict[str, str]:
@@ -212,17 +220,28 @@ def world(
             assert response.status_code == 201, response.text
             assert response.json()["visibility"] == visibility
             made[visibility] = response.json()["id"]
-        path = f"/images/{made['private']}"
         later, earlier = int(time.time()) + 3600, int(time.time()) - 10
-        valid = signed_query(path, {"w": "20"}, *NEW, later)
-        signed = {
-            "signed_valid": valid,
-            "signed_tampered": valid.replace("w=20", "w=21"),
-            "signed_expired": signed_query(path, {"w": "20"}, *NEW, earlier),
-            "signed_unknown_kid": signed_query(path, {"w": "20"}, "gone", "G" * 40, later),
-            "signed_old_key": signed_query(path, {"w": "20"}, *OLD, later),
-        }
-        assert signed["signed_tampered"] != valid
+        signed = {}
+        for route, path, params in (
+            ("get_w20", f"/images/{made['private']}", {"w": "20"}),
+            ("blurred", f"/blurred-images/{made['private']}", {}),
+        ):
+            valid = signed_query(path, params, *NEW, later)
+            # Any change to a parameter: w for the variant, exp for the blurred image.
+            tampered = (
+                valid.replace("w=20", "w=21")
+                if params
+                else valid.replace(f"exp={later}", f"exp={later + 1}")
+            )
+            assert tampered != valid
+            for row, query in {
+                "signed_valid": valid,
+                "signed_tampered": tampered,
+                "signed_expired": signed_query(path, params, *NEW, earlier),
+                "signed_unknown_kid": signed_query(path, params, "gone", "G" * 40, later),
+                "signed_old_key": signed_query(path, params, *OLD, later),
+            }.items():
+                signed[row, route] = f"{path}?{query}"
         yield World(http, made["private"], made["public"], credentials(private_key), signed)
 
 
@@ -241,8 +260,7 @@ def fresh_private_image(world: World, seed: int) -> str:
 def ask(world: World, caller: str, route: str) -> httpx.Response:
     http, private = world.http, f"/images/{world.private}"
     if caller.startswith("signed_"):
-        assert route == "get_w20"
-        return http.get(f"{private}?{world.signed[caller]}")
+        return http.get(world.signed[caller, route])
     headers = world.headers[caller]
     if route == "list":
         return http.get("/images", headers=headers)
@@ -257,6 +275,8 @@ def ask(world: World, caller: str, route: str) -> httpx.Response:
         return http.head(private, headers=headers)
     if route == "info":
         return http.get(f"{private}/info", headers=headers)
+    if route == "blurred":
+        return http.get(f"/blurred-images/{world.private}", headers=headers)
     if route == "get_public":
         return http.get(f"/images/{world.public}", headers=headers)
     if route == "delete":
@@ -270,8 +290,8 @@ def ask(world: World, caller: str, route: str) -> httpx.Response:
         return http.post(f"{private}/signed-urls", json={"params": {"w": 20}}, headers=headers)
     if route == "presets":
         return http.get("/presets", headers=headers)
-    assert route == "healthz"
-    return http.get("/healthz", headers=headers)
+    simple = {"healthz": "/healthz", "readyz": "/readyz", "openapi": "/openapi.json"}
+    return http.get(simple.get(route, "/metrics"), headers=headers)
 
 
 @pytest.mark.parametrize(("caller", "route", "status"), CELLS)
@@ -279,7 +299,7 @@ def test_auth_matrix(world: World, caller: str, route: str, status: int) -> None
     response = ask(world, caller, route)
     assert response.status_code == status, (response.status_code, response.text)
     if status < 400:
-        if route in ("get", "get_w20", "head") and caller not in ("anonymous",):
+        if route in ("get", "get_w20", "head", "blurred"):
             assert response.headers["content-type"].startswith("image/")
         return
     if route == "head":  # no body: the headers still say what it is
@@ -302,7 +322,7 @@ def test_auth_matrix(world: World, caller: str, route: str, status: int) -> None
 def test_a_signed_url_reads_exactly_the_image_it_names(world: World) -> None:
     """The valid signature answers the variant asked for, and the URL the gateway
     signs itself (with the new key) works for whoever holds it."""
-    valid = world.http.get(f"/images/{world.private}?{world.signed['signed_valid']}")
+    valid = world.http.get(world.signed["signed_valid", "get_w20"])
     assert valid.headers["content-type"] == "image/png"
     made = world.http.post(
         f"/images/{world.private}/signed-urls",
@@ -317,7 +337,7 @@ def test_a_signed_url_reads_exactly_the_image_it_names(world: World) -> None:
 # --- a private image never shows it exists --------------------------------------------
 
 LEAK_CALLERS = ("key_b", "anonymous", "jwt_b_read")
-READS = ("get", "get_w20", "head", "info", "sign")
+READS = ("get", "get_w20", "head", "info", "blurred", "sign", "delete")
 
 
 def read(world: World, caller: str, route: str, image_id: str) -> httpx.Response:
@@ -330,6 +350,10 @@ def read(world: World, caller: str, route: str, image_id: str) -> httpx.Response
         return http.head(path, headers=headers)
     if route == "info":
         return http.get(f"{path}/info", headers=headers)
+    if route == "blurred":
+        return http.get(f"/blurred-images/{image_id}", headers=headers)
+    if route == "delete":  # none of these callers may: A's image stays
+        return http.delete(path, headers=headers)
     assert route == "sign"
     return http.post(f"{path}/signed-urls", json={"params": {"w": 20}}, headers=headers)
 
@@ -350,7 +374,7 @@ def test_a_private_image_never_shows_it_exists(world: World, caller: str, route:
     missing = secrets.token_urlsafe(16)  # 22 characters, as every id
     assert len(missing) == len(world.private)
     # Its owner's reads put it in the gateway's memory: that path must not show either.
-    for _ in range(2):
+    for _ in range(2 if route != "delete" else 0):
         assert read(world, "key_a", route, world.private).status_code == 200
     ids = {"private": world.private, "missing": missing}
     times: dict[str, list[float]] = {"private": [], "missing": []}
@@ -368,9 +392,13 @@ def test_a_private_image_never_shows_it_exists(world: World, caller: str, route:
     assert len(answers["private"]) == 1, answers["private"]
     assert answers["private"] == answers["missing"]
     status = next(iter(answers["private"]))[0]
-    # Signing is refused before any image is looked at to one who may not write.
+    # Signing and deleting are refused before any image is looked at to one who may not.
     refused_first = {"anonymous": 401, "jwt_b_read": 403}
-    assert status == (refused_first.get(caller, 404) if route == "sign" else 404)
+    if route in ("sign", "delete"):
+        assert status == refused_first.get(caller, 404)
+    else:
+        assert status == 404
+    assert read(world, "key_a", "get", world.private).status_code == 200
     private_ms = statistics.median(times["private"]) * 1000
     missing_ms = statistics.median(times["missing"]) * 1000
     assert 0.75 < private_ms / missing_ms < 1.33, (private_ms, missing_ms)
