@@ -10,7 +10,6 @@ signatures in the default grant mode.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.support import ServiceProcess, is_problem, png_bytes
+from tests.test_tokens import b64, forged
 
 KEY_A = "matrix-alice-key-0123456789"
 KEY_B = "matrix-bob-key-0123456789ab"
@@ -117,19 +117,6 @@ def test_the_table_is_complete() -> None:
 
 
 # --- credentials ----------------------------------------------------------------------
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forged(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
-    """A token made by hand, as an attacker would: HMAC-signed with key, or unsigned."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if key is None:
-        return signing_input + "."
-    mac = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(mac)}"
 
 
 def signed_query(path: str, params: dict[str, str], kid: str, secret: str, exp: int) -> str:
