@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from common.env import Env
+from common.env import ConfigError, Env
 from common.grpcclient import addresses
 from common.tls import Tls
+from processor.spec import AUTO_CHOICES
 
 MiB = 1024 * 1024
 
@@ -22,6 +23,7 @@ class Settings:
     queue_size: int
     max_output_dimension: int
     max_blur_sigma: float
+    auto_formats: tuple[str, ...]  # format=auto's choices, best first
     processing_timeout_seconds: float
     max_upload_bytes: int
     max_pixels: int
@@ -46,6 +48,7 @@ class Settings:
             queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
             max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
             max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
+            auto_formats=_auto_formats(env.items("AUTO_FORMATS", AUTO_CHOICES)),
             processing_timeout_seconds=env.number("PROCESSING_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
@@ -58,3 +61,14 @@ class Settings:
             log_level=env.text("LOG_LEVEL", "INFO"),
             tls=Tls.from_env(env),
         )
+
+
+def _auto_formats(items: tuple[str, ...]) -> tuple[str, ...]:
+    """IMAGESVC_AUTO_FORMATS: some of avif and webp, best first, each once."""
+    formats = tuple(item.lower() for item in items)
+    if not set(formats) <= set(AUTO_CHOICES) or len(set(formats)) != len(formats):
+        raise ConfigError(
+            f"IMAGESVC_AUTO_FORMATS={','.join(items)}: name some of "
+            f"{', '.join(AUTO_CHOICES)}, best first, each once"
+        )
+    return formats

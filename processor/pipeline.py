@@ -95,8 +95,12 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         ) as image,
     ):
         fmt = spec.output.format
+        if spec.output.animation and _moving(image, spec):
+            fmt = spec.output.animation  # what auto picked for a still would lose frames
         if fmt == "source":
             fmt = SOURCE_KIND[image.format or "PNG"]
+            if spec.output.animation and _moving(image, spec) and fmt not in ANIMATED_OUTPUTS:
+                fmt = "gif"  # an animated AVIF, kept animated
         # Read first: getexif() is one cached object, and _metadata works on a copy.
         orientation = _orientation(image)
         metadata = _metadata(image) if spec.output.keep_metadata else {}
@@ -104,6 +108,15 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
+
+
+def _moving(image: Image.Image, spec: Spec) -> bool:
+    """Whether the source is an animation the caller may want whole."""
+    return (
+        image.format in ANIMATED_SOURCES
+        and getattr(image, "is_animated", False)
+        and spec.output.frames != "first"
+    )
 
 
 def _orientation(image: Image.Image) -> int:
@@ -131,12 +144,7 @@ def _metadata(image: Image.Image) -> dict[str, object]:
 def _frames(
     image: Image.Image, spec: Spec, fmt: str, orientation: int, limits: Limits
 ) -> tuple[list[Image.Image], list[int]]:
-    animated = (
-        image.format in ANIMATED_SOURCES
-        and getattr(image, "is_animated", False)
-        and fmt in ANIMATED_OUTPUTS
-        and spec.output.frames != "first"
-    )
+    animated = _moving(image, spec) and fmt in ANIMATED_OUTPUTS
     if image.format == "JPEG":
         _draft(image, spec, orientation)  # before planning: it changes the size decoded
     # Every limit on the result is judged here, from the header, before any pixel is

@@ -72,7 +72,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     def __init__(self, settings: Settings, cache: cache_grpc.CacheServiceAsyncStub) -> None:
         self.settings = settings
         self.cache = cache
-        self.spec_limits = spec.Limits(settings.max_output_dimension, settings.max_blur_sigma)
+        self.spec_limits = spec.Limits(
+            settings.max_output_dimension, settings.max_blur_sigma, settings.auto_formats
+        )
         self.render_limits = pipeline.Limits(
             settings.max_pixels,
             settings.max_frames,

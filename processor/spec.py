@@ -20,7 +20,8 @@ from imageservice.v1 import processor_service_pb2 as pb
 from common.errors import invalid_argument
 
 # Bump when the pipeline's output for the same request changes, so old variants miss.
-PIPELINE_VERSION = "4"  # 4: kept EXIF no longer turns the pixels sideways
+# 5: format=auto decides per source (an animation stays animated) and reads q-values
+PIPELINE_VERSION = "5"
 
 RGBA = tuple[int, int, int, int]
 WHITE: RGBA = (255, 255, 255, 255)
@@ -147,6 +148,9 @@ ORDER: tuple[type[Any], ...] = (
 @dataclass(frozen=True)
 class Output:
     format: str  # jpeg | png | webp | avif | gif | source
+    # format=auto only: what an animated source becomes instead of `format` (webp |
+    # source), so it keeps its frames; "" where the format was asked for.
+    animation: str
     quality: int  # 0 where the format has no quality
     lossless: bool
     progressive: bool
@@ -180,6 +184,8 @@ class Spec:
 class Limits:
     max_output_dimension: int
     max_blur_sigma: float
+    # format=auto: the formats it may pick, best first, where Accept allows them.
+    auto_formats: tuple[str, ...] = ("avif", "webp")
 
 
 def _color(parent: pb.Rotate | pb.OutputOptions, default: RGBA) -> RGBA:
@@ -270,22 +276,45 @@ def _one(operation: pb.Operation, limits: Limits) -> Op | None:
     raise invalid_argument("operations", "an operation with no kind")
 
 
-def negotiate(accept: Sequence[str]) -> str:
-    """AVIF, then WebP, if the client named them; otherwise the source's own kind."""
-    types = {item.split(";")[0].strip().lower() for item in accept}
-    if "image/avif" in types:
-        return "avif"
-    if "image/webp" in types:
-        return "webp"
-    return "source"
+AUTO_CHOICES = ("avif", "webp")  # what IMAGESVC_AUTO_FORMATS may name
 
 
-def _output(message: pb.OutputOptions) -> Output:
+def accepted(accept: Sequence[str]) -> set[str]:
+    """The image formats an Accept header names with a q-value above 0 (a wildcard
+    names none: browsers name the modern formats they decode)."""
+    named: set[str] = set()
+    for item in accept:
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a q-value that does not parse accepts nothing
+        if media.startswith("image/") and q > 0:
+            named.add(media.removeprefix("image/"))
+    return named
+
+
+def negotiate(accept: Sequence[str], preference: Sequence[str]) -> tuple[str, str]:
+    """(what a still becomes, what an animation becomes): the first of preference that
+    Accept allows, else the source's own kind; an animation never becomes AVIF (not
+    every frame survives it) but WebP where allowed, else keeps its own kind."""
+    allowed = accepted(accept)
+    still = next((fmt for fmt in preference if fmt in allowed), "source")
+    animation = "webp" if "webp" in preference and "webp" in allowed else "source"
+    return still, animation
+
+
+def _output(message: pb.OutputOptions, limits: Limits) -> Output:
     if message.format not in FORMATS:
         raise invalid_argument("output.format", "unknown format")
     fmt = FORMATS[message.format]
+    animation = ""
     if fmt == "auto":
-        fmt = negotiate(message.accept)
+        fmt, animation = negotiate(message.accept, limits.auto_formats)
     if message.frames not in FRAMES:
         raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
@@ -294,10 +323,14 @@ def _output(message: pb.OutputOptions) -> Output:
         message.lossless and fmt == "webp"
     )  # PNG and GIF always are; AVIF has no true mode here
     quality = 0
-    if fmt in LOSSY and not lossless:
+    if animation:
+        # Which format is known only once the source is seen: 0 is its default.
+        quality = message.quality
+    elif fmt in LOSSY and not lossless:
         quality = message.quality or DEFAULT_QUALITY.get(fmt, 0)
     return Output(
         format=fmt,
+        animation=animation,
         quality=quality,
         lossless=lossless,
         progressive=message.progressive and fmt in {"jpeg", "source"},
@@ -322,4 +355,4 @@ def parse(operations: Sequence[pb.Operation], output: pb.OutputOptions, limits: 
         if op is not None:
             by_kind[type(op)] = op
     ops = tuple(by_kind[kind] for kind in ORDER if kind in by_kind)
-    return Spec(ops, _output(output))
+    return Spec(ops, _output(output, limits))

@@ -11,6 +11,7 @@ import pytest
 
 from cache.config import Settings
 from common.env import ConfigError, Env
+from processor.config import Settings as ProcessorSettings
 from tests.support import ROOT
 
 
@@ -91,3 +92,11 @@ def test_a_quiet_service_still_says_where_it_listens(tmp_path: Path) -> None:
         assert server.terminate() == 0
     messages = [entry["msg"] for entry in server.log_entries()]
     assert messages == ["listening", "shutting down", "stopped"]  # no per-call lines
+
+
+@pytest.mark.parametrize("value", ["jpeg", "avif,avif", "webp,heic"])
+def test_auto_formats_name_only_what_auto_may_pick(value: str) -> None:
+    with pytest.raises(ConfigError, match="IMAGESVC_AUTO_FORMATS"):
+        ProcessorSettings.from_env(Env({"IMAGESVC_AUTO_FORMATS": value}))
+    chosen = ProcessorSettings.from_env(Env({"IMAGESVC_AUTO_FORMATS": "WebP,avif"}))
+    assert chosen.auto_formats == ("webp", "avif")

@@ -227,3 +227,17 @@ def test_a_variant_too_large_for_one_message_is_streamed_made_once(
     assert sorted(calls) == ["Process", "ProcessWhole"]
     assert [e.get("msg") for e in mine].count("processed") == 1
     assert http.head(path).headers["content-length"] == str(len(response.content))
+
+
+def test_an_animated_gif_stays_animated_for_a_browser(http: httpx.Client) -> None:
+    frames = [Image.new("L", (64, 48), 40 * n) for n in range(5)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=40)
+    created = http.post("/images", content=gif.getvalue(), headers={"Content-Type": "image/gif"})
+    image_id = created.json()["id"]
+    browser = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+    answer = http.get(f"/images/{image_id}?w=32", headers={"Accept": browser})
+    assert answer.headers["content-type"] == "image/webp" and answer.headers["vary"] == "Accept"
+    assert getattr(opened(answer.content), "n_frames", 1) == 5
+    no_avif = http.get(f"/images/{image_id}?w=32", headers={"Accept": "image/avif;q=0,*/*"})
+    assert no_avif.headers["content-type"] == "image/gif"

@@ -123,3 +123,63 @@ def test_a_result_as_large_as_its_source_is_never_refused_for_its_size() -> None
     with pytest.raises(ServiceError) as refused:
         pipeline.render(io.BytesIO(source), bigger, limits)
     assert refused.value.reason == Reason.OUTPUT_TOO_LARGE
+
+
+BROWSER_ACCEPT = ["image/avif", "image/webp", "image/apng", "image/*", "*/*;q=0.8"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "preference", "expected"),
+    [
+        (BROWSER_ACCEPT, ("avif", "webp"), ("avif", "webp")),
+        (["image/avif;q=0", "image/webp"], ("avif", "webp"), ("webp", "webp")),
+        (["image/avif", "image/webp;q=0"], ("avif", "webp"), ("avif", "source")),
+        (["image/webp;q=0.5", "image/avif"], ("webp", "avif"), ("webp", "webp")),
+        (["IMAGE/AVIF ; Q=0.1"], ("avif", "webp"), ("avif", "source")),
+        (["image/avif;q=zero"], ("avif", "webp"), ("source", "source")),
+        (["*/*", "image/*"], ("avif", "webp"), ("source", "source")),
+        (BROWSER_ACCEPT, ("webp",), ("webp", "webp")),
+        (BROWSER_ACCEPT, (), ("source", "source")),
+    ],
+)
+def test_auto_reads_accept_with_its_q_values(
+    accept: list[str], preference: tuple[str, ...], expected: tuple[str, str]
+) -> None:
+    assert spec.negotiate(accept, preference) == expected
+
+
+def auto(accept: list[str], *ops: ppb.Operation) -> spec.Spec:
+    output = ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_AUTO, accept=accept)
+    return spec.parse(list(ops), output, SPEC_LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        (BROWSER_ACCEPT, "image/webp"),  # what a browser sends: AVIF would lose frames
+        (["image/avif", "*/*"], "image/gif"),  # no WebP: the source's own kind
+    ],
+)
+def test_an_animation_stays_animated_through_auto(accept: list[str], media_type: str) -> None:
+    made = pipeline.render(
+        io.BytesIO(animation((64, 48), 5)), auto(accept, Op(resize=ppb.Resize(width=32))), LIMITS
+    )
+    assert (made.media_type, made.frames, made.width) == (media_type, 5, 32)
+    with Image.open(io.BytesIO(made.data)) as image:
+        assert getattr(image, "n_frames", 1) == 5
+
+
+def test_a_still_through_auto_takes_the_best_format_accepted() -> None:
+    still = encode(Image.new("RGB", (64, 48), (200, 30, 30)), "GIF")
+    made = pipeline.render(io.BytesIO(still), auto(BROWSER_ACCEPT), LIMITS)
+    assert made.media_type == "image/avif"
+    # An animation asked for its first frame alone is a still: AVIF too.
+    one = spec.parse(
+        [],
+        ppb.OutputOptions(
+            format=ppb.OUTPUT_FORMAT_AUTO, accept=BROWSER_ACCEPT, frames=ppb.FRAMES_FIRST
+        ),
+        SPEC_LIMITS,
+    )
+    made_first = pipeline.render(io.BytesIO(animation((64, 48), 5)), one, LIMITS)
+    assert (made_first.media_type, made_first.frames) == ("image/avif", 1)
