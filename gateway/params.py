@@ -207,7 +207,7 @@ def _table(limits: Limits) -> tuple[Param, ...]:
             "rotate",
             _float(-360, 360),
             {"type": "number", "minimum": -360, "maximum": 360},
-            "Degrees counter-clockwise; multiples of 90 are lossless, others fill with bg.",
+            "Degrees clockwise; multiples of 90 are lossless, others fill with bg.",
         ),
         _flag_param("flip", "Mirror top to bottom."),
         _flag_param("flop", "Mirror left to right."),

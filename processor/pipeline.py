@@ -233,7 +233,7 @@ def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) ->
             resized, size = _resize_geometry(size, op)
             check(resized)
         elif isinstance(op, Rotate):
-            size = _rotated_size(size, op.angle)
+            size = _rotated_size(size, _counter_clockwise(op.angle))
         check(size)
     return size
 
@@ -328,7 +328,7 @@ def _apply(image: Image.Image, op: Op) -> Image.Image:
     if isinstance(op, Crop):
         return _crop(image, op)
     if isinstance(op, Rotate):
-        return _rotate(image, op.angle, op.background)
+        return _rotate(image, _counter_clockwise(op.angle), op.background)
     if isinstance(op, Flip):
         return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     if isinstance(op, Flop):
@@ -420,6 +420,11 @@ def _gravity_corner(size: tuple[int, int], box: tuple[int, int], gravity: str) -
     left = 0 if "west" in gravity else spare_x if "east" in gravity else spare_x // 2
     top = 0 if "north" in gravity else spare_y if "south" in gravity else spare_y // 2
     return left, top
+
+
+def _counter_clockwise(clockwise: float) -> float:
+    """The angle Pillow turns by (counter-clockwise) for a clockwise one, in [0, 360)."""
+    return (360.0 - clockwise) % 360.0
 
 
 def _rotate(image: Image.Image, angle: float, background: RGBA) -> Image.Image:

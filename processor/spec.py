@@ -20,7 +20,8 @@ from imageservice.v1 import processor_service_pb2 as pb
 from common.errors import invalid_argument
 
 # Bump when the pipeline's output for the same request changes, so old variants miss.
-# 5: format=auto decides per source (an animation stays animated) and reads q-values
+# 5: format=auto decides per source (an animation stays animated) and reads q-values;
+# rotation turns clockwise
 PIPELINE_VERSION = "5"
 
 RGBA = tuple[int, int, int, int]
@@ -89,7 +90,7 @@ class Resize:
 
 @dataclass(frozen=True)
 class Rotate:
-    angle: float  # counter-clockwise, in (0, 360)
+    angle: float  # clockwise, in (0, 360)
     background: RGBA
 
 

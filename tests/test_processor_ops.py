@@ -165,10 +165,10 @@ def test_crop_takes_the_rectangle(
 @pytest.mark.parametrize(
     ("op", "where", "size"),
     [
-        (Op(rotate=ppb.Rotate(angle=90)), "bl", (200, 300)),  # counter-clockwise
+        (Op(rotate=ppb.Rotate(angle=90)), "tr", (200, 300)),  # clockwise
         (Op(rotate=ppb.Rotate(angle=180)), "br", (300, 200)),
-        (Op(rotate=ppb.Rotate(angle=270)), "tr", (200, 300)),
-        (Op(rotate=ppb.Rotate(angle=-90)), "tr", (200, 300)),
+        (Op(rotate=ppb.Rotate(angle=270)), "bl", (200, 300)),
+        (Op(rotate=ppb.Rotate(angle=-90)), "bl", (200, 300)),
         (Op(flip=ppb.Flip()), "bl", (300, 200)),
         (Op(flop=ppb.Flop()), "tr", (300, 200)),
     ],

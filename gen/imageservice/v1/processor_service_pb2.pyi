@@ -250,7 +250,9 @@ class Rotate(_message.Message):
     ANGLE_FIELD_NUMBER: _builtins.int
     BACKGROUND_FIELD_NUMBER: _builtins.int
     angle: _builtins.float
-    """Degrees counter-clockwise; multiples of 90 are lossless."""
+    """Degrees clockwise (as sharp, imgproxy, imgix and weserv turn); multiples of 90
+    are lossless.
+    """
     @_builtins.property
     def background(self) -> Global___Color:
         """Fills the corners an arbitrary angle uncovers."""
