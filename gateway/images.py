@@ -242,7 +242,7 @@ async def get_image(request: Request) -> Response:
     """The original, or with transformation parameters a variant."""
     image_id = image_id_of(request)
     query = list(request.query_params.multi_items())
-    caller = await _reader(request, query)
+    caller = await _reader(request, f"/images/{image_id}", query)
     key = _hot_key(request)
     hot = hot_of(request)
     request.state.hot_generation = hot.generation  # a put after a watch gap is refused
@@ -266,16 +266,21 @@ async def get_blurred(request: Request) -> Response:
     image_id = image_id_of(request)
     query = list(request.query_params.multi_items())
     params.only(name for name, _ in settings_of(request).signing.asked(query))
-    caller = await _reader(request, query)
+    caller = await _reader(request, f"/blurred-images/{image_id}", query)
     return await _variant(request, image_id, caller, params_of(request).blurred(), None)
 
 
-async def _reader(request: Request, query: list[tuple[str, str]]) -> Caller:
+async def _reader(request: Request, path: str, query: list[tuple[str, str]]) -> Caller:
     """The caller, or whoever holds a validly signed URL; checked before anything is
-    answered, from memory included (an expired signature is refused even there)."""
+    answered, from memory included (an expired signature is refused even there).
+
+    path is built from the image id the route serves, never taken from the request's
+    URL: a URL rebuilt from a Host header an attacker wrote could name another image
+    than the one served.
+    """
     settings = settings_of(request)
     caller = await identify(request, settings)
-    return signing.reader(settings.signing, request.url.path, query, caller, time.time())
+    return signing.reader(settings.signing, path, query, caller, time.time())
 
 
 async def _original(request: Request, image_id: str, caller: Caller, key: str) -> Response:
@@ -318,13 +323,19 @@ async def _variant(
     processor = upstream_of(request).processor
     # Most variants fit one message: one unary call, cheaper than a stream on both
     # ends. A larger one is streamed by Process (made by then, not made again).
-    answer = await processor.ProcessWhole(
-        ppb.ProcessWholeRequest(
-            image_id=image_id, operations=wanted.operations, output=wanted.output
-        ),
-        timeout=settings.timeout_seconds,
-        metadata=call_metadata(),
-    )
+    try:
+        answer = await processor.ProcessWhole(
+            ppb.ProcessWholeRequest(
+                image_id=image_id, operations=wanted.operations, output=wanted.output
+            ),
+            timeout=settings.timeout_seconds,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError:
+        # A render that failed or ran out of time cost what a miss does: it spends too.
+        if budget is not None:
+            await limiter_of(request).spend(budget, who, refuse=False)
+        raise
     call = None
     if answer.WhichOneof("outcome") == "whole":
         variant, head, cache_hit = answer.whole.variant, answer.whole.data, answer.whole.cache_hit

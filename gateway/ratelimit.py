@@ -157,7 +157,21 @@ def caller_key(request: Request, caller: Caller, trusted: Sequence[Network]) -> 
     address's."""
     if caller.authenticated:
         return f"owner:{caller.owner}"
-    return f"address:{client_address(request, trusted)}"
+    return f"address:{_holder(client_address(request, trusted))}"
+
+
+def _holder(address: str) -> str:
+    """An IPv4 address, or the /64 an IPv6 one is in: whoever holds one IPv6 address
+    holds its whole /64, and would otherwise have 2^64 budgets."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def client_address(request: Request, trusted: Sequence[Network]) -> str:

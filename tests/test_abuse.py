@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from common.env import ConfigError, Env
+from gateway import ratelimit
 from gateway.config import Settings
 from tests.engines import REDIS_URL, Cutoff
 from tests.support import ROOT, ServiceProcess, png_bytes
@@ -100,6 +101,29 @@ def test_render_misses_are_limited_and_hits_never_spend(stack: Stack) -> None:
     # Originals and metadata are never renders.
     assert render(gateway, image_id, "").status_code == 200
     assert httpx.get(f"{gateway.url}/images/{image_id}/info", timeout=30).status_code == 200
+
+
+def test_a_render_that_fails_spends_as_a_miss_does(stack: Stack) -> None:
+    gateway = stack(
+        {"IMAGESVC_RATE_LIMIT_RENDERS": "2/minute", "IMAGESVC_GATEWAY_CACHE_BYTES": "0"}
+    )
+    image_id = upload(gateway).json()["id"]
+    for _ in range(2):  # a crop wholly outside the image: the processor refuses it
+        assert render(gateway, image_id, "crop=500,500,5,5").status_code == 422
+    assert_refused(render(gateway, image_id, "w=10"), "renders", 2)
+
+
+@pytest.mark.parametrize(
+    ("address", "holder"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),  # the same holder: one budget
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+    ],
+)
+def test_an_ipv6_client_is_budgeted_by_its_64(address: str, holder: str) -> None:
+    assert ratelimit._holder(address) == holder
 
 
 def test_answers_from_the_gateways_memory_are_never_limited(stack: Stack) -> None:

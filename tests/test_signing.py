@@ -258,6 +258,20 @@ def test_a_signed_url_reads_a_private_image_anonymously(grant_http: httpx.Client
     is_problem(grant_http.get(f"{other}?{sign(path, [], NEW, later)}"), 403)
 
 
+def test_a_signature_is_checked_against_the_image_served_whatever_the_host_says(
+    grant_http: httpx.Client,
+) -> None:
+    """A Host header can make the request's URL name another path than the one routed:
+    the signature must be checked against the image served, never against that URL."""
+    mine = upload_as(grant_http, BOB, seed=141)
+    victim = upload_as(grant_http, ALICE, seed=142)
+    signed = sign(f"/images/{mine}", [], NEW, int(time.time()) + 600)
+    for host in (f"x/images/{mine}?", f"x/images/{mine}#"):
+        answer = grant_http.get(f"/images/{victim}?{signed}", headers={"Host": host})
+        assert answer.status_code in (400, 403), (host, answer.status_code)
+        assert png_bytes(9, 7, seed=142) != answer.content
+
+
 @pytest.mark.parametrize(
     ("tamper", "expected"),
     [
