@@ -8,6 +8,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from common.errors import Reason, remote_error
+from processor import parameters
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -94,20 +95,7 @@ _SERVER_DETAILS = {
     504: "a service took longer than allowed",
 }
 # The processor names request fields; callers of the gateway know query parameters.
-QUERY_NAMES = {
-    "resize.width": "w",
-    "resize.height": "h",
-    "resize.dpr": "dpr",
-    "resize.fit": "fit",
-    "resize.gravity": "gravity",
-    "rotate.angle": "rotate",
-    "blur.sigma": "blur",
-    "sharpen.sigma": "sharpen",
-    "pixelate.size": "pixelate",
-    "output.quality": "q",
-    "output.format": "format",
-    "color": "bg",
-    "adjust": "brightness, contrast or saturation",
+QUERY_NAMES = parameters.query_names() | {
     "original_filename": "filename",  # of a raw upload's query, or a multipart file's
 }
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
 from common.tls import Tls
-from processor.spec import AUTO_CHOICES
+from processor.output import AUTO_CHOICES
 
 MiB = 1024 * 1024
 

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import IO, cast
 
-from PIL import Image, ImageCms, ImageEnhance, ImageFilter, ImageMath, ImageSequence
+from PIL import Image, ImageCms, ImageMath, ImageSequence
 
 from common.errors import Reason, ServiceError
 from common.imaging import (
@@ -24,24 +24,11 @@ from common.imaging import (
     too_large,
     too_many_pixels,
 )
-from processor import smartcrop
-from processor.spec import (
-    DEFAULT_QUALITY,
-    RGBA,
-    Adjust,
-    Blur,
-    Crop,
-    Flip,
-    Flop,
-    Grayscale,
-    Op,
-    Output,
-    Pixelate,
-    Resize,
-    Rotate,
-    Sharpen,
-    Spec,
-)
+from processor.operations.base import RGBA, Memo, grey
+from processor.operations.crop import Crop
+from processor.operations.resize import Resize
+from processor.output import DEFAULT_QUALITY, Output
+from processor.spec import Spec
 
 MEDIA_TYPES = {
     "jpeg": "image/jpeg",
@@ -174,15 +161,14 @@ def _frames(
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
-    # Smart crops are chosen on the first frame and kept: a window chosen per frame
-    # would jump about as the content moves.
-    windows: Windows = {}
+    # What a step chooses on the first frame (a smart crop's window) holds for all.
+    memo: Memo = {}
     for frame in ImageSequence.Iterator(image):
         # The iterator re-uses one object; each frame needs its own pixels. (Loading
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        frames.append(_transform(pixels, spec, orientation, windows))
+        frames.append(_transform(pixels, spec, orientation, memo))
         # A backstop for a file whose frames differ from its header (a GIF frame can
         # grow the canvas): every frame is held until the encode.
         held += frames[-1].width * frames[-1].height
@@ -226,15 +212,9 @@ def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) ->
             )
 
     for op in spec.ops:
-        if isinstance(op, Crop):
-            box = _crop_box(size, op)
-            size = (box[2] - box[0], box[3] - box[1])
-        elif isinstance(op, Resize):
-            resized, size = _resize_geometry(size, op)
-            check(resized)
-        elif isinstance(op, Rotate):
-            size = _rotated_size(size, _counter_clockwise(op.angle))
-        check(size)
+        for allocated in op.sizes(size):
+            check(allocated)
+        size = allocated
     return size
 
 
@@ -246,7 +226,7 @@ def _draft(image: Image.Image, spec: Spec, orientation: int) -> None:
     width, height = image.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    target, _ = _resize_geometry((width, height), resize)
+    target, _ = resize.geometry((width, height))
     scale = max(target[0] / width, target[1] / height)
     if scale >= 0.5:
         return
@@ -300,11 +280,7 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
     return converted
 
 
-# Smart-crop windows chosen so far (top-left corners), by the index of their Resize op.
-Windows = dict[int, tuple[int, int]]
-
-
-def _transform(image: Image.Image, spec: Spec, orientation: int, windows: Windows) -> Image.Image:
+def _transform(image: Image.Image, spec: Spec, orientation: int, memo: Memo) -> Image.Image:
     """One frame through spec's operations (their sizes already judged by plan)."""
     image = _normalise(image)
     if orientation != 1:
@@ -319,180 +295,16 @@ def _transform(image: Image.Image, spec: Spec, orientation: int, windows: Window
         }.get(orientation)
         if method is not None:
             image = image.transpose(method)
-    for n, op in enumerate(spec.ops):
-        image = _resize(image, op, windows, n) if isinstance(op, Resize) else _apply(image, op)
+    for op in spec.ops:
+        image = op.apply(image, memo)
     return image
-
-
-def _apply(image: Image.Image, op: Op) -> Image.Image:
-    if isinstance(op, Crop):
-        return _crop(image, op)
-    if isinstance(op, Rotate):
-        return _rotate(image, _counter_clockwise(op.angle), op.background)
-    if isinstance(op, Flip):
-        return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    if isinstance(op, Flop):
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if isinstance(op, Adjust):
-        return _adjust(image, op)
-    if isinstance(op, Grayscale):
-        return image.convert("LA" if "A" in image.mode else "L")
-    if isinstance(op, Blur):
-        return image.filter(ImageFilter.GaussianBlur(op.sigma))
-    if isinstance(op, Sharpen):
-        return image.filter(ImageFilter.UnsharpMask(radius=op.sigma, percent=150, threshold=2))
-    if isinstance(op, Pixelate):
-        small = (max(1, image.width // op.size), max(1, image.height // op.size))
-        return image.resize(small, Image.Resampling.BOX).resize(
-            image.size, Image.Resampling.NEAREST
-        )
-    raise AssertionError(op)
-
-
-def _crop(image: Image.Image, op: Crop) -> Image.Image:
-    return image.crop(_crop_box(image.size, op))
-
-
-def _crop_box(size: tuple[int, int], op: Crop) -> tuple[int, int, int, int]:
-    """The crop's rectangle clipped to the image; one wholly outside is an error."""
-    width, height = size
-    if op.left >= width or op.top >= height:
-        raise ServiceError(
-            Reason.CROP_OUTSIDE_IMAGE,
-            f"the rectangle lies outside the {width}x{height} image",
-            {"field": "crop"},
-        )
-    return (op.left, op.top, min(width, op.left + op.width), min(height, op.top + op.height))
-
-
-def _resize_geometry(size: tuple[int, int], op: Resize) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(size to resample to, size of the final box): they differ only for cover."""
-    width, height = size
-    w, h = op.width, op.height
-    if op.fit == "fill":
-        if not op.enlarge:
-            w, h = min(w, width), min(h, height)
-        return (w, h), (w, h)
-    if op.fit == "cover" and w and h and not op.enlarge:
-        # A box bigger than the image shrinks, keeping its aspect ratio: a 10:1 banner
-        # asked of a small image is still 10:1.
-        shrink = min(1.0, width / w, height / h)
-        w, h = max(1, round(w * shrink)), max(1, round(h * shrink))
-    if w == 0:
-        scale = h / height
-    elif h == 0:
-        scale = w / width
-    elif op.fit == "contain":
-        scale = min(w / width, h / height)
-    else:  # cover and outside: at least the box
-        scale = max(w / width, h / height)
-    if not op.enlarge:
-        scale = min(scale, 1.0)
-    resized = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if op.fit == "cover" and w and h:
-        return resized, (min(w, resized[0]), min(h, resized[1]))
-    return resized, resized
-
-
-def _resize(image: Image.Image, op: Resize, windows: Windows, n: int) -> Image.Image:
-    resized, box = _resize_geometry(image.size, op)
-    if resized != image.size:
-        # Lanczos where the scale changes a lot (aliasing shows); bicubic for the last
-        # factor of two or less, as after a reduced-scale JPEG decode, where the two
-        # look the same and bicubic costs a third less.
-        gentle = resized[0] >= image.width / 2 and resized[1] >= image.height / 2
-        method = Image.Resampling.BICUBIC if gentle else Image.Resampling.LANCZOS
-        image = image.resize(resized, method, reducing_gap=2.0)
-    if box == resized:
-        return image
-    if op.gravity == "smart":
-        if n not in windows:
-            windows[n] = smartcrop.best_window(image, box)
-        left, top = windows[n]
-    else:
-        left, top = _gravity_corner(image.size, box, op.gravity)
-    return image.crop((left, top, left + box[0], top + box[1]))
-
-
-def _gravity_corner(size: tuple[int, int], box: tuple[int, int], gravity: str) -> tuple[int, int]:
-    """Top-left corner of a box-sized window placed by a compass gravity."""
-    spare_x, spare_y = size[0] - box[0], size[1] - box[1]
-    left = 0 if "west" in gravity else spare_x if "east" in gravity else spare_x // 2
-    top = 0 if "north" in gravity else spare_y if "south" in gravity else spare_y // 2
-    return left, top
-
-
-def _counter_clockwise(clockwise: float) -> float:
-    """The angle Pillow turns by (counter-clockwise) for a clockwise one, in [0, 360)."""
-    return (360.0 - clockwise) % 360.0
-
-
-def _rotate(image: Image.Image, angle: float, background: RGBA) -> Image.Image:
-    right = {
-        90.0: Image.Transpose.ROTATE_90,
-        180.0: Image.Transpose.ROTATE_180,
-        270.0: Image.Transpose.ROTATE_270,
-    }
-    if angle in right:
-        return image.transpose(right[angle])
-    if background[3] < 255 and "A" not in image.mode:
-        image = image.convert("RGBA" if image.mode == "RGB" else "LA")
-    grey = _grey(background)
-    fills: dict[str, float | tuple[int, ...]] = {
-        "RGBA": background,
-        "RGB": background[:3],
-        "LA": (grey, background[3]),
-        "L": grey,
-    }
-    fill = fills[image.mode]
-    return image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
-
-
-def _rotated_size(size: tuple[int, int], angle: float) -> tuple[int, int]:
-    """The canvas _rotate makes: for other angles than right ones, the arithmetic of
-    Pillow's rotate(expand=True), so the size judged is the size allocated."""
-    width, height = size
-    if angle in (90.0, 270.0):
-        return height, width
-    if angle == 180.0:
-        return size
-    radians = -math.radians(angle)
-    cos, sin = round(math.cos(radians), 15), round(math.sin(radians), 15)
-    # Pillow rotates about the centre: x' = cos*x + sin*y + dx, y' = -sin*x + cos*y + dy.
-    cx, cy = width / 2, height / 2
-    dx, dy = -cos * cx - sin * cy + cx, sin * cx - cos * cy + cy
-    corners = ((0, 0), (width, 0), (width, height), (0, height))
-    xs = [cos * x + sin * y + dx for x, y in corners]
-    ys = [-sin * x + cos * y + dy for x, y in corners]
-    return (
-        math.ceil(max(xs)) - math.floor(min(xs)),
-        math.ceil(max(ys)) - math.floor(min(ys)),
-    )
-
-
-def _grey(color: RGBA) -> int:
-    return round(0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2])
-
-
-def _adjust(image: Image.Image, op: Adjust) -> Image.Image:
-    alpha = image.getchannel("A") if "A" in image.mode else None
-    base = image.convert("RGB" if image.mode in ("RGB", "RGBA") else "L")
-    if op.brightness != 1.0:
-        base = ImageEnhance.Brightness(base).enhance(op.brightness)
-    if op.contrast != 1.0:
-        base = ImageEnhance.Contrast(base).enhance(op.contrast)
-    if op.saturation != 1.0 and base.mode == "RGB":
-        base = ImageEnhance.Color(base).enhance(op.saturation)
-    if alpha is not None:
-        base.putalpha(alpha)
-    return base
 
 
 def _flatten(image: Image.Image, background: RGBA) -> Image.Image:
     """Composite onto the background colour (for outputs without alpha)."""
     if "A" not in image.mode:
         return image
-    rgb = background[:3] if image.mode == "RGBA" else (_grey(background),)
+    rgb = background[:3] if image.mode == "RGBA" else (grey(background),)
     base = Image.new(image.mode[:-1], image.size, rgb if len(rgb) == 3 else rgb[0])
     base.paste(image, mask=image.getchannel("A"))
     return base

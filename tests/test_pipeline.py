@@ -11,6 +11,7 @@ from PIL import Image
 
 from common.errors import Reason, ServiceError
 from processor import pipeline, spec
+from processor.output import negotiate
 from tests.test_processor_ops import encode, marked
 
 Op = ppb.Operation
@@ -145,7 +146,7 @@ BROWSER_ACCEPT = ["image/avif", "image/webp", "image/apng", "image/*", "*/*;q=0.
 def test_auto_reads_accept_with_its_q_values(
     accept: list[str], preference: tuple[str, ...], expected: tuple[str, str]
 ) -> None:
-    assert spec.negotiate(accept, preference) == expected
+    assert negotiate(accept, preference) == expected
 
 
 def auto(accept: list[str], *ops: ppb.Operation) -> spec.Spec:
