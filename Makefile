@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install engines protos check-protos lint fmt test bench run dev stop clean
+.PHONY: help install engines protos check-protos readme lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ protos: $(STAMP)  ## regenerate gen/ from protos/ (never edit gen/ by hand)
 check-protos: protos  ## fail when the committed gen/ differs from what `make protos` makes
 	git diff --exit-code --stat -- gen
 	test -z "$$(git status --porcelain -- gen)"
+
+readme: $(RUNTIME)  ## rewrite README's table of transformation parameters from the operations' declarations
+	$(BIN)/python -m processor.parameters README.md
 
 lint: $(STAMP)  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .

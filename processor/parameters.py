@@ -6,7 +6,9 @@ What the gateway parses and documents comes from here; it holds no Pillow.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 from imageservice.v1 import processor_service_pb2 as pb
 
@@ -51,3 +53,41 @@ def query_names() -> dict[str, str]:
         field: ", ".join(given[:-1]) + " or " + given[-1] if len(given) > 1 else given[0]
         for field, given in names.items()
     }
+
+
+README_START = "<!-- parameters: made by `make readme` from the declarations -->"
+README_END = "<!-- parameters end -->"
+
+
+def markdown(limits: Limits) -> str:
+    """The README's table of parameters."""
+    lines = ["| parameter | values | meaning |", "|---|---|---|"]
+    for param in table(limits):
+        values = param.value.text()
+        if param.bound:
+            values += f" (`{param.bound}`)"
+        lines.append(f"| `{param.name}` | {values} | {param.description} |")
+    return "\n".join(lines)
+
+
+def readme_section(limits: Limits) -> str:
+    """The table between its markers, as the README holds it."""
+    return f"{README_START}\n{markdown(limits)}\n{README_END}"
+
+
+def main(argv: list[str]) -> int:
+    """Rewrite the table in the Markdown file named (the README) from the declarations."""
+    from common.env import Env
+    from processor.config import Settings
+
+    settings = Settings.from_env(Env({}))  # the defaults, not this shell's settings
+    limits = Limits(settings.max_output_dimension, settings.max_blur_sigma)
+    path = Path(argv[1])
+    text = path.read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    path.write_text(text[:start] + readme_section(limits) + text[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

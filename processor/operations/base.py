@@ -74,6 +74,8 @@ class Param:
     # The request field the processor's errors name for it (e.g. "blur.sigma"), so a
     # refusal from the processor names the query parameter instead.
     field: str = ""
+    # The variable that sets its upper bound, if one does (for the README).
+    bound: str = ""
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -128,7 +130,7 @@ class Integer:
         return {"type": "integer", "minimum": self.lo, "maximum": self.hi}
 
     def text(self) -> str:
-        return f"{self.lo}-{self.hi}"
+        return f"{self.lo} to {self.hi}"
 
 
 @dataclass(frozen=True)

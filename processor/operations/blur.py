@@ -29,7 +29,15 @@ class Blur:
 
 def _params(limits: Limits) -> tuple[Param, ...]:
     sigma = Number(0, limits.max_blur_sigma)
-    return (Param("blur", sigma, "Gaussian blur sigma in pixels.", field="blur.sigma"),)
+    return (
+        Param(
+            "blur",
+            sigma,
+            "Gaussian blur sigma in pixels.",
+            field="blur.sigma",
+            bound="IMAGESVC_MAX_BLUR_SIGMA",
+        ),
+    )
 
 
 def _request(values: Values) -> pb.Blur | None:

@@ -143,8 +143,15 @@ def _params(limits: Limits) -> tuple[Param, ...]:
             side,
             "Target width in pixels (times dpr); give w or h alone to keep the aspect ratio.",
             field="resize.width",
+            bound="IMAGESVC_MAX_OUTPUT_DIMENSION",
         ),
-        Param("h", side, "Target height in pixels (times dpr).", field="resize.height"),
+        Param(
+            "h",
+            side,
+            "Target height in pixels (times dpr).",
+            field="resize.height",
+            bound="IMAGESVC_MAX_OUTPUT_DIMENSION",
+        ),
         Param(
             "fit",
             Choice(FITS),
