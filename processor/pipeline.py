@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -24,7 +25,7 @@ from common.imaging import (
     too_large,
     too_many_pixels,
 )
-from processor.operations.base import RGBA, Memo, grey
+from processor.operations.base import RGBA, Memo, Stored, grey
 from processor.operations.crop import Crop
 from processor.operations.resize import Resize
 from processor.output import DEFAULT_QUALITY, Output
@@ -73,8 +74,14 @@ class Rendered:
     frames: int
 
 
-def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
-    """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
+def render(
+    source: IO[bytes], spec: Spec, limits: Limits, images: Mapping[str, bytes] | None = None
+) -> Rendered:
+    """Turn the image in source into the bytes spec asks for, or raise ServiceError.
+
+    images holds the bytes of the other stored images spec's steps draw (Spec.images:
+    a watermark's), by id.
+    """
     with (
         decoding_errors(source, limits.max_pixels),
         open_checked(
@@ -91,7 +98,7 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         # Read first: getexif() is one cached object, and _metadata works on a copy.
         orientation = _orientation(image)
         metadata = _metadata(image) if spec.output.keep_metadata else {}
-        frames, durations = _frames(image, spec, fmt, orientation, limits)
+        frames, durations = _frames(image, spec, fmt, orientation, limits, images or {})
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
@@ -129,7 +136,12 @@ def _metadata(image: Image.Image) -> dict[str, object]:
 
 
 def _frames(
-    image: Image.Image, spec: Spec, fmt: str, orientation: int, limits: Limits
+    image: Image.Image,
+    spec: Spec,
+    fmt: str,
+    orientation: int,
+    limits: Limits,
+    images: Mapping[str, bytes],
 ) -> tuple[list[Image.Image], list[int]]:
     animated = _moving(image, spec) and fmt in ANIMATED_OUTPUTS
     if image.format == "JPEG":
@@ -154,15 +166,15 @@ def _frames(
                     "the first frame alone",
                 )
             animated = False
+    # What a step chooses on the first frame (a smart crop's window) holds for all.
+    memo: Memo = _stored(spec, images, limits)
     if not animated:
         fast_decode(image)
         image.load()
-        return [_transform(image, spec, orientation, {})], [0]
+        return [_transform(image, spec, orientation, memo)], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
-    # What a step chooses on the first frame (a smart crop's window) holds for all.
-    memo: Memo = {}
     for frame in ImageSequence.Iterator(image):
         # The iterator re-uses one object; each frame needs its own pixels. (Loading
         # first also matters: WebP sets a frame's duration when it loads.)
@@ -178,6 +190,28 @@ def _frames(
                 f"the animation's frames together would exceed {limits.max_pixels} pixels",
             )
     return frames, durations
+
+
+def _stored(spec: Spec, images: Mapping[str, bytes], limits: Limits) -> Memo:
+    """A memo holding the other stored images spec's steps draw (a watermark): each one's
+    first frame, upright, in RGBA, decoded under the limits an original is."""
+    memo: Memo = {}
+    for field, image_id in spec.images().items():
+        data = images.get(image_id)
+        if data is None:  # the processor fetches every image Spec.images names
+            raise ServiceError(Reason.INTERNAL, f"{field}: the image was not fetched")
+        source = io.BytesIO(data)
+        with (
+            decoding_errors(source, limits.max_pixels),
+            open_checked(
+                source, frozenset(SOURCE_FORMATS), limits.max_pixels, limits.max_total_pixels
+            ) as image,
+        ):
+            fast_decode(image)
+            image.load()  # the first frame alone
+            upright = _upright(_normalise(image), _orientation(image))
+            memo[Stored(image_id)] = upright.convert("RGBA")
+    return memo
 
 
 def _frame_count(image: Image.Image, limits: Limits) -> int:
@@ -282,7 +316,14 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
 
 def _transform(image: Image.Image, spec: Spec, orientation: int, memo: Memo) -> Image.Image:
     """One frame through spec's operations (their sizes already judged by plan)."""
-    image = _normalise(image)
+    image = _upright(_normalise(image), orientation)
+    for op in spec.ops:
+        image = op.apply(image, memo)
+    return image
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The frame turned as its EXIF orientation says it is seen."""
     if orientation != 1:
         method = {
             2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -295,8 +336,6 @@ def _transform(image: Image.Image, spec: Spec, orientation: int, memo: Memo) -> 
         }.get(orientation)
         if method is not None:
             image = image.transpose(method)
-    for op in spec.ops:
-        image = op.apply(image, memo)
     return image
 
 

@@ -20,6 +20,7 @@ from processor.operations import (
     resize,
     rotate,
     sharpen,
+    watermark,
 )
 from processor.operations.base import Limits, Operation, Param, Step
 
@@ -34,6 +35,8 @@ OPERATIONS: tuple[Operation, ...] = (
     blur.OPERATION,
     sharpen.OPERATION,
     pixelate.OPERATION,
+    # Last: drawn on the result as it will be served, never resized, blurred or turned.
+    watermark.OPERATION,
 )
 
 __all__ = ["OPERATIONS", "Limits", "Operation", "Param", "Step"]

@@ -402,6 +402,61 @@ class Pixelate(_message.Message):
 Global___Pixelate: _TypeAlias = Pixelate  # noqa: Y015
 
 @_typing.final
+class Watermark(_message.Message):
+    """Another stored image drawn over the result, after every other operation, on each
+    frame of an animation. Its alpha is kept (times opacity); of an animated mark, its
+    first frame. Parts pushed past the result's edges by the offsets are clipped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    GRAVITY_FIELD_NUMBER: _builtins.int
+    OFFSET_X_FIELD_NUMBER: _builtins.int
+    OFFSET_Y_FIELD_NUMBER: _builtins.int
+    OPACITY_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The stored image to draw (its id); the caller must be allowed to read it (the
+    gateway checks, as for the image itself). A render whose mark does not exist
+    fails with IMAGE_NOT_FOUND naming watermark.image_id.
+    """
+    gravity: Global___Gravity.ValueType
+    """Which edge or corner it is placed against: a compass gravity or GRAVITY_CENTER
+    (not GRAVITY_SMART). GRAVITY_UNSPECIFIED means GRAVITY_SOUTH_EAST.
+    """
+    offset_x: _builtins.int
+    """Pixels of the result, 0 up to the output dimension limit: inward from the edge the
+    gravity names (offset_x from the west or east edge, offset_y from the north or
+    south one); on an axis the gravity centres, the offset moves it right or down.
+    """
+    offset_y: _builtins.int
+    opacity: _builtins.float
+    """0.01-1, multiplying the mark's own alpha; 0 (unset) means 1, fully as drawn."""
+    scale: _builtins.float
+    """The mark's width as a fraction of the result's width, 0.01-1, its aspect ratio
+    kept; 0 (unset) means its own size. Either way a mark larger than the result is
+    shrunk to fit inside it.
+    """
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        gravity: Global___Gravity.ValueType = ...,
+        offset_x: _builtins.int = ...,
+        offset_y: _builtins.int = ...,
+        opacity: _builtins.float = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gravity", b"gravity", "image_id", b"image_id", "offset_x", b"offset_x", "offset_y", b"offset_y", "opacity", b"opacity", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Watermark: _TypeAlias = Watermark  # noqa: Y015
+
+@_typing.final
 class Operation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -415,6 +470,7 @@ class Operation(_message.Message):
     BLUR_FIELD_NUMBER: _builtins.int
     SHARPEN_FIELD_NUMBER: _builtins.int
     PIXELATE_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def resize(self) -> Global___Resize: ...
     @_builtins.property
@@ -435,6 +491,8 @@ class Operation(_message.Message):
     def sharpen(self) -> Global___Sharpen: ...
     @_builtins.property
     def pixelate(self) -> Global___Pixelate: ...
+    @_builtins.property
+    def watermark(self) -> Global___Watermark: ...
     def __init__(
         self,
         *,
@@ -448,12 +506,13 @@ class Operation(_message.Message):
         blur: Global___Blur | None = ...,
         sharpen: Global___Sharpen | None = ...,
         pixelate: Global___Pixelate | None = ...,
+        watermark: Global___Watermark | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen", "watermark", b"watermark"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen", "watermark", b"watermark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resize", "crop", "rotate", "flip", "flop", "grayscale", "adjust", "blur", "sharpen", "pixelate"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resize", "crop", "rotate", "flip", "flop", "grayscale", "adjust", "blur", "sharpen", "pixelate", "watermark"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
