@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -347,3 +348,29 @@ def test_a_cache_service_hides_a_private_mark_from_the_processor_never(
     request = process_request(image_id, mark(image_id=private), format=ppb.OUTPUT_FORMAT_PNG)
     _, data = collect(pstub.Process(request, timeout=30))
     assert where(Image.open(io.BytesIO(data)), BLUE) == (180, 90, 199, 99)
+
+
+def test_a_preset_may_name_a_watermark(
+    stack: Callable[..., ServiceProcess],
+    processor_server: ServiceProcess,
+    stub: pb_grpc.CacheServiceStub,
+    tmp_path: Path,
+) -> None:
+    public = upload(stub, blue()).id
+    private = upload(stub, blue(), owner="alice", visibility=image_pb2.VISIBILITY_PRIVATE).id
+    presets = tmp_path / "presets.toml"
+    presets.write_text(
+        f'[logo]\nwm = "{public}"\nwm_gravity = "northwest"\nformat = "png"\n'
+        f'[secret]\nwm = "{private}"\nformat = "png"\n'
+    )
+    env = {"IMAGESVC_API_KEYS": KEYS, "IMAGESVC_PRESETS": str(presets)}
+    gateway = stack(env, processor=processor_server)
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        bobs = post(http, white(), bearer(BOB))
+        logo = http.get(f"/images/{bobs}?preset=logo", headers=bearer(BOB))
+        assert logo.status_code == 200, logo.text
+        assert where(Image.open(io.BytesIO(logo.content)), BLUE) == (0, 0, 19, 9)
+        # A preset's watermark is read as the caller's own wm would be.
+        secret = http.get(f"/images/{bobs}?preset=secret", headers=bearer(BOB))
+        assert is_problem(secret, 404)["parameter"] == "wm"
+        assert http.get(f"/images/{bobs}?preset=secret", headers=bearer(OPS)).status_code == 200
