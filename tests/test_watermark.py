@@ -338,7 +338,7 @@ def test_a_signed_url_with_a_watermark_needs_a_signer_who_may_read_it(keyed: str
         assert where(Image.open(io.BytesIO(held.content)), BLUE) == (180, 90, 199, 99)
 
 
-def test_a_cache_service_hides_a_private_mark_from_the_processor_never(
+def test_the_processor_draws_a_private_mark_whoever_owns_it(
     stub: pb_grpc.CacheServiceStub, pstub: ppb_grpc.ProcessorServiceStub
 ) -> None:
     # The processor is an internal caller: it fetches a private mark the gateway let
