@@ -275,3 +275,26 @@ def test_a_trimmed_jpeg_is_not_decoded_at_a_reduced_scale() -> None:
     request = wanted(TRIM, Op(resize=ppb.Resize(width=300)), format=ppb.OUTPUT_FORMAT_PNG)
     made = pipeline.render(io.BytesIO(encode(image, "JPEG", quality=90)), request, LIMITS)
     assert made.width == 300 and 299 <= made.height <= 302
+
+
+def test_only_a_letterbox_key_carries_a_background() -> None:
+    blue = ppb.Color(blue=255, alpha=255)
+    plain = wanted(Op(resize=ppb.Resize(width=10, height=10, background=blue)))
+    assert '"background"' not in plain.canonical().split('"out"')[0]
+    assert plain.key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10, height=10))).key("I" * 22)
+    # One side alone: every fit is contain, pad too; nothing to fill.
+    one = wanted(Op(resize=ppb.Resize(width=10, fit=ppb.FIT_PAD, background=blue)))
+    assert one.key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10))).key("I" * 22)
+    boxed = [
+        wanted(Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD, background=colour)))
+        for colour in (blue, ppb.Color(red=255, alpha=255))
+    ]
+    assert '"letterbox"' in boxed[0].canonical()
+    assert boxed[0].key("I" * 22) != boxed[1].key("I" * 22)
+    # Unset is opaque white, as asked for.
+    white = ppb.Color(red=255, green=255, blue=255, alpha=255)
+    assert wanted(
+        Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD, background=white))
+    ).key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD))).key(
+        "I" * 22
+    )
