@@ -16,17 +16,21 @@ from processor.operations import (
     flip,
     flop,
     grayscale,
+    pad,
     pixelate,
     resize,
     rotate,
     sharpen,
+    trim,
     watermark,
 )
 from processor.operations.base import Limits, Operation, Param, Step
 
 OPERATIONS: tuple[Operation, ...] = (
+    trim.OPERATION,
     crop.OPERATION,
     resize.OPERATION,
+    pad.OPERATION,
     rotate.OPERATION,
     flip.OPERATION,
     flop.OPERATION,
