@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -171,13 +171,21 @@ class OverBudget(Exception):
     """The image holds more pixels than the caller's budget: not a fault of the image."""
 
 
-def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageInfo:
+def inspect(
+    fp: IO[bytes],
+    limits: Limits,
+    budget: int | None = None,
+    first_frame: Callable[[Image.Image], None] | None = None,
+) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
     With a budget, OverBudget is raised instead of decoding more pixels than it: from
     the header when it tells, else as soon as the frames decoded pass it.
+    first_frame, if given, is shown the first frame once it is decoded (a JPEG's at
+    1/8 scale), so that what else is made of it costs no second decode; it must not
+    change the image, and what it raises is raised.
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
@@ -190,7 +198,7 @@ def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageIn
                 image.verify()
         fp.seek(0)
         with _open(fp, limits) as image:
-            return _decode_all(image, _Frames(limits, budget))
+            return _decode_all(image, _Frames(limits, budget), first_frame)
 
 
 def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
@@ -226,7 +234,9 @@ class _Frames:
             raise OverBudget
 
 
-def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
+def _decode_all(
+    image: Image.Image, frames: _Frames, first_frame: Callable[[Image.Image], None] | None
+) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
     while True:
@@ -238,6 +248,8 @@ def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
             image.draft(None, (max(1, width // 8), max(1, height // 8)))
         fast_decode(image)
         image.load()
+        if frames.count == 1 and first_frame is not None:
+            first_frame(image)
         try:
             image.seek(frames.count)
         except EOFError:
