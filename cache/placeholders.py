@@ -61,8 +61,10 @@ def placeholders(frame: Image.Image) -> Placeholders:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rgba = upright_thumbnail(frame, THUMBHASH_BOX)
-            # An array, not the image: thash would apply EXIF orientation again.
-            thumb = bytes(thash.encode(numpy.asarray(rgba), resize=False))
+            # The pixels, not the image: thash's own Pillow path would apply the EXIF
+            # orientation a second time.
+            pixels = numpy.asarray(rgba).reshape(-1)
+            thumb = bytes(thash.rgba_to_thumb_hash(rgba.width, rgba.height, pixels))
             return Placeholders(blurhash=_blurhash(rgba), thumbhash=thumb)
     except Exception as exc:
         return Placeholders(error=f"{type(exc).__name__}: {exc}")
