@@ -4,7 +4,19 @@ Made from the frame validation has just decoded (a JPEG's at 1/8 scale), so an u
 is decoded once. A few milliseconds: the frame is first brought to at most
 PRESHRINK_FACTOR x the placeholder's size by sampling (exact, cheap, whatever the
 frame's size or mode), then made RGBA and resized properly. Making them never fails an
-upload: an image no placeholder can be made of gets none.
+upload: an image no placeholder can be made of gets none. Images stored before
+placeholders existed have none either (empty; the gateway says null): they are not
+recomputed, since reading every old blob back is a backfill, not an upload's work.
+
+Libraries (measured on 32-100 px thumbnails): blurhash-python (Wolt's binding of the
+reference C encoder) takes 0.8 ms where the pure-Python `blurhash` takes 4-18 ms.
+thash (a maintained, typed fork of `thumbhash`) with its numpy backend takes 0.2-2.5
+ms; `thumbhash` 0.1.2 raises on any image with alpha (an operator-precedence bug) and
+`thumbhash-python` pins Pillow below 11 (we need 11.3+) and pulls a CLI's
+dependencies; fast-thumbhash (Rust) has one release and x86-64 wheels only. All of
+them agree with the reference port to the last significant nibble. Altogether about
+2 ms of CPU per upload (a 4000x3000 JPEG: its 1/8 draft, 500x375, is what is shown
+here); a CMYK image with a large ICC profile spends some 50 ms building the transform.
 """
 
 from __future__ import annotations
