@@ -104,6 +104,8 @@ def fast_decode(image: Image.Image) -> None:
 # and AVIF containers, MPO's index. For GIF and TIFF n_frames scans the whole file, so
 # their frames are counted as they are decoded.
 FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO"})
+# The long side, in pixels, below which a JPEG is not reduced while it is validated.
+FIRST_FRAME_SIDE = 100
 
 
 def declared_pixels(image: Image.Image) -> int:
@@ -183,9 +185,10 @@ def inspect(
     large allocation; then each frame is decoded, which is what finds truncation.
     With a budget, OverBudget is raised instead of decoding more pixels than it: from
     the header when it tells, else as soon as the frames decoded pass it.
-    first_frame, if given, is shown the first frame once it is decoded (a JPEG's at
-    1/8 scale), so that what else is made of it costs no second decode; it must not
-    change the image, and what it raises is raised.
+    first_frame, if given, is shown the first frame once it is decoded (a JPEG's
+    reduced, see _decode_all), so that what else is made of it (placeholders) costs no
+    second decode. It must not change the image, nor raise: what it raises fails the
+    inspection as a decoding error would.
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
@@ -244,8 +247,11 @@ def _decode_all(
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
-            # breaks seeking to its second picture.)
-            image.draft(None, (max(1, width // 8), max(1, height // 8)))
+            # breaks seeking to its second picture.) At most 1/8, and never below
+            # FIRST_FRAME_SIDE on the long side, so that the frame first_frame sees
+            # still makes a placeholder: only images under 800 px decode larger.
+            scale = max(1 / 8, min(1.0, FIRST_FRAME_SIDE / max(width, height)))
+            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
         fast_decode(image)
         image.load()
         if frames.count == 1 and first_frame is not None:

@@ -18,11 +18,13 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from PIL import Image
 
 from cache.placeholders import THUMBHASH_BOX, placeholders, upright_thumbnail
+from common.imaging import SOURCE_FORMATS, Limits, inspect
 from tests.support import CORPUS, ServiceProcess, channel, download, upload
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 ORIENTATION = 0x0112
+LIMITS = Limits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 200_000_000)
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -202,6 +204,20 @@ def test_a_large_upload_is_placed_from_its_reduced_decode() -> None:
     thumb = upright_thumbnail(frame, THUMBHASH_BOX)
     assert thumb.size == (100, 75) and thumb.mode == "RGBA"
     assert upright_thumbnail(Image.new("P", (5000, 2)), THUMBHASH_BOX).size == (100, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [((4000, 3000), (500, 375)), ((400, 300), (100, 75)), ((64, 48), (64, 48))],
+)
+def test_validation_shows_a_jpeg_reduced_but_never_below_a_placeholders_size(
+    size: tuple[int, int], shown: tuple[int, int]
+) -> None:
+    seen: list[tuple[int, int]] = []
+    data = io.BytesIO(encoded(Image.new("RGB", size, RED), "JPEG"))
+    info = inspect(data, LIMITS, first_frame=lambda frame: seen.append(frame.size))
+    assert (info.width, info.height) == size  # the stored pixels', whatever was decoded
+    assert seen == [shown]
 
 
 def test_a_frame_no_placeholder_can_be_made_of_gives_none_and_no_error() -> None:
