@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -90,6 +91,10 @@ def image_json(image: image_pb2.ImageMetadata) -> dict[str, Any]:
         "created": created.isoformat().replace("+00:00", "Z"),
         "owner": image.owner,
         "visibility": "public" if image.visibility == image_pb2.VISIBILITY_PUBLIC else "private",
+        # Placeholders to show while the image loads; null for an image stored before
+        # they were made. ThumbHash in standard base64, as its decoders take it.
+        "blurhash": image.blurhash or None,
+        "thumbhash": base64.b64encode(image.thumbhash).decode() if image.thumbhash else None,
     }
 
 
