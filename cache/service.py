@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -45,6 +46,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_FILENAME = 255
 MAX_OWNER = 128
+SHA256 = re.compile(r"[0-9a-f]{64}")  # as ImageMetadata.sha256 spells it
 WATCH_BACKLOG = 10_000
 FOLLOW_RETRY_SECONDS = 0.5  # while deletions cannot be followed, how often to try again
 MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
@@ -331,8 +333,12 @@ class CacheService(pb_grpc.CacheServiceServicer):
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise invalid_argument("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        if request.sha256 and not SHA256.fullmatch(request.sha256):
+            raise invalid_argument("sha256", "must be 64 lower-case hex digits")
         try:
-            page = await self.metadata.list(request.owner, page_size, request.page_token)
+            page = await self.metadata.list(
+                request.owner, page_size, request.page_token, request.sha256
+            )
         except InvalidPageToken:
             raise invalid_argument("page_token", "not a page token this service issued") from None
         # A caller lists only what they may read (an anonymous one sees no private image

@@ -465,16 +465,22 @@ async def list_images(request: Request) -> Response:
     caller = await identify(request, settings)
     if caller.authenticated and not caller.may(READ):
         raise forbidden(f"listing one's images needs the {READ} scope")
-    params.only(request.query_params, ("limit", "cursor"))
+    params.only(request.query_params, ("limit", "cursor", "sha256"))
     raw = request.query_params.get("limit", str(LIST_LIMIT_DEFAULT))
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= LIST_LIMIT_MAX:
         raise params.bad("limit", f"must be between 1 and {LIST_LIMIT_MAX}")
     cursor = request.query_params.get("cursor")
     if cursor is not None and not re.fullmatch(params.CURSOR, cursor):
         raise params.bad("cursor", "not a cursor this service gave out")
+    # A lookup by content: the caller's own images of these bytes (scoped as any list).
+    sha256 = request.query_params.get("sha256", "")
+    if "sha256" in request.query_params and not re.fullmatch(params.SHA256, sha256):
+        raise params.bad("sha256", "must be 64 lower-case hex digits")
     try:
         page = await upstream_of(request).cache.ListImages(
-            pb.ListImagesRequest(owner=caller.owner, page_size=int(raw), page_token=cursor or ""),
+            pb.ListImagesRequest(
+                owner=caller.owner, page_size=int(raw), page_token=cursor or "", sha256=sha256
+            ),
             timeout=settings.timeout_seconds,
             metadata=call_metadata() + caller.metadata(),
         )
@@ -488,7 +494,9 @@ async def list_images(request: Request) -> Response:
     }
     headers = {"Cache-Control": "no-store"}
     if page.next_page_token:
-        headers["Link"] = f'</images?limit={raw}&cursor={page.next_page_token}>; rel="next"'
+        also = f"&sha256={sha256}" if sha256 else ""
+        link = f"/images?limit={raw}{also}&cursor={page.next_page_token}"
+        headers["Link"] = f'<{link}>; rel="next"'
     return JSONResponse(body, headers=headers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.params import CURSOR, Param
+from gateway.params import CURSOR, SHA256, Param
 from gateway.presets import QUERY_NAME, Presets
 from gateway.signed_urls import MAX_EXPIRES_IN
 
@@ -290,6 +290,15 @@ def document(
                             "description": "Where the page starts: an opaque value, the "
                             "previous page's next_cursor (also in its Link header). Any "
                             "value of this shape is a position in the caller's own list.",
+                        },
+                        {
+                            "name": "sha256",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": f"^{SHA256}$"},
+                            "description": "Only the caller's images whose original has "
+                            "this SHA-256 (lower-case hex, as `sha256` in the metadata): a "
+                            "lookup by content, e.g. to skip an upload already stored. "
+                            "Others' images are never found.",
                         },
                     ],
                     "responses": {

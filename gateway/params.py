@@ -21,9 +21,10 @@ from gateway.problems import HTTPProblem
 from processor import output, parameters
 from processor.operations.base import IMAGE_ID, Limits, Param
 
-__all__ = ["CURSOR", "Limits", "Param", "Parameters", "Transformation", "bad", "only"]
+__all__ = ["CURSOR", "SHA256", "Limits", "Param", "Parameters", "Transformation", "bad", "only"]
 
 CURSOR = "[A-Za-z0-9_-]{32}"  # the shape of the cache service's page tokens (for listing)
+SHA256 = "[0-9a-f]{64}"  # GET /images?sha256=: a lookup by content, as metadata spells it
 BLURRED_SIGMA = 10.0
 
 

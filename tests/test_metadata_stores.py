@@ -159,6 +159,41 @@ def test_list_is_the_owners_newest_first_across_pages(engine: Engine) -> None:
     run(engine, scenario)
 
 
+def test_list_by_sha256_finds_the_owners_images_of_those_bytes_on_an_index(
+    engine: Engine,
+) -> None:
+    async def scenario(store: MetadataStore) -> None:
+        cat, dog = "ca" * 32, "d0" * 32
+        mine = [await stored(store, record("ann", 1000 + i, sha256=cat)) for i in range(5)]
+        await stored(store, record("ann", 2000, sha256=dog))
+        await stored(store, record("bob", 3000, sha256=cat))  # bob's bytes are no answer
+        seen: list[ImageRecord] = []
+        token = ""
+        while True:
+            page = await store.list("ann", 2, token, cat)
+            seen += page.records
+            token = page.next_token
+            if not token:
+                break
+        assert seen == mine[::-1]
+        assert [r.sha256 for r in (await store.list("ann", 9, "", dog)).records] == [dog]
+        assert (await store.list("carol", 9, "", cat)).records == []
+        assert (await store.list("ann", 9, "", "ee" * 32)).records == []
+        assert len((await store.list("ann", 9, "")).records) == 6  # no filter: all of ann's
+
+    run(engine, scenario)
+    query = "SELECT * FROM images WHERE owner = 'ann' AND sha256 = 'x' ORDER BY created_ns DESC"
+    if engine.name == "sqlite":
+        path = engine.url.removeprefix("sqlite://")
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            plan = " ".join(str(row) for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
+        assert "images_by_owner_sha256" in plan
+    else:
+        with psycopg.connect(engine.url) as conn:
+            names = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes")]
+        assert "images_by_owner_sha256" in names
+
+
 def test_page_tokens_not_of_the_store_shape_are_refused(engine: Engine) -> None:
     async def scenario(store: MetadataStore) -> None:
         await stored(store, record("ann", 1000))
@@ -397,7 +432,7 @@ def test_replicas_starting_together_migrate_once() -> None:
 def test_migrations_are_numbered_once_and_shipped_with_the_package() -> None:
     found = migrations()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert {m.name for m in found} >= {"images", "intents", "placeholders"}
+    assert {m.name for m in found} >= {"images", "intents", "placeholders", "images_by_sha256"}
 
 
 def test_metadata_urls_are_checked_before_connecting(tmp_path: Path) -> None:

@@ -71,8 +71,9 @@ class MetadataStore(Protocol):
 
     async def get(self, image_id: str) -> ImageRecord | None: ...
 
-    async def list(self, owner: str, page_size: int, page_token: str) -> Page:
-        """owner's records, newest first, by keyset pagination on an index."""
+    async def list(self, owner: str, page_size: int, page_token: str, sha256: str = "") -> Page:
+        """owner's records, newest first, by keyset pagination on an index; with sha256,
+        only those of these bytes (on an index of (owner, sha256) too)."""
 
     async def delete(self, image_id: str, now_ns: int) -> bool:
         """Remove the record and record an intent to remove its blob and variants, in one
@@ -113,15 +114,19 @@ def decode_token(token: str) -> tuple[int, str]:
 
 
 def page_query(
-    columns: str, owner: str, page_size: int, page_token: str, mark: str
+    columns: str, owner: str, page_size: int, page_token: str, mark: str, sha256: str = ""
 ) -> tuple[str, tuple[object, ...]]:
     """The SQL and arguments of one page of owner's records, newest first, by keyset
-    pagination on (owner, created_ns DESC, id DESC); mark is the driver's placeholder.
+    pagination on (owner, created_ns DESC, id DESC), or with sha256 on (owner, sha256,
+    created_ns DESC, id DESC); mark is the driver's placeholder.
 
     One more row than the page is asked for: `page_of` tells from it whether more follow.
     """
     where = f"owner = {mark}"
     args: tuple[object, ...] = (owner,)
+    if sha256:
+        where += f" AND sha256 = {mark}"
+        args += (sha256,)
     if page_token:
         created, after = decode_token(page_token)
         where += f" AND (created_ns, id) < ({mark}, {mark})"

@@ -208,9 +208,10 @@ class PostgresMetadataStore:
             row = await cursor.fetchone()
         return None if row is None else ImageRecord(*row)
 
-    async def list(self, owner: str, page_size: int, page_token: str) -> Page:
-        """owner's records, newest first, by keyset pagination on images_by_owner."""
-        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "%s")
+    async def list(self, owner: str, page_size: int, page_token: str, sha256: str = "") -> Page:
+        """owner's records, newest first, by keyset pagination on images_by_owner (with
+        sha256, on images_by_owner_sha256)."""
+        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "%s", sha256)
         async with self._connection() as conn:
             cursor = await conn.execute(sql, args)
             rows = await cursor.fetchall()

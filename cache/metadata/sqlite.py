@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS images (
     thumbhash BLOB NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_by_owner ON images (owner, created_ns DESC, id DESC);
+-- ListImages with sha256 (a lookup by content): the same keyset order within one hash.
+CREATE INDEX IF NOT EXISTS images_by_owner_sha256
+    ON images (owner, sha256, created_ns DESC, id DESC);
 CREATE TABLE IF NOT EXISTS intents (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL CHECK (kind IN ('put', 'delete')),
@@ -149,9 +152,10 @@ class SqliteMetadataStore:
         rows = self._reader.execute(sql, (image_id,)).fetchall()
         return ImageRecord(*rows[0]) if rows else None
 
-    async def list(self, owner: str, page_size: int, page_token: str) -> Page:
-        """owner's records, newest first, by keyset pagination on images_by_owner."""
-        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "?")
+    async def list(self, owner: str, page_size: int, page_token: str, sha256: str = "") -> Page:
+        """owner's records, newest first, by keyset pagination on images_by_owner (with
+        sha256, on images_by_owner_sha256)."""
+        sql, args = page_query(_COLUMNS, owner, page_size, page_token, "?", sha256)
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
         return page_of(rows, page_size)
 

@@ -183,6 +183,7 @@ class ListImagesRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     page_size: _builtins.int
     """1..1000; 0 means the default (50)."""
@@ -191,16 +192,23 @@ class ListImagesRequest(_message.Message):
     [A-Za-z0-9_-], and any such value is a position in the list (so its shape alone
     says whether it is valid).
     """
+    sha256: _builtins.str
+    """When set, only the images whose original has this SHA-256 (64 lower-case hex
+    digits, as ImageMetadata.sha256 says it): a lookup by content, e.g. to skip an
+    upload already stored. Scoped and paged as any listing (a caller finds only images
+    they may read); a value of another shape is INVALID_ARGUMENT naming `sha256`.
+    """
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -134,7 +134,7 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListImages(self, request, context):
-        """An owner's images, newest first.
+        """An owner's images, newest first; with `sha256`, only those of these bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,7 +53,7 @@ class CacheServiceStub:
     StatImage: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.StatImageRequest, _cache_service_pb2.StatImageResponse]
     """The metadata alone."""
     ListImages: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.ListImagesRequest, _cache_service_pb2.ListImagesResponse]
-    """An owner's images, newest first."""
+    """An owner's images, newest first; with `sha256`, only those of these bytes."""
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.DeleteImageRequest, _cache_service_pb2.DeleteImageResponse]
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]
@@ -105,7 +105,7 @@ class CacheServiceAsyncStub(CacheServiceStub):
     StatImage: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.StatImageRequest, _cache_service_pb2.StatImageResponse]  # type: ignore[assignment]
     """The metadata alone."""
     ListImages: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.ListImagesRequest, _cache_service_pb2.ListImagesResponse]  # type: ignore[assignment]
-    """An owner's images, newest first."""
+    """An owner's images, newest first; with `sha256`, only those of these bytes."""
     DeleteImage: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.DeleteImageRequest, _cache_service_pb2.DeleteImageResponse]  # type: ignore[assignment]
     """Removes the original, its metadata and every cached variant of it."""
     GetVariant: _aio.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]  # type: ignore[assignment]
@@ -178,7 +178,7 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_service_pb2.ListImagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_service_pb2.ListImagesResponse, _abc.Awaitable[_cache_service_pb2.ListImagesResponse]]:
-        """An owner's images, newest first."""
+        """An owner's images, newest first; with `sha256`, only those of these bytes."""
 
     @_abc_1.abstractmethod
     def DeleteImage(
