@@ -1,34 +1,33 @@
-"""Signed URLs: the exact scheme of issue 13, so that any language can sign.
+"""Signed URLs: the exact scheme of issue 13 (written once, in common/urlsigning.py, so
+clients sign with the code that verifies here), its keys, modes and checks.
 
-For a GET of path P with query parameters Q (including kid=KID and an optional
-exp=UNIX_SECONDS, excluding sig):
-
-    canonical = P + "?" + "&".join(sorted(quote(name) + "=" + quote(value)))
-    sig = base64url_without_padding(HMAC-SHA256(SECRET, canonical))
-
-where quote keeps A-Z a-z 0-9 - . _ ~ and writes every other byte of the UTF-8 text as
-%XX (uppercase), the pairs are sorted as encoded strings, and a flag's value is "".
 The first key signs, every key verifies (so a new key can be put first while URLs signed
 with the old one still work).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote as _urlquote
 
 from common.caller import ADMIN, READ, WRITE, Caller
 from common.env import ConfigError
+
+# The scheme itself is common's, so clients sign with the very code that verifies here.
+from common.urlsigning import EXP as EXP
+from common.urlsigning import KID as KID
+from common.urlsigning import SIG as SIG
+from common.urlsigning import SIGNATURE_PARAMS as SIGNATURE_PARAMS
+from common.urlsigning import SigningKey as SigningKey
+from common.urlsigning import canonical as canonical
+from common.urlsigning import quote as quote
+from common.urlsigning import sign as sign
+from common.urlsigning import signature as signature
 from gateway.problems import HTTPProblem
 
-KID, EXP, SIG = "kid", "exp", "sig"
-SIGNATURE_PARAMS = frozenset({KID, EXP, SIG})
 MIN_SECRET = 32  # characters
 # A kid travels in every URL: the characters quote keeps, so it reads the same signed.
 _KID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
@@ -39,12 +38,6 @@ Mode = Literal["off", "grant", "required"]
 # Whoever holds a validly signed URL reads that URL's image, private or not: the
 # signature names the image (its path), so this caller never reaches another one.
 URL_HOLDER = Caller("", False, frozenset({READ, ADMIN}))
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    kid: str
-    secret: bytes = field(repr=False)  # a secret is never printed
 
 
 @dataclass(frozen=True)
@@ -92,37 +85,6 @@ def parse_signing(keys: tuple[SigningKey, ...], mode: str | None) -> Signing:
     if not keys:
         raise ConfigError("IMAGESVC_SIGNATURES needs IMAGESVC_URL_SIGNING_KEYS")
     return Signing(keys, "grant" if mode == "grant" else "required")
-
-
-def quote(text: str) -> str:
-    """Every byte of the UTF-8 text but A-Z a-z 0-9 - . _ ~ as %XX, uppercase."""
-    # urllib's always-safe set is exactly those; safe="" adds nothing (not even "/").
-    return _urlquote(text, safe="", encoding="utf-8", errors="strict")
-
-
-def canonical(path: str, query: Iterable[tuple[str, str]]) -> str:
-    """What is signed: the path and every parameter but sig, encoded and sorted."""
-    pairs = sorted(quote(name) + "=" + quote(value) for name, value in query if name != SIG)
-    return path + "?" + "&".join(pairs)
-
-
-def signature(secret: bytes, text: str) -> str:
-    digest = hmac.new(secret, text.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def sign(
-    path: str, params: Sequence[tuple[str, str]], key: SigningKey, expires: int | None = None
-) -> str:
-    """The query string (no "?") of a signed URL of path: params, kid, exp if given, sig."""
-    names = {name for name, _ in params}
-    if names & SIGNATURE_PARAMS:
-        raise ValueError(f"{', '.join(sorted(names & SIGNATURE_PARAMS))}: the signature's own")
-    query = [*params, (KID, key.kid)]
-    if expires is not None:
-        query.append((EXP, str(expires)))
-    query.append((SIG, signature(key.secret, canonical(path, query))))
-    return "&".join(quote(name) + "=" + quote(value) for name, value in query)
 
 
 def refused(reason: str, detail: str) -> HTTPProblem:
