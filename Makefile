@@ -47,7 +47,7 @@ readme: $(RUNTIME)  ## rewrite README's table of transformation parameters from 
 lint: $(STAMP)  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cache common processor gateway launcher tests bench
+	$(BIN)/mypy cache common processor gateway launcher tests bench imagesvc
 	cd protos && ../$(BIN)/buf lint
 
 fmt: $(STAMP)  ## format and autofix

@@ -9,7 +9,9 @@ from cache.storage import StorageUnavailable
 from common.env import ConfigError
 from common.ports import AddressUnavailable
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """Serve until SIGTERM (also the `imagesvc-cache` console script)."""
     try:
         asyncio.run(serve(Settings.from_env()))
     except ConfigError as exc:
@@ -18,3 +20,7 @@ if __name__ == "__main__":
         sys.exit(f"cache: {exc}")
     except StorageUnavailable as exc:
         sys.exit(f"cache: {exc.message}: {exc.detail}")
+
+
+if __name__ == "__main__":
+    main()
