@@ -108,7 +108,7 @@ class _ProgressReader(io.RawIOBase):
 
     def __init__(self, file: IO[bytes], total: int | None, progress: Progress | None) -> None:
         self._file = file
-        self._total = total
+        self.total = total
         self._progress = progress
         self._sent = 0
 
@@ -119,7 +119,7 @@ class _ProgressReader(io.RawIOBase):
         data = self._file.read(size)
         self._sent += len(data)
         if self._progress is not None and data:
-            self._progress(self._sent, self._total)
+            self._progress(self._sent, self.total)
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -248,15 +248,17 @@ class _Operations:
             else:
                 if filename:
                     params.append(("filename", filename))
-                headers = {"Content-Type": kind}
-                size = reader._total
-                if size is not None:
-                    headers["Content-Length"] = str(size)
-                else:
-                    headers["Transfer-Encoding"] = "chunked"
                 request = self.request(
-                    "POST", "/images", params=params, headers=headers, stream=_RawBody(reader)
+                    "POST", "/images", params=params, headers={"Content-Type": kind}
                 )
+                # Streamed from the file (httpx would read an iterator given as content
+                # by one kind of client only); the length when it is known.
+                request.stream = _RawBody(reader)
+                request.headers.pop("Content-Length", None)
+                if reader.total is not None:
+                    request.headers["Content-Length"] = str(reader.total)
+                else:
+                    request.headers["Transfer-Encoding"] = "chunked"
             return _image(self.checked((yield request), 201))
         finally:
             if opened is not None:
