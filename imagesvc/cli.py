@@ -46,6 +46,7 @@ EXIT_CODES = """exit codes:
   3    the gateway could not be reached
   130  interrupted"""
 DEFAULT_URL = "http://127.0.0.1:8080"
+GLOBAL_DEFAULTS: dict[str, Any] = {"url": None, "token": None, "json": False, "timeout": 60.0}
 # What a folder's files are taken for (a file named on the command line always is).
 IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .avif .tif .tiff .bmp .ico .mpo".split()  # noqa: SIM905
@@ -534,15 +535,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else USAGE
-    output = Output(json=getattr(args, "json", False))
+    for name, default in GLOBAL_DEFAULTS.items():  # given neither before nor after
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    output = Output(json=args.json)
     if getattr(args, "jobs", 1) < 1:
         output.warn("-j: give 1 or more")
         return USAGE
-    base = getattr(args, "url", None) or os.environ.get("IMAGESVC_URL") or DEFAULT_URL
-    token = getattr(args, "token", None) or os.environ.get("IMAGESVC_TOKEN") or None
+    base = args.url or os.environ.get("IMAGESVC_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("IMAGESVC_TOKEN") or None
     run: Command = args.run
     try:
-        with Client(base, token=token, timeout=getattr(args, "timeout", 60.0)) as client:
+        with Client(base, token=token, timeout=args.timeout) as client:
             return run(client, args, output)
     except ServiceUnreachable as exc:
         output.warn(f"cannot reach the gateway: {exc}")
