@@ -224,8 +224,8 @@ class Uploads:
         results: list[Result] = []
         sizes = {name: path.stat().st_size for name, path, _ in found if path is not None}
         self.files = len(found)
-        self.task = self.progress.add_task("upload", total=sum(sizes.values()), files="")
-        self._count(0)
+        total = sum(sizes.values())
+        self.task = self.progress.add_task("upload", total=total, files=f"0/{self.files} files")
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             futures = [pool.submit(self.one, name, path, why) for name, path, why in found]
             for future in futures:

@@ -235,3 +235,12 @@ def test_console_scripts_name_existing_functions() -> None:
     for target in scripts.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_the_readme_says_the_exit_codes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## The command line and the Python client")
+    text = " ".join(readme[start : readme.index("\n## ", start + 1)].split())
+    for code in ("0 everything done", "1 something failed", "2 a usage error", "3 the gateway"):
+        assert code in text
+    assert (cli.OK, cli.FAILED, cli.USAGE, cli.UNREACHABLE, cli.INTERRUPTED) == (0, 1, 2, 3, 130)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from imagesvc import (
 from imagesvc.urls import image_path, query
 from processor import parameters
 from processor.operations.base import Limits
-from tests.support import ServiceProcess, free_port, png_bytes
+from tests.support import ROOT, ServiceProcess, free_port, png_bytes
 
 OWNER_KEY = "client-key-0123456789ab"
 OTHER_KEY = "other-key-0123456789abc"
@@ -248,3 +249,24 @@ def test_async_signed_url(signing: ServiceProcess) -> None:
             await client.delete(image.id)
 
     asyncio.run(scenario())
+
+
+def test_the_readmes_client_example_runs(
+    gateway_server: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## The command line and the Python client")
+    block = re.search(r"```python\n(.*?)```", readme[start:], re.DOTALL)
+    assert block is not None
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(png_bytes(640, 480, noise=True))
+    code = (
+        block.group(1)
+        .replace("http://127.0.0.1:8080", gateway_server.url)
+        .replace('"cat.png"', repr(str(picture)))
+    )
+    names: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), names)
+    assert size_and_format(names["thumb"].content) == ((300, 200), "WEBP")  # type: ignore[attr-defined]
+    assert capsys.readouterr().out == "404 no such image\n"
+    assert str(names["signed"]).startswith(f"{gateway_server.url}/images/")
