@@ -15,7 +15,7 @@ from urllib.parse import quote as _urlquote
 
 from imagesvc.errors import InvalidParameter
 from processor import parameters
-from processor.operations.base import Flag, Integer, Limits, Number, Param
+from processor.operations.base import Flag, Integer, Limits, Param
 
 # A value as Python spells it: True for a flag, numbers, strings, and (left, top, width,
 # height) or (top, right, bottom, left) for crop and pad.
@@ -104,6 +104,3 @@ class URLBuilder:
     def info(self, image_id: str) -> str:
         return f"{self.base_url}/images/{_quote(image_id)}/info"
 
-
-def is_number(param: Param) -> bool:
-    return isinstance(param.value, Integer | Number)
