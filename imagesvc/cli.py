@@ -33,7 +33,7 @@ from rich.progress import (
 )
 
 from imagesvc.client import Client, Image
-from imagesvc.errors import ImageServiceError, ProblemError, ServiceUnreachable
+from imagesvc.errors import Forbidden, ImageServiceError, ProblemError, ServiceUnreachable
 from imagesvc.signing import Signer
 from imagesvc.urls import PARAMETERS, PRESET
 from processor.operations.base import Choice, Flag, Integer, Number
@@ -81,6 +81,13 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc) or type(exc).__name__
+
+
+def positive(text: str) -> int:
+    """A whole number of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
 
 
 def duration(text: str) -> int:
@@ -219,6 +226,7 @@ class Uploads:
         self.done = 0
         self.files = 0
         self.task: TaskID | None = None
+        self.lookup = True  # whether the caller may look their images up by content
 
     def run(self, found: list[tuple[str, Path | None, str]]) -> list[Result]:
         results: list[Result] = []
@@ -250,6 +258,17 @@ class Uploads:
         self._count(1)
         return result
 
+    def _stored(self, digest: str) -> list[Image]:
+        """The caller's images of these bytes; none when the caller may not list (a key
+        that may only write): then every file is uploaded."""
+        if not self.lookup:
+            return []
+        try:
+            return self.client.list(limit=1, sha256=digest).images
+        except Forbidden:
+            self.lookup = False
+            return []
+
     def one(self, name: str, path: Path | None, why: str) -> Result:
         if path is None:
             return self._said(Result(name, "failed", reason=why))
@@ -275,7 +294,7 @@ class Uploads:
                     return self._said(
                         Result(name, "skipped", reason=f"the same bytes as {twin}", sha256=digest)
                     )
-                stored = self.client.list(limit=1, sha256=digest).images
+                stored = self._stored(digest)
                 if stored:
                     self.progress.advance(self.task, size)
                     return self._said(
@@ -343,9 +362,9 @@ def get(client: Client, args: argparse.Namespace, output: Output) -> int:
     if target == "-":
         sys.stdout.buffer.write(variant.content)
         sys.stdout.buffer.flush()
-    else:
-        Path(target).write_bytes(variant.content)
-        output.say(f"{target}: {len(variant.content)} bytes of {kind}")
+        return OK  # the bytes are the output (no JSON on the same stream)
+    Path(target).write_bytes(variant.content)
+    output.say(f"{target}: {len(variant.content)} bytes of {kind}")
     output.document(
         {
             "path": target,
@@ -360,7 +379,8 @@ def get(client: Client, args: argparse.Namespace, output: Output) -> int:
 
 def ls(client: Client, args: argparse.Namespace, output: Output) -> int:
     images: list[Image] = []
-    for image in client.iter_images(page_size=min(args.limit or 100, 100), sha256=args.sha256):
+    page_size = 100 if args.all else min(args.limit, 100)
+    for image in client.iter_images(page_size=page_size, sha256=args.sha256):
         images.append(image)
         if not args.all and len(images) >= args.limit:
             break
@@ -476,7 +496,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="+", metavar="PATH", help="files, and folders of images")
     sub.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     sub.add_argument(
-        "-j", "--jobs", type=int, default=4, metavar="N", help="uploads at once (default 4)"
+        "-j", "--jobs", type=positive, default=4, metavar="N", help="uploads at once (default 4)"
     )
     sub.add_argument(
         "--visibility", choices=["public", "private"], help="the images' (service default)"
@@ -494,7 +514,7 @@ def parser() -> argparse.ArgumentParser:
     _add_transformations(sub)
 
     sub = command("ls", ls, "List your images, newest first.")
-    sub.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (20)")
+    sub.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N (20)")
     sub.add_argument("--all", action="store_true", help="every one, however many")
     sub.add_argument("--sha256", metavar="HEX", help="only those of these bytes")
 
@@ -539,9 +559,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, name):
             setattr(args, name, default)
     output = Output(json=args.json)
-    if getattr(args, "jobs", 1) < 1:
-        output.warn("-j: give 1 or more")
-        return USAGE
     base = args.url or os.environ.get("IMAGESVC_URL") or DEFAULT_URL
     token = args.token or os.environ.get("IMAGESVC_TOKEN") or None
     run: Command = args.run

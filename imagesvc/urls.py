@@ -103,4 +103,3 @@ class URLBuilder:
 
     def info(self, image_id: str) -> str:
         return f"{self.base_url}/images/{_quote(image_id)}/info"
-

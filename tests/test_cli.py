@@ -22,8 +22,9 @@ from imagesvc import PARAMETERS, cli
 from tests.support import ROOT, ServiceProcess, free_port, png_bytes
 
 OWNER_KEY = "cli-owner-key-0123456789"
+WRITER_KEY = "cli-writer-key-0123456789"  # may upload, not list
 SECRET = "C" * 32
-API_KEYS = f"cliowner:{OWNER_KEY}"
+API_KEYS = f"cliowner:{OWNER_KEY},cliwriter:{WRITER_KEY}:images:write"
 SIGNING_KEYS = f"cli:{SECRET}"
 
 
@@ -99,6 +100,15 @@ def test_upload_a_folder_in_parallel_then_again_skips_every_file(
     assert len(json.loads(top.stdout)["results"]) == 4
 
 
+def test_a_key_that_may_not_list_uploads_without_skipping(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = folder(tmp_path / "photos", 2)
+    for _ in range(2):
+        report = run_json(capsys, "upload", str(photos), "-r", "--token", WRITER_KEY)
+        assert (report["uploaded"], report["skipped"], report["failed"]) == (2, 0, 0)
+
+
 def test_a_corrupt_file_fails_the_run_naming_it_with_its_reason(
     tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +152,13 @@ def test_get_ls_info_rm(
     }
     code, out, err = run(capsys, "get", image_id, "-o", str(tmp_path / "o.png"))
     assert (tmp_path / "o.png").read_bytes() == source.read_bytes()
+    piped = subprocess.run(
+        [sys.executable, "-m", "imagesvc", "get", image_id, "-o", "-", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and piped.stdout == source.read_bytes()  # the bytes alone
 
     listed = run_json(capsys, "ls", "--limit", "1")
     assert [i["id"] for i in listed] == [image_id]
@@ -210,6 +227,9 @@ def test_presets_usage_and_unreachable(
     assert code == 2
     code, _, err = run(capsys, "frobnicate")
     assert code == 2
+    for argv in (("upload", ".", "-j", "0"), ("ls", "--limit", "0")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "1 or more" in err
     nowhere = f"http://127.0.0.1:{free_port()}"
     code, _, err = run(capsys, "--url", nowhere, "ls")
     assert code == 3 and err.startswith("imagesvc: cannot reach the gateway")
