@@ -19,6 +19,7 @@ COPY cache ./cache
 COPY processor ./processor
 COPY gateway ./gateway
 COPY launcher ./launcher
+COPY imagesvc ./imagesvc
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 imagesvc \
     && mkdir -p /data && chown imagesvc /data
