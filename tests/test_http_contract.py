@@ -169,6 +169,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
     )
     settings = {"IMAGESVC_PRESETS": str(presets), **signing}  # the hooks read presets too
     cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     try:
         st = Path(sys.executable).parent / "st"
         result = subprocess.run(
@@ -185,7 +186,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
                 "--no-color",
             ],
             cwd=ROOT,  # where schemathesis.toml is
-            env={**os.environ, **settings, "PYTHONPATH": str(ROOT)},
+            # ROOT first, the caller's path kept (a worktree's own gen/, say).
+            env={**os.environ, **settings, "PYTHONPATH": os.pathsep.join(path)},
             capture_output=True,
             text=True,
             timeout=300,

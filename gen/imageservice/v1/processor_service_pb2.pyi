@@ -72,6 +72,12 @@ class _GravityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Gravity.Value
     GRAVITY_NORTH_WEST: _Gravity.ValueType  # 9
     GRAVITY_SMART: _Gravity.ValueType  # 10
     """Content-aware: keeps the window with the most detail (entropy)."""
+    GRAVITY_FOCAL_POINT: _Gravity.ValueType  # 11
+    """Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+    GRAVITY_FACE: _Gravity.ValueType  # 12
+    """Keeps the frontal faces found in the resized image; where none is found, what
+    GRAVITY_SMART keeps.
+    """
 
 class Gravity(_Gravity, metaclass=_GravityEnumTypeWrapper):
     """Which part of the image a cover-crop keeps."""
@@ -88,6 +94,12 @@ GRAVITY_WEST: Gravity.ValueType  # 8
 GRAVITY_NORTH_WEST: Gravity.ValueType  # 9
 GRAVITY_SMART: Gravity.ValueType  # 10
 """Content-aware: keeps the window with the most detail (entropy)."""
+GRAVITY_FOCAL_POINT: Gravity.ValueType  # 11
+"""Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+GRAVITY_FACE: Gravity.ValueType  # 12
+"""Keeps the frontal faces found in the resized image; where none is found, what
+GRAVITY_SMART keeps.
+"""
 Global___Gravity: _TypeAlias = Gravity  # noqa: Y015
 
 class _OutputFormat:
@@ -188,6 +200,8 @@ class Resize(_message.Message):
     GRAVITY_FIELD_NUMBER: _builtins.int
     ENLARGE_FIELD_NUMBER: _builtins.int
     DPR_FIELD_NUMBER: _builtins.int
+    FOCAL_X_FIELD_NUMBER: _builtins.int
+    FOCAL_Y_FIELD_NUMBER: _builtins.int
     width: _builtins.int
     """0 means "follow the aspect ratio"; at least one of width, height is set."""
     height: _builtins.int
@@ -197,6 +211,12 @@ class Resize(_message.Message):
     """Allow the result to be larger than the source."""
     dpr: _builtins.float
     """Device pixel ratio, 1-4; multiplies width and height. 0 means 1."""
+    focal_x: _builtins.float
+    """With GRAVITY_FOCAL_POINT: the point the window is centred on, as fractions of the
+    resized image's width and height (0 the left or top edge, 1 the right or bottom,
+    0.5 the middle), each 0-1; kept to 4 decimals. Ignored with any other gravity.
+    """
+    focal_y: _builtins.float
     def __init__(
         self,
         *,
@@ -206,10 +226,12 @@ class Resize(_message.Message):
         gravity: Global___Gravity.ValueType = ...,
         enlarge: _builtins.bool = ...,
         dpr: _builtins.float = ...,
+        focal_x: _builtins.float = ...,
+        focal_y: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "focal_x", b"focal_x", "focal_y", b"focal_y", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
