@@ -471,6 +471,8 @@ def test_a_malformed_or_misplaced_gravity_is_a_400_naming_it(
     body = is_problem(http.get(f"/images/{ids['astronaut']}?{query}"), 400)
     assert body["parameter"] == "gravity"
     assert str(body["detail"]).startswith("gravity: ")
+    if "fp:" in query and "contain" not in query:
+        assert "a focal point must be fp:X,Y, X and Y from 0 to 1" in str(body["detail"])
 
 
 def test_an_animated_gif_cropped_by_face_keeps_its_frames(

@@ -84,7 +84,7 @@ SIZING = ("fit", "gravity", "enlarge", "dpr")
 
 
 @dataclass(frozen=True)
-class Gravity:
+class QueryGravity:
     """A checked query gravity: the request's enum, and its focal point where it has one."""
 
     gravity: pb.Gravity.ValueType
@@ -98,18 +98,18 @@ class GravityValue:
 
     names: Mapping[str, pb.Gravity.ValueType]  # each name, and what it means
 
-    def parse(self, raw: str) -> Gravity:
+    def parse(self, raw: str) -> QueryGravity:
         if raw in self.names:
-            return Gravity(self.names[raw])
+            return QueryGravity(self.names[raw])
         if re.fullmatch(FOCAL_POINT, raw) is None:
             if raw.startswith("fp:"):
                 raise ValueError(
-                    "a focal point is fp:X,Y, X and Y from 0 to 1 (at most "
+                    "a focal point must be fp:X,Y, X and Y from 0 to 1 (at most "
                     f"{FOCAL_DIGITS} decimals), as in fp:0.25,0.6"
                 )
             raise ValueError(f"must be one of {', '.join(self.names)}, or fp:X,Y")
         x, y = raw.removeprefix("fp:").split(",")
-        return Gravity(pb.GRAVITY_FOCAL_POINT, float(x), float(y))
+        return QueryGravity(pb.GRAVITY_FOCAL_POINT, float(x), float(y))
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -289,7 +289,7 @@ def _params(limits: Limits) -> tuple[Param, ...]:
 def _request(values: Values) -> pb.Resize | None:
     if "w" not in values and "h" not in values:
         return None
-    gravity: Gravity = values.get("gravity", Gravity(pb.GRAVITY_UNSPECIFIED))
+    gravity: QueryGravity = values.get("gravity", QueryGravity(pb.GRAVITY_UNSPECIFIED))
     return pb.Resize(
         width=values.get("w", 0),
         height=values.get("h", 0),
