@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -104,6 +104,8 @@ def fast_decode(image: Image.Image) -> None:
 # and AVIF containers, MPO's index. For GIF and TIFF n_frames scans the whole file, so
 # their frames are counted as they are decoded.
 FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO"})
+# The long side, in pixels, below which a JPEG is not reduced while it is validated.
+FIRST_FRAME_SIDE = 100
 
 
 def declared_pixels(image: Image.Image) -> int:
@@ -171,13 +173,22 @@ class OverBudget(Exception):
     """The image holds more pixels than the caller's budget: not a fault of the image."""
 
 
-def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageInfo:
+def inspect(
+    fp: IO[bytes],
+    limits: Limits,
+    budget: int | None = None,
+    first_frame: Callable[[Image.Image], None] | None = None,
+) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
     With a budget, OverBudget is raised instead of decoding more pixels than it: from
     the header when it tells, else as soon as the frames decoded pass it.
+    first_frame, if given, is shown the first frame once it is decoded (a JPEG's
+    reduced, see _decode_all), so that what else is made of it (placeholders) costs no
+    second decode. It must not change the image, nor raise: what it raises fails the
+    inspection as a decoding error would.
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
@@ -190,7 +201,7 @@ def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageIn
                 image.verify()
         fp.seek(0)
         with _open(fp, limits) as image:
-            return _decode_all(image, _Frames(limits, budget))
+            return _decode_all(image, _Frames(limits, budget), first_frame)
 
 
 def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
@@ -226,7 +237,9 @@ class _Frames:
             raise OverBudget
 
 
-def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
+def _decode_all(
+    image: Image.Image, frames: _Frames, first_frame: Callable[[Image.Image], None] | None
+) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
     while True:
@@ -234,10 +247,15 @@ def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
-            # breaks seeking to its second picture.)
-            image.draft(None, (max(1, width // 8), max(1, height // 8)))
+            # breaks seeking to its second picture.) At most 1/8, and never below
+            # FIRST_FRAME_SIDE on the long side, so that the frame first_frame sees
+            # still makes a placeholder: only images under 800 px decode larger.
+            scale = max(1 / 8, min(1.0, FIRST_FRAME_SIDE / max(width, height)))
+            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
         fast_decode(image)
         image.load()
+        if frames.count == 1 and first_frame is not None:
+            first_frame(image)
         try:
             image.seek(frames.count)
         except EOFError:

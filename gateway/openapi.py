@@ -174,6 +174,18 @@ def document(
             "created": {"type": "string", "format": "date-time"},
             "owner": {"type": "string"},
             "visibility": {"type": "string", "enum": ["public", "private"]},
+            "blurhash": {
+                "type": ["string", "null"],
+                "description": "BlurHash of the upright first frame (4x3 components, "
+                "3x4 for a portrait image); null for an image stored before placeholders "
+                "were made, or one none could be made of.",
+            },
+            "thumbhash": {
+                "type": ["string", "null"],
+                "contentEncoding": "base64",
+                "description": "ThumbHash of the upright first frame, with its alpha, in "
+                "standard base64; null when blurhash is.",
+            },
         },
     }
     image_json = {

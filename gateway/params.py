@@ -19,7 +19,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 
 from gateway.problems import HTTPProblem
 from processor import output, parameters
-from processor.operations.base import Limits, Param
+from processor.operations.base import IMAGE_ID, Limits, Param
 
 __all__ = ["CURSOR", "Limits", "Param", "Parameters", "Transformation", "bad", "only"]
 
@@ -54,6 +54,9 @@ class Parameters:
         self.limits = limits
         self.table = parameters.table(limits)
         self._by_name = {p.name: p for p in self.table}
+        # The parameters that name another stored image (wm): the caller must be allowed
+        # to read each as they are the image itself (gateway/images.py `readable`).
+        self._images = frozenset(p.name for p in self.table if p.value is IMAGE_ID)
 
     def values(self, query: Iterable[tuple[str, str]]) -> dict[str, Any]:
         """Each parameter's value, checked on its own."""
@@ -69,6 +72,18 @@ class Parameters:
             except ValueError as exc:
                 raise bad(name, str(exc)) from None
         return values
+
+    def images(self, query: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(parameter, image id) for each other stored image the query names (a
+        watermark's); 400 for one that is no image id."""
+        named = []
+        for name, raw in query:
+            if name in self._images:
+                try:
+                    named.append((name, self._by_name[name].value.parse(raw)))
+                except ValueError as exc:
+                    raise bad(name, str(exc)) from None
+        return named
 
     def conflict(self, values: Mapping[str, Any]) -> HTTPProblem | None:
         """What is wrong with the parameters together (OpenAPI cannot say it), if any."""

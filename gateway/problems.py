@@ -100,6 +100,14 @@ QUERY_NAMES = parameters.query_names() | {
 }
 
 
+def not_found(parameter: str) -> HTTPProblem:
+    """The 404 for another image a parameter names (wm) that is missing or that the
+    caller may not read: one answer for both."""
+    return HTTPProblem(
+        404, "Not found", f"{parameter}: no such image", kind="not-found", parameter=parameter
+    )
+
+
 def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
     """The HTTP problem for a failed call, by ErrorInfo reason first, then by code."""
     remote = remote_error(error)
@@ -123,6 +131,9 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
     elif kind == "invalid-parameter":
         kind = "bad-request"  # a bad request that no one parameter is to blame for
     if status == 404:
-        # The same answer whatever is missing, or hidden: nothing leaks.
+        # The same answer whatever is missing, or hidden: nothing leaks. The image a
+        # parameter names (a watermark's, which the gateway let the caller read) is named.
+        if "parameter" in extensions:
+            return not_found(extensions["parameter"])
         return HTTPProblem(404, "Not found", "no such image", kind="not-found")
     return HTTPProblem(status, title, detail, kind=kind, headers=headers, **extensions)

@@ -99,8 +99,8 @@ def params(limits: Limits) -> tuple[Param, ...]:
         Param(
             "bg",
             COLOR,
-            "Background colour for rotation corners and for flattening transparency "
-            "(default white).",
+            "Background colour for rotation corners, padding (pad, fit=pad) and for "
+            "flattening transparency (default white).",
             field="output.background",
         ),
         Param(
@@ -135,8 +135,10 @@ def conflict(values: Values, limits: Limits) -> Refusal | None:
         return "frames", "JPEG and AVIF results are stills (use gif, webp, png or auto)"
     if values.get("metadata") and fmt == pb.OUTPUT_FORMAT_GIF:
         return "metadata", "GIF carries no EXIF or XMP to keep"
-    if "bg" in values and "rotate" not in values and fmt in _ALPHA_FORMATS:
-        return "bg", "with this format alpha is kept: bg fills rotation corners only"
+    # Where alpha is kept, bg only fills what a step adds: rotation corners, padding.
+    fills = "rotate" in values or "pad" in values or values.get("fit") == pb.FIT_PAD
+    if "bg" in values and not fills and fmt in _ALPHA_FORMATS:
+        return "bg", "with this format alpha is kept: bg fills rotation corners and padding only"
     return None
 
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -24,9 +25,10 @@ from common.imaging import (
     too_large,
     too_many_pixels,
 )
-from processor.operations.base import RGBA, Memo, grey
+from processor.operations.base import RGBA, Memo, Step, Stored, grey
 from processor.operations.crop import Crop
 from processor.operations.resize import Resize
+from processor.operations.trim import Trim
 from processor.output import DEFAULT_QUALITY, Output
 from processor.spec import Spec
 
@@ -73,8 +75,14 @@ class Rendered:
     frames: int
 
 
-def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
-    """Turn the image in source into the bytes spec asks for, or raise ServiceError."""
+def render(
+    source: IO[bytes], spec: Spec, limits: Limits, images: Mapping[str, bytes] | None = None
+) -> Rendered:
+    """Turn the image in source into the bytes spec asks for, or raise ServiceError.
+
+    images holds the bytes of the other stored images spec's steps draw (Spec.images:
+    a watermark's), by id.
+    """
     with (
         decoding_errors(source, limits.max_pixels),
         open_checked(
@@ -91,7 +99,7 @@ def render(source: IO[bytes], spec: Spec, limits: Limits) -> Rendered:
         # Read first: getexif() is one cached object, and _metadata works on a copy.
         orientation = _orientation(image)
         metadata = _metadata(image) if spec.output.keep_metadata else {}
-        frames, durations = _frames(image, spec, fmt, orientation, limits)
+        frames, durations = _frames(image, spec, fmt, orientation, limits, images or {})
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
@@ -129,7 +137,12 @@ def _metadata(image: Image.Image) -> dict[str, object]:
 
 
 def _frames(
-    image: Image.Image, spec: Spec, fmt: str, orientation: int, limits: Limits
+    image: Image.Image,
+    spec: Spec,
+    fmt: str,
+    orientation: int,
+    limits: Limits,
+    images: Mapping[str, bytes],
 ) -> tuple[list[Image.Image], list[int]]:
     animated = _moving(image, spec) and fmt in ANIMATED_OUTPUTS
     if image.format == "JPEG":
@@ -154,21 +167,21 @@ def _frames(
                     "the first frame alone",
                 )
             animated = False
+    # What a step chooses on the first frame (a smart crop's window) holds for all.
+    memo: Memo = _stored(spec, images, limits)
     if not animated:
         fast_decode(image)
         image.load()
-        return [_transform(image, spec, orientation, {})], [0]
+        return [_transform(image, spec, orientation, memo, limits)], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
-    # What a step chooses on the first frame (a smart crop's window) holds for all.
-    memo: Memo = {}
     for frame in ImageSequence.Iterator(image):
         # The iterator re-uses one object; each frame needs its own pixels. (Loading
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        frames.append(_transform(pixels, spec, orientation, memo))
+        frames.append(_transform(pixels, spec, orientation, memo, limits))
         # A backstop for a file whose frames differ from its header (a GIF frame can
         # grow the canvas): every frame is held until the encode.
         held += frames[-1].width * frames[-1].height
@@ -178,6 +191,28 @@ def _frames(
                 f"the animation's frames together would exceed {limits.max_pixels} pixels",
             )
     return frames, durations
+
+
+def _stored(spec: Spec, images: Mapping[str, bytes], limits: Limits) -> Memo:
+    """A memo holding the other stored images spec's steps draw (a watermark): each one's
+    first frame, upright, in RGBA, decoded under the limits an original is."""
+    memo: Memo = {}
+    for field, image_id in spec.images().items():
+        data = images.get(image_id)
+        if data is None:  # the processor fetches every image Spec.images names
+            raise ServiceError(Reason.INTERNAL, f"{field}: the image was not fetched")
+        source = io.BytesIO(data)
+        with (
+            decoding_errors(source, limits.max_pixels),
+            open_checked(
+                source, frozenset(SOURCE_FORMATS), limits.max_pixels, limits.max_total_pixels
+            ) as image,
+        ):
+            fast_decode(image)
+            image.load()  # the first frame alone
+            upright = _upright(_normalise(image), _orientation(image))
+            memo[Stored(image_id)] = upright.convert("RGBA")
+    return memo
 
 
 def _frame_count(image: Image.Image, limits: Limits) -> int:
@@ -195,25 +230,33 @@ def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) ->
     step would allocate (a cover resize is larger than its box before the crop). A
     side may be as long as the source's own: a result is never refused for being as
     large as the image that was accepted.
+
+    A step whose result's size depends on its pixels (trim, `SIZED_BY_PIXELS`) gives an
+    upper bound, its input's size; _transform judges the steps after it again once it
+    has run (see judge), so a limit is never passed, only judged a little later.
     """
     if orientation in (5, 6, 7, 8):
         size = (size[1], size[0])
-    longest = max(limits.max_output_dimension, *size)
+    return judge(size, spec.ops, limits, longest=max(limits.max_output_dimension, *size))
 
-    def check(size: tuple[int, int]) -> None:
-        if max(size) > longest:
-            raise ServiceError(
-                Reason.OUTPUT_TOO_LARGE,
-                f"the result would exceed {limits.max_output_dimension} pixels on a side",
-            )
-        if size[0] * size[1] > limits.max_pixels:
-            raise ServiceError(
-                Reason.OUTPUT_TOO_LARGE, f"the result would exceed {limits.max_pixels} pixels"
-            )
 
-    for op in spec.ops:
+def judge(
+    size: tuple[int, int], ops: Sequence[Step], limits: Limits, longest: int
+) -> tuple[int, int]:
+    """The size ops make of an image this size, every size they allocate judged: at most
+    longest on a side (the limit, or the source's own side if longer) and the pixel
+    limit; OUTPUT_TOO_LARGE otherwise."""
+    for op in ops:
         for allocated in op.sizes(size):
-            check(allocated)
+            if max(allocated) > longest:
+                raise ServiceError(
+                    Reason.OUTPUT_TOO_LARGE,
+                    f"the result would exceed {limits.max_output_dimension} pixels on a side",
+                )
+            if allocated[0] * allocated[1] > limits.max_pixels:
+                raise ServiceError(
+                    Reason.OUTPUT_TOO_LARGE, f"the result would exceed {limits.max_pixels} pixels"
+                )
         size = allocated
     return size
 
@@ -221,7 +264,8 @@ def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) ->
 def _draft(image: Image.Image, spec: Spec, orientation: int) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the output is that much smaller."""
     resize = next((op for op in spec.ops if isinstance(op, Resize)), None)
-    if resize is None or any(isinstance(op, Crop) for op in spec.ops):
+    # A crop or a trim first: the resize's scale is of a part, unknown here.
+    if resize is None or any(isinstance(op, Crop | Trim) for op in spec.ops):
         return
     width, height = image.size
     if orientation in (5, 6, 7, 8):
@@ -280,9 +324,25 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
     return converted
 
 
-def _transform(image: Image.Image, spec: Spec, orientation: int, memo: Memo) -> Image.Image:
-    """One frame through spec's operations (their sizes already judged by plan)."""
-    image = _normalise(image)
+def _transform(
+    image: Image.Image, spec: Spec, orientation: int, memo: Memo, limits: Limits
+) -> Image.Image:
+    """One frame through spec's operations (their sizes already judged by plan; after a
+    step whose size depends on its pixels, such as trim, the rest judged again)."""
+    image = _upright(_normalise(image), orientation)
+    # The source's allowance on a side, as plan judged it (orientation applied).
+    longest = max(limits.max_output_dimension, *image.size)
+    for n, op in enumerate(spec.ops):
+        image = op.apply(image, memo)
+        if getattr(op, "SIZED_BY_PIXELS", False):
+            # Planned on its input's size, an upper bound: a smaller image can come out
+            # larger (fit=outside with enlarge on a thin strip), so judge the rest again.
+            judge(image.size, spec.ops[n + 1 :], limits, longest)
+    return image
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The frame turned as its EXIF orientation says it is seen."""
     if orientation != 1:
         method = {
             2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -295,8 +355,6 @@ def _transform(image: Image.Image, spec: Spec, orientation: int, memo: Memo) -> 
         }.get(orientation)
         if method is not None:
             image = image.transpose(method)
-    for op in spec.ops:
-        image = op.apply(image, memo)
     return image
 
 

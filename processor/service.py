@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -330,20 +330,27 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         wanted: spec.Spec,
         on_start: Callable[[], None] | None,
     ) -> asyncio.Future[Held]:
-        """The render of key; on_start is called on its worker as it starts (only when
-        the original is held: a fetch comes first otherwise)."""
+        """The render of key; on_start is called on its worker as it starts (after the
+        fetches, when a watermark is drawn: its image is fetched as an original is)."""
         # Originals never change under an id, and the image exists (a miss says so, or
         # a fetch will), so a copy held from an earlier miss is as good as a fetch.
         original = self.originals.get(image_id)
-        if original is not None:
+        if original is not None and not wanted.images():
             # Submitted to a worker here and now, not when a task first gets to run.
             return self._render(image_id, key, original, wanted, on_start)
-        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted))
+        return asyncio.ensure_future(self._fetch_and_render(image_id, key, wanted, on_start))
 
-    async def _fetch_and_render(self, image_id: str, key: str, wanted: spec.Spec) -> Held:
+    async def _fetch_and_render(
+        self,
+        image_id: str,
+        key: str,
+        wanted: spec.Spec,
+        on_start: Callable[[], None] | None = None,
+    ) -> Held:
         self._admit()  # before pulling up to 50 MB in, not only before rendering
         original = await self._original(image_id)
-        return await self._render(image_id, key, original, wanted, None)
+        images = await self._images(wanted)
+        return await self._render(image_id, key, original, wanted, on_start, images)
 
     def _render(
         self,
@@ -352,11 +359,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         original: bytes,
         wanted: spec.Spec,
         on_start: Callable[[], None] | None,
+        images: Mapping[str, bytes] | None = None,
     ) -> asyncio.Future[Held]:
         def work() -> Held:
             if on_start is not None:
                 on_start()
-            rendered = pipeline.render(io.BytesIO(original), wanted, self.render_limits)
+            rendered = pipeline.render(io.BytesIO(original), wanted, self.render_limits, images)
             # The answer's metadata is made here, on the thread still warm from the
             # render, not by the loop once it wakes (see docs/performance.md).
             return _variant(image_id, key, rendered), rendered.data
@@ -376,6 +384,19 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         original = await asyncio.shield(fetch)
         self.originals.put(image_id, original)
         return original
+
+    async def _images(self, wanted: spec.Spec) -> dict[str, bytes]:
+        """The other stored images wanted's steps draw (a watermark), fetched as
+        originals are; a missing one is IMAGE_NOT_FOUND naming the field that names it."""
+        images: dict[str, bytes] = {}
+        for field, image_id in wanted.images().items():
+            try:
+                images[image_id] = await self._original(image_id)
+            except ServiceError as exc:
+                if exc.reason != Reason.IMAGE_NOT_FOUND:
+                    raise
+                raise ServiceError(exc.reason, "no such image", {"field": field}) from None
+        return images
 
     async def _fetch(self, image_id: str) -> bytes:
         body = bytearray()
@@ -443,11 +464,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             "image",
             lambda head: spec.parse(head.operations, head.output, self.spec_limits),
         )
+        images = await self._images(wanted)
 
         def work() -> Held:
             # Bytes from a caller were never validated: decode them fully first.
             inspect(io.BytesIO(data), self.source_limits)
-            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits)
+            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits, images)
             return _variant("", "", rendered), rendered.data
 
         variant, output = await self._wait(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from imageservice.v1 import processor_service_pb2 as pb
@@ -45,6 +45,16 @@ class Spec:
             "out": vars(self.output),
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    def images(self) -> Mapping[str, str]:
+        """The other stored images the steps draw (a watermark's), which the render
+        needs: {the request field that names one: its id}."""
+        named: dict[str, str] = {}
+        for op in self.ops:
+            images = getattr(op, "images", None)  # see base.Step
+            if images is not None:
+                named.update(images())
+        return named
 
     def key(self, image_id: str) -> str:
         """The variant key: image id, canonical request and pipeline version, hashed."""

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from common.errors import ServiceError
 from gateway.params import Limits, Parameters
+from gateway.problems import HTTPProblem
 from processor import faces, parameters, pipeline, smartcrop, spec, windows
 from processor.operations.resize import FOCAL_POINT, Resize
 from tests.support import ROOT, ServiceProcess, is_problem
@@ -332,6 +333,25 @@ def test_a_focal_point_outside_the_image_is_refused(x: float, y: float, field: s
     assert caught.value.metadata["field"] == field
 
 
+@pytest.mark.parametrize("gravity", [ppb.GRAVITY_FACE, ppb.GRAVITY_FOCAL_POINT, ppb.GRAVITY_SMART])
+def test_a_letterbox_takes_no_window_gravity(gravity: int) -> None:
+    pad = ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD, gravity=gravity, focal_x=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ServiceError) as caught:
+        wanted(Op(resize=pad))
+    assert caught.value.metadata["field"] == "resize.gravity"
+    assert "applies to fit=cover only" in caught.value.message
+
+
+def test_a_watermark_takes_no_window_gravity() -> None:
+    for raw in ("face", "fp:0.5,0.5", "smart"):
+        with pytest.raises(HTTPProblem):
+            PARAMETERS.values([("wm_gravity", raw)])
+    mark = ppb.Watermark(image_id="A" * 22, gravity=ppb.GRAVITY_FACE)
+    with pytest.raises(ServiceError) as caught:
+        wanted(Op(watermark=mark))
+    assert caught.value.metadata["field"] == "watermark.gravity"
+
+
 def test_an_unknown_gravity_is_refused() -> None:
     with pytest.raises(ServiceError) as caught:
         wanted(cover(10, 10, 99))
@@ -462,6 +482,8 @@ def test_a_focal_point_in_the_middle_is_the_centre_variant(
         "w=10&h=10&fit=cover&gravity=faces",
         "w=10&h=10&gravity=face",  # not a cover crop
         "w=10&h=10&fit=contain&gravity=fp:0.2,0.8",
+        "w=10&h=10&fit=pad&gravity=face",  # pad places the image: by side or corner only
+        "w=10&h=10&fit=pad&gravity=fp:0.2,0.8",
         "gravity=face",  # no size
     ],
 )
@@ -471,7 +493,7 @@ def test_a_malformed_or_misplaced_gravity_is_a_400_naming_it(
     body = is_problem(http.get(f"/images/{ids['astronaut']}?{query}"), 400)
     assert body["parameter"] == "gravity"
     assert str(body["detail"]).startswith("gravity: ")
-    if "fp:" in query and "contain" not in query:
+    if "fp:" in query and "fit=cover" in query:
         assert "a focal point must be fp:X,Y, X and Y from 0 to 1" in str(body["detail"])
 
 

@@ -19,7 +19,14 @@ from processor.operations.base import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fields only a gRPC caller can get wrong: the gateway's parser never sends such values.
-GRPC_ONLY = {"operations", "rotate.background", "resize.focal_x", "resize.focal_y"}
+GRPC_ONLY = {
+    "operations",
+    "rotate.background",
+    "resize.background",
+    "pad.background",
+    "resize.focal_x",
+    "resize.focal_y",
+}
 
 
 def test_every_operation_in_the_contract_is_declared_once() -> None:

@@ -16,16 +16,21 @@ from processor.operations import (
     flip,
     flop,
     grayscale,
+    pad,
     pixelate,
     resize,
     rotate,
     sharpen,
+    trim,
+    watermark,
 )
 from processor.operations.base import Limits, Operation, Param, Step
 
 OPERATIONS: tuple[Operation, ...] = (
+    trim.OPERATION,
     crop.OPERATION,
     resize.OPERATION,
+    pad.OPERATION,
     rotate.OPERATION,
     flip.OPERATION,
     flop.OPERATION,
@@ -34,6 +39,8 @@ OPERATIONS: tuple[Operation, ...] = (
     blur.OPERATION,
     sharpen.OPERATION,
     pixelate.OPERATION,
+    # Last: drawn on the result as it will be served, never resized, blurred or turned.
+    watermark.OPERATION,
 )
 
 __all__ = ["OPERATIONS", "Limits", "Operation", "Param", "Step"]

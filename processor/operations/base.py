@@ -26,8 +26,18 @@ Size = tuple[int, int]
 RGBA = tuple[int, int, int, int]
 WHITE: RGBA = (255, 255, 255, 255)
 # What a step works out once per render and keeps for every frame (a smart crop's window:
-# one chosen per frame would jump about as the content moves), keyed by the step.
+# one chosen per frame would jump about as the content moves), keyed by the step; and
+# the other stored images the steps name, decoded by the pipeline, keyed by Stored.
 Memo = dict[object, Any]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The memo's key of another stored image a step names (see Step.images): the
+    pipeline puts its first frame there, upright and in RGBA, before the first frame is
+    transformed."""
+
+    image_id: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,12 @@ class Step(Protocol):
     def apply(self, image: Image.Image, memo: Memo) -> Image.Image:
         """The step on one frame (in mode L, LA, RGB or RGBA)."""
         ...
+
+    # A step that draws other stored images (a watermark) also has
+    #     def images(self) -> Mapping[str, str]
+    # naming them: {the request field that names one: its id}. The processor fetches
+    # each (a missing one is IMAGE_NOT_FOUND naming its field) and the pipeline decodes
+    # it into the memo under Stored(id). See Spec.images.
 
 
 class Value(Protocol):
@@ -214,6 +230,14 @@ def _color_message(raw: str) -> pb.Color:
 
 COLOR = Pattern(
     _COLOR, "`RRGGBB` or `RRGGBBAA`", "must be a hex colour: RRGGBB or RRGGBBAA", _color_message
+)
+# Another stored image's id (common/ids.py's shape): the gateway checks that the caller
+# may read every image a parameter of this value names (Parameters.images).
+IMAGE_ID = Pattern(
+    "^[A-Za-z0-9_-]{22}$",
+    "an image id",
+    "must be an image id (22 characters of A-Z, a-z, 0-9, - and _)",
+    str,
 )
 
 

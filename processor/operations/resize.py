@@ -4,6 +4,10 @@ A cover crop's window is placed by its gravity: a compass name, smart (the most 
 processor/smartcrop.py), face (the faces found, processor/faces.py; OpenCV loads in the
 processor only, once a face crop is asked for) or a focal point fp:X,Y
 (processor/windows.py).
+
+fit=pad is a letterbox: contain's geometry on a canvas of exactly w x h, the rest filled
+with bg, the image placed by gravity. Its step is a Letterbox, a Resize that carries the
+background: only its key says a background, so every other resize's key stays as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from imageservice.v1 import processor_service_pb2 as pb
 from common.errors import invalid_argument
 from processor import windows
 from processor.operations.base import (
+    RGBA,
+    WHITE,
     Choice,
     Flag,
     Integer,
@@ -29,8 +35,10 @@ from processor.operations.base import (
     Refusal,
     Size,
     Values,
+    color,
     finite,
 )
+from processor.operations.pad import canvas
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,6 +50,7 @@ FITS = {
     "fill": pb.FIT_FILL,
     "inside": pb.FIT_INSIDE,
     "outside": pb.FIT_OUTSIDE,
+    "pad": pb.FIT_PAD,
 }
 GRAVITIES = {
     "center": pb.GRAVITY_CENTER,
@@ -54,8 +63,9 @@ GRAVITIES = {
     "west": pb.GRAVITY_WEST,
     "northwest": pb.GRAVITY_NORTH_WEST,
     "smart": pb.GRAVITY_SMART,
-    "face": pb.GRAVITY_FACE,
 }
+# What gravity may name (the watermark's own gravity takes the compass names of GRAVITIES).
+COVER_GRAVITIES = GRAVITIES | {"face": pb.GRAVITY_FACE}
 # gravity=fp:X,Y: a focal point, X and Y fractions of the width and height from 0 to 1,
 # at most FOCAL_DIGITS decimals each (the canonical form keeps 4: a ten-thousandth of
 # an 8192-pixel side is under a pixel).
@@ -73,12 +83,22 @@ CANONICAL_FITS = {
     pb.FIT_COVER: "cover",
     pb.FIT_FILL: "fill",
     pb.FIT_OUTSIDE: "outside",
+    pb.FIT_PAD: "pad",
 }
 CANONICAL_GRAVITIES = {pb.GRAVITY_UNSPECIFIED: "center"} | {
     value: name for name, value in GRAVITIES.items()
 }
+CANONICAL_COVER_GRAVITIES = CANONICAL_GRAVITIES | {pb.GRAVITY_FACE: "face"}
+# The gravities that place a window, not an image on a canvas: cover's alone, not pad's.
+COVER_ONLY = {
+    pb.GRAVITY_SMART: "smart",
+    pb.GRAVITY_FACE: "face",
+    pb.GRAVITY_FOCAL_POINT: "a focal point",
+}
 # The gravities that look at the pixels: chosen on the first frame, kept for every frame.
 CONTENT_GRAVITIES = ("smart", "face")
+# The fits that place the image by gravity (pad takes the compass gravities alone).
+PLACED = (pb.FIT_COVER, pb.FIT_PAD)
 # The parameters that shape a resize and mean nothing without w or h.
 SIZING = ("fit", "gravity", "enlarge", "dpr")
 
@@ -133,7 +153,8 @@ class Resize:
     enlarge: bool
 
     def geometry(self, size: Size) -> tuple[Size, Size]:
-        """(size to resample to, size of the final box): they differ only for cover."""
+        """(size to resample to, size of the final box): they differ for cover (the box
+        is cut out) and pad (the box is a canvas around the image)."""
         width, height = size
         w, h = self.width, self.height
         if self.fit == "fill":
@@ -149,7 +170,7 @@ class Resize:
             scale = h / height
         elif h == 0:
             scale = w / width
-        elif self.fit == "contain":
+        elif self.fit in ("contain", "pad"):
             scale = min(w / width, h / height)
         else:  # cover and outside: at least the box
             scale = max(w / width, h / height)
@@ -158,22 +179,16 @@ class Resize:
         resized = (max(1, round(width * scale)), max(1, round(height * scale)))
         if self.fit == "cover" and w and h:
             return resized, (min(w, resized[0]), min(h, resized[1]))
+        if self.fit == "pad":
+            return resized, (w, h)
         return resized, resized
 
     def sizes(self, size: Size) -> tuple[Size, ...]:
         return self.geometry(size)
 
     def apply(self, image: Image.Image, memo: Memo) -> Image.Image:
-        from PIL import Image
-
         resized, box = self.geometry(image.size)
-        if resized != image.size:
-            # Lanczos where the scale changes a lot (aliasing shows); bicubic for the last
-            # factor of two or less, as after a reduced-scale JPEG decode, where the two
-            # look the same and bicubic costs a third less.
-            gentle = resized[0] >= image.width / 2 and resized[1] >= image.height / 2
-            method = Image.Resampling.BICUBIC if gentle else Image.Resampling.LANCZOS
-            image = image.resize(resized, method, reducing_gap=2.0)
+        image = resample(image, resized)
         if box == resized:
             return image
         if self.gravity in CONTENT_GRAVITIES:
@@ -188,6 +203,33 @@ class Resize:
         else:
             left, top = gravity_corner(image.size, box, self.gravity)
         return image.crop((left, top, left + box[0], top + box[1]))
+
+
+@dataclass(frozen=True)
+class Letterbox(Resize):
+    """fit=pad: the image resized as contain does, on a canvas of exactly the box."""
+
+    background: RGBA
+
+    def apply(self, image: Image.Image, memo: Memo) -> Image.Image:
+        resized, box = self.geometry(image.size)
+        image = resample(image, resized)
+        # The image is the window, the canvas the size it sits in.
+        left, top = gravity_corner(box, resized, self.gravity)
+        return canvas(image, box, (left, top), self.background)
+
+
+def resample(image: Image.Image, size: Size) -> Image.Image:
+    """image at size: Lanczos where the scale changes a lot (aliasing shows); bicubic for
+    the last factor of two or less, as after a reduced-scale JPEG decode, where the two
+    look the same and bicubic costs a third less."""
+    from PIL import Image
+
+    if size == image.size:
+        return image
+    gentle = size[0] >= image.width / 2 and size[1] >= image.height / 2
+    method = Image.Resampling.BICUBIC if gentle else Image.Resampling.LANCZOS
+    return image.resize(size, method, reducing_gap=2.0)
 
 
 def content_window(image: Image.Image, box: Size, gravity: str) -> tuple[int, int]:
@@ -260,16 +302,18 @@ def _params(limits: Limits) -> tuple[Param, ...]:
             Choice(FITS),
             "How w x h is filled (needs w or h): contain or inside (the default: as large "
             "as possible inside), cover (fill, then crop), fill (stretch), outside (as "
-            "small as possible covering the box).",
+            "small as possible covering the box), pad (needs w and h: contain on a canvas "
+            "of exactly w x h, the rest filled with bg).",
             field="resize.fit",
         ),
         Param(
             "gravity",
-            GravityValue(GRAVITIES),
-            "Which part a cover crop keeps (with fit=cover only): a side or corner; smart "
-            "the most detailed part (entropy); face the faces found (else as smart); "
-            "fp:X,Y the window centred on that point as nearly as the image allows, X and "
-            "Y fractions of the width and height (fp:0.5,0.5 is center).",
+            GravityValue(COVER_GRAVITIES),
+            "Which part a cover crop keeps (with fit=cover): a side or corner; smart the "
+            "most detailed part (entropy); face the faces found (else as smart); fp:X,Y "
+            "the window centred on that point as nearly as the image allows, X and Y "
+            "fractions of the width and height (fp:0.5,0.5 is center). With fit=pad, where "
+            "the image sits (a side, a corner or center).",
             field="resize.gravity",
         ),
         Param(
@@ -290,7 +334,7 @@ def _request(values: Values) -> pb.Resize | None:
     if "w" not in values and "h" not in values:
         return None
     gravity: QueryGravity = values.get("gravity", QueryGravity(pb.GRAVITY_UNSPECIFIED))
-    return pb.Resize(
+    resize = pb.Resize(
         width=values.get("w", 0),
         height=values.get("h", 0),
         fit=values.get("fit", pb.FIT_UNSPECIFIED),
@@ -300,6 +344,9 @@ def _request(values: Values) -> pb.Resize | None:
         focal_x=gravity.focal_x,
         focal_y=gravity.focal_y,
     )
+    if resize.fit == pb.FIT_PAD and "bg" in values:
+        resize.background.CopyFrom(values["bg"])
+    return resize
 
 
 def _conflict(values: Values, limits: Limits) -> Refusal | None:
@@ -310,8 +357,14 @@ def _conflict(values: Values, limits: Limits) -> Refusal | None:
     for name in ("w", "h"):
         if round(values.get(name, 0) * dpr) > limits.max_output_dimension:
             return name, f"times dpr, must be at most {limits.max_output_dimension}"
-    if "gravity" in values and values.get("fit") != pb.FIT_COVER:
-        return "gravity", "applies to fit=cover only"
+    fit = values.get("fit")
+    if fit == pb.FIT_PAD and ("w" not in values or "h" not in values):
+        return "fit", "pad needs both w and h"
+    if "gravity" in values and fit not in PLACED:
+        return "gravity", "applies to fit=cover or fit=pad only"
+    asked: QueryGravity | None = values.get("gravity")
+    if asked is not None and asked.gravity in COVER_ONLY and fit == pb.FIT_PAD:
+        return "gravity", f"{COVER_ONLY[asked.gravity]} applies to fit=cover only"
     return None
 
 
@@ -341,15 +394,21 @@ def _parse(message: pb.Resize, limits: Limits) -> Resize:
             if not 0.0 <= fraction <= 1.0:
                 raise invalid_argument(name, "must be between 0 and 1")
         named = _focal_name(x, y)
-    elif message.gravity in CANONICAL_GRAVITIES:
-        named = CANONICAL_GRAVITIES[message.gravity]
+    elif message.gravity in CANONICAL_COVER_GRAVITIES:
+        named = CANONICAL_COVER_GRAVITIES[message.gravity]
     else:
         raise invalid_argument("resize.gravity", "unknown gravity")
     fit = CANONICAL_FITS[message.fit]
     if width == 0 or height == 0:
         fit = "contain"  # one side follows the aspect ratio: every fit means the same
-    gravity = named if fit == "cover" else "center"
-    return Resize(width, height, fit, gravity, message.enlarge)
+    gravity = named if fit in ("cover", "pad") else "center"
+    if fit != "pad":
+        return Resize(width, height, fit, gravity, message.enlarge)
+    if message.gravity in COVER_ONLY:
+        only = COVER_ONLY[message.gravity]
+        raise invalid_argument("resize.gravity", f"{only} applies to fit=cover only")
+    background = color(message, "resize.background", WHITE)
+    return Letterbox(width, height, fit, gravity, message.enlarge, background)
 
 
 OPERATION = Operation("resize", _params, _request, _parse, _conflict)
