@@ -46,6 +46,8 @@ FORMATS = {
     "webp": ppb.OUTPUT_FORMAT_WEBP,
     "avif": ppb.OUTPUT_FORMAT_AVIF,
     "gif": ppb.OUTPUT_FORMAT_GIF,
+    "heic": ppb.OUTPUT_FORMAT_HEIC,
+    "jxl": ppb.OUTPUT_FORMAT_JXL,
 }
 FRAMES = {"all": ppb.FRAMES_ALL, "first": ppb.FRAMES_FIRST}
 SIZING = ("fit", "gravity", "enlarge", "dpr")
@@ -55,6 +57,15 @@ _ALPHA_FORMATS = (
     ppb.OUTPUT_FORMAT_WEBP,
     ppb.OUTPUT_FORMAT_AVIF,
     ppb.OUTPUT_FORMAT_GIF,
+    ppb.OUTPUT_FORMAT_HEIC,
+    ppb.OUTPUT_FORMAT_JXL,
+)
+# Formats whose results are stills: frames means nothing to them.
+_STILL_FORMATS = (
+    ppb.OUTPUT_FORMAT_JPEG,
+    ppb.OUTPUT_FORMAT_AVIF,
+    ppb.OUTPUT_FORMAT_HEIC,
+    ppb.OUTPUT_FORMAT_JXL,
 )
 CURSOR = "[A-Za-z0-9_-]{32}"  # the shape of the cache service's page tokens (for listing)
 BLURRED_SIGMA = 10.0
@@ -252,16 +263,18 @@ def _table(limits: Limits) -> tuple[Param, ...]:
             "format",
             _choice(FORMATS),
             {"type": "string", "enum": list(FORMATS)},
-            "Output format; auto (the default) picks AVIF or WebP from Accept, else the "
-            "original's kind.",
+            "Output format; auto (the default) picks AVIF or WebP (or JPEG XL, where the "
+            "service lists it) from Accept, else the original's kind (JPEG for HEIC and "
+            "JPEG XL originals, PNG where they have alpha).",
         ),
         Param(
             "q",
             _int(1, 100),
             {"type": "integer", "minimum": 1, "maximum": 100},
-            "Quality for JPEG, WebP and AVIF (not with format=png or gif, nor lossless).",
+            "Quality for JPEG, WebP, AVIF, HEIC and JPEG XL (not with format=png or gif, nor "
+            "lossless).",
         ),
-        _flag_param("lossless", "Lossless WebP (with format=webp or auto)."),
+        _flag_param("lossless", "Lossless WebP or JPEG XL (with format=webp, jxl or auto)."),
         _flag_param("progressive", "Progressive JPEG (with format=jpeg or auto)."),
         Param(
             "bg",
@@ -329,14 +342,21 @@ class Parameters:
         chosen = fmt != ppb.OUTPUT_FORMAT_AUTO
         if values.get("progressive") and chosen and fmt != ppb.OUTPUT_FORMAT_JPEG:
             return bad("progressive", "applies to JPEG only (format=jpeg or auto)")
-        if values.get("lossless") and chosen and fmt != ppb.OUTPUT_FORMAT_WEBP:
-            return bad("lossless", "applies to WebP only (format=webp or auto)")
+        lossless_formats = (ppb.OUTPUT_FORMAT_WEBP, ppb.OUTPUT_FORMAT_JXL)
+        if values.get("lossless") and chosen and fmt not in lossless_formats:
+            return bad("lossless", "applies to WebP and JPEG XL only (format=webp, jxl or auto)")
         if "q" in values and fmt in (ppb.OUTPUT_FORMAT_PNG, ppb.OUTPUT_FORMAT_GIF):
-            return bad("q", "PNG and GIF are lossless: quality applies to JPEG, WebP and AVIF")
+            return bad(
+                "q",
+                "PNG and GIF are lossless: quality applies to JPEG, WebP, AVIF, HEIC and JPEG XL",
+            )
         if "q" in values and values.get("lossless"):
             return bad("q", "a lossless result has no quality")
-        if "frames" in values and fmt in (ppb.OUTPUT_FORMAT_JPEG, ppb.OUTPUT_FORMAT_AVIF):
-            return bad("frames", "JPEG and AVIF results are stills (use gif, webp, png or auto)")
+        if "frames" in values and fmt in _STILL_FORMATS:
+            return bad(
+                "frames",
+                "JPEG, AVIF, HEIC and JPEG XL results are stills (use gif, webp, png or auto)",
+            )
         if values.get("metadata") and fmt == ppb.OUTPUT_FORMAT_GIF:
             return bad("metadata", "GIF carries no EXIF or XMP to keep")
         if "bg" in values and "rotate" not in values and fmt in _ALPHA_FORMATS:

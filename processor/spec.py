@@ -58,6 +58,8 @@ FORMATS = {
     pb.OUTPUT_FORMAT_WEBP: "webp",
     pb.OUTPUT_FORMAT_AVIF: "avif",
     pb.OUTPUT_FORMAT_GIF: "gif",
+    pb.OUTPUT_FORMAT_HEIC: "heic",
+    pb.OUTPUT_FORMAT_JXL: "jxl",
 }
 FRAMES = {
     pb.FRAMES_UNSPECIFIED: "all",
@@ -65,10 +67,10 @@ FRAMES = {
     pb.FRAMES_FIRST: "first",
     pb.FRAMES_ALL_OR_FIRST: "all_or_first",
 }
-DEFAULT_QUALITY = {"jpeg": 82, "webp": 80, "avif": 60}
+DEFAULT_QUALITY = {"jpeg": 82, "webp": 80, "avif": 60, "heic": 60, "jxl": 75}
 # "source" is resolved against the original when it is decoded: it never changes under
 # an id, so it is as deterministic as a named format.
-LOSSY = {"jpeg", "webp", "avif", "source"}
+LOSSY = {"jpeg", "webp", "avif", "heic", "jxl", "source"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ ORDER: tuple[type[Any], ...] = (
 
 @dataclass(frozen=True)
 class Output:
-    format: str  # jpeg | png | webp | avif | gif | source
+    format: str  # jpeg | png | webp | avif | gif | heic | jxl | source
     # format=auto only: what an animated source becomes instead of `format` (webp |
     # source), so it keeps its frames; "" where the format was asked for.
     animation: str
@@ -277,7 +279,8 @@ def _one(operation: pb.Operation, limits: Limits) -> Op | None:
     raise invalid_argument("operations", "an operation with no kind")
 
 
-AUTO_CHOICES = ("avif", "webp")  # what IMAGESVC_AUTO_FORMATS may name
+AUTO_CHOICES = ("avif", "webp", "jxl")  # what IMAGESVC_AUTO_FORMATS may name
+DEFAULT_AUTO_FORMATS = ("avif", "webp")  # what it names when unset
 
 
 def accepted(accept: Sequence[str]) -> set[str]:
@@ -320,9 +323,10 @@ def _output(message: pb.OutputOptions, limits: Limits) -> Output:
         raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
         raise invalid_argument("output.quality", "must be between 1 and 100")
-    lossless = (
-        message.lossless and fmt == "webp"
-    )  # PNG and GIF always are; AVIF has no true mode here
+    lossless = message.lossless and fmt in (
+        "webp",
+        "jxl",
+    )  # PNG and GIF always are; AVIF and HEIC have no true mode here
     quality = 0
     if animation:
         # Which format is known only once the source is seen: 0 is its default.
