@@ -585,12 +585,16 @@ def _encode(
     elif fmt == "png":
         options.update(compress_level=6)
     elif fmt == "heic":
-        options.update(quality=quality)
+        # Not told otherwise, pillow-heif writes the frame's own EXIF and XMP (and turns
+        # the picture back by the EXIF orientation): say "none" where nothing is kept.
+        options.update(quality=quality, exif=metadata.get("exif"), xmp=metadata.get("xmp"))
     elif fmt == "jxl":
         # The plugin embeds no ICC profile: the pixels go in as sRGB. Effort 4 of 1-9
-        # (libjxl's default is 7): 4x faster, files a few percent larger.
+        # (libjxl's default is 7): 4x faster, files a few percent larger. Like
+        # pillow-heif, it writes the frame's own EXIF unless told (b"": none).
         first = _to_srgb(first)
         options.update(quality=quality, lossless=output.lossless, effort=4, lossless_jpeg=False)
+        options.setdefault("exif", b"")
     if len(frames) > 1:
         options.update(save_all=True, append_images=frames[1:], duration=durations)
         if loop is not None:
