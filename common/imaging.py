@@ -297,6 +297,8 @@ class _Frames:
 def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
+    if image.tell() != 0:
+        image.seek(0)  # a HEIF file opens at its primary image, which need not be the first
     while True:
         frames.next(image.size)
         if fmt == "JPEG":
