@@ -323,10 +323,8 @@ def _output(message: pb.OutputOptions, limits: Limits) -> Output:
         raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
         raise invalid_argument("output.quality", "must be between 1 and 100")
-    lossless = message.lossless and fmt in (
-        "webp",
-        "jxl",
-    )  # PNG and GIF always are; AVIF and HEIC have no true mode here
+    # PNG and GIF always are lossless; AVIF and HEIC have no true mode here.
+    lossless = message.lossless and fmt in ("webp", "jxl")
     quality = 0
     if animation:
         # Which format is known only once the source is seen: 0 is its default.
