@@ -74,6 +74,17 @@ def test_jxl_size_reads_the_header_bare_and_boxed(size: tuple[int, int]) -> None
     assert boxed[4:8] == b"JXL " and jxl_size(boxed) == size
 
 
+def test_jxl_size_reads_partial_and_large_boxes() -> None:
+    stream = jxl(Image.new("RGB", (321, 123)), effort=1)
+    signature = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+    ftyp = struct.pack(">I4s4sI4s", 20, b"ftyp", b"jxl ", 0, b"jxl ")
+    exif = struct.pack(">I4s", 1, b"Exif") + struct.pack(">Q", 16 + 10) + bytes(10)
+    part = struct.pack(">I4sI", 12 + len(stream), b"jxlp", 0) + stream
+    assert jxl_size(signature + ftyp + exif + part) == (321, 123)
+    info = inspect(io.BytesIO(signature + ftyp + part), INSPECT_LIMITS)
+    assert (info.format, info.width, info.height) == ("JXL", 321, 123)
+
+
 def test_jxl_size_of_no_header_is_none() -> None:
     assert jxl_size(b"\xff\x0a") is None
     assert jxl_size(b"\x00\x00\x00\x0cJXL \r\n\x87\n" + struct.pack(">I4s", 8, b"ftyp")) is None
