@@ -177,9 +177,9 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
     )
     settings = {"IMAGESVC_PRESETS": str(presets), **signing}  # the hooks read presets too
     cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
-    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     try:
         st = Path(sys.executable).parent / "st"
+        python_path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         result = subprocess.run(
             [
                 str(st),
@@ -194,8 +194,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
                 "--no-color",
             ],
             cwd=ROOT,  # where schemathesis.toml is
-            # ROOT first, the caller's path kept (a worktree's own gen/, say).
-            env={**os.environ, **settings, "PYTHONPATH": os.pathsep.join(path)},
+            # ROOT for the hooks, before any path already given (a worktree's own gen/).
+            env={**os.environ, **settings, "PYTHONPATH": os.pathsep.join(python_path)},
             capture_output=True,
             text=True,
             timeout=300,

@@ -118,23 +118,41 @@ class _OutputFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputFo
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTPUT_FORMAT_UNSPECIFIED: _OutputFormat.ValueType  # 0
     OUTPUT_FORMAT_AUTO: _OutputFormat.ValueType  # 1
-    """AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+    """The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+    JPEG XL where listed) the caller's accepted types allow; else the source's kind
+    (JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+    """
     OUTPUT_FORMAT_JPEG: _OutputFormat.ValueType  # 2
     OUTPUT_FORMAT_PNG: _OutputFormat.ValueType  # 3
     OUTPUT_FORMAT_WEBP: _OutputFormat.ValueType  # 4
     OUTPUT_FORMAT_AVIF: _OutputFormat.ValueType  # 5
     OUTPUT_FORMAT_GIF: _OutputFormat.ValueType  # 6
+    OUTPUT_FORMAT_HEIC: _OutputFormat.ValueType  # 7
+    """HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+    OUTPUT_FORMAT_JXL: _OutputFormat.ValueType  # 8
+    """JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+    colours converted to sRGB (no ICC profile is embedded).
+    """
 
 class OutputFormat(_OutputFormat, metaclass=_OutputFormatEnumTypeWrapper): ...
 
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.ValueType  # 0
 OUTPUT_FORMAT_AUTO: OutputFormat.ValueType  # 1
-"""AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+"""The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+JPEG XL where listed) the caller's accepted types allow; else the source's kind
+(JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+"""
 OUTPUT_FORMAT_JPEG: OutputFormat.ValueType  # 2
 OUTPUT_FORMAT_PNG: OutputFormat.ValueType  # 3
 OUTPUT_FORMAT_WEBP: OutputFormat.ValueType  # 4
 OUTPUT_FORMAT_AVIF: OutputFormat.ValueType  # 5
 OUTPUT_FORMAT_GIF: OutputFormat.ValueType  # 6
+OUTPUT_FORMAT_HEIC: OutputFormat.ValueType  # 7
+"""HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+OUTPUT_FORMAT_JXL: OutputFormat.ValueType  # 8
+"""JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+colours converted to sRGB (no ICC profile is embedded).
+"""
 Global___OutputFormat: _TypeAlias = OutputFormat  # noqa: Y015
 
 class _Frames:
@@ -638,9 +656,12 @@ class OutputOptions(_message.Message):
     quality: _builtins.int
     """1-100; 0 means the format's default."""
     lossless: _builtins.bool
+    """WebP and JPEG XL; PNG and GIF always are lossless."""
     progressive: _builtins.bool
     keep_metadata: _builtins.bool
-    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept."""
+    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept (JPEG XL:
+    the pixels are converted to sRGB instead).
+    """
     frames: Global___Frames.ValueType
     """For animated sources; an output format without animation keeps the first frame."""
     @_builtins.property
