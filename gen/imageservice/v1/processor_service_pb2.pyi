@@ -537,7 +537,8 @@ class Watermark(_message.Message):
     """
     gravity: Global___Gravity.ValueType
     """Which edge or corner it is placed against: a compass gravity or GRAVITY_CENTER
-    (not GRAVITY_SMART, GRAVITY_FACE or GRAVITY_FOCAL_POINT). GRAVITY_UNSPECIFIED means GRAVITY_SOUTH_EAST.
+    (not GRAVITY_SMART, GRAVITY_FACE or GRAVITY_FOCAL_POINT). GRAVITY_UNSPECIFIED
+    means GRAVITY_SOUTH_EAST.
     """
     offset_x: _builtins.int
     """Pixels of the result, 0 up to the output dimension limit: inward from the edge the
