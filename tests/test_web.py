@@ -139,7 +139,15 @@ def test_upload_transform_and_delete_through_the_page(
 def test_a_key_reads_private_images_and_signs_urls(
     browser: Browser, stack: Callable[..., ServiceProcess], tmp_path: Path
 ) -> None:
-    gateway = stack({"IMAGESVC_API_KEYS": f"alice:{KEY}", "IMAGESVC_URL_SIGNING_KEYS": SIGNING})
+    presets = tmp_path / "presets.toml"
+    presets.write_text('[square]\nw = 64\nh = 64\nfit = "cover"\n')
+    gateway = stack(
+        {
+            "IMAGESVC_API_KEYS": f"alice:{KEY}",
+            "IMAGESVC_URL_SIGNING_KEYS": SIGNING,
+            "IMAGESVC_PRESETS": str(presets),
+        }
+    )
     picture = landscape(tmp_path / "private.png", 320, 240)
     with watched(browser, 1440) as (page, problems):
         page.goto(f"{gateway.url}/")
@@ -149,9 +157,16 @@ def test_a_key_reads_private_images_and_signs_urls(
         image_id = upload_through_the_page(page, picture)
         assert httpx.get(f"{gateway.url}/images/{image_id}").status_code == 404
         page.get_by_test_id("gallery-item").filter(has_text=picture.name).click()
-        expect(page.get_by_test_id("preview")).to_have_js_property("naturalWidth", 320)
+        preview = page.get_by_test_id("preview")
+        expect(preview).to_have_js_property("naturalWidth", 320)
+        page.get_by_label("Preset").select_option("square")  # from GET /presets
+        expect(preview).to_have_js_property("naturalHeight", 64)
+        expect(page.get_by_test_id("variant-url")).to_have_text(
+            f"{gateway.url}/images/{image_id}?preset=square"
+        )
+        page.get_by_label("Preset").select_option("")
         page.get_by_test_id("param-w").fill("100")
-        expect(page.get_by_test_id("preview")).to_have_js_property("naturalWidth", 100)
+        expect(preview).to_have_js_property("naturalWidth", 100)
         expect(page.locator("#curl")).to_contain_text('-H "Authorization: Bearer $IMAGESVC_TOKEN"')
 
         page.get_by_role("button", name="Sign URL").click()
@@ -168,8 +183,61 @@ def test_a_key_reads_private_images_and_signs_urls(
         page.get_by_label("API key or token").fill("not-a-key")
         page.get_by_role("button", name="Use").click()
         expect(page.locator("#gallery-status")).to_have_text("the API key is not valid")
-    # The refused list is one 401, which Chromium logs as a failed resource: expected.
-    assert [p for p in problems if "401" not in p] == []
+    # The refused list is a 401, which Chromium logs as a resource that failed: expected.
+    refused = "console error: Failed to load resource: the server responded with a status of 401"
+    assert [p for p in problems if not p.startswith(refused)] == []
+
+
+def test_drop_several_files_and_scroll_for_more(
+    browser: Browser, stack: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    """Files dropped together upload together, each with its progress bar; the gallery
+    pages through the list (24 a page) as it scrolls, newest first."""
+    gateway = stack({"IMAGESVC_API_KEYS": f"bob:{KEY}"})
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for n in range(25):  # more than a page, before the page opens
+        small = io.BytesIO()
+        Image.new("RGB", (8, 8), (n * 9, 80, 160)).save(small, "PNG")
+        answer = httpx.post(
+            f"{gateway.url}/images?filename=old-{n}.png",
+            content=small.getvalue(),
+            headers={**auth, "Content-Type": "image/png"},
+        )
+        assert answer.status_code == 201
+    dropped = [landscape(tmp_path / f"dropped-{n}.png", 300 + n, 250) for n in range(3)]
+    with watched(browser, 1440) as (page, problems):
+        page.goto(f"{gateway.url}/")
+        page.get_by_label("API key or token").fill(KEY)
+        page.get_by_role("button", name="Use").click()
+        items = page.get_by_test_id("gallery-item")
+        expect(items).to_have_count(24)
+        expect(items.first).to_contain_text("old-24.png")
+
+        files = [{"name": p.name, "data": list(p.read_bytes())} for p in dropped]
+        transfer = page.evaluate_handle(
+            """files => {
+                const transfer = new DataTransfer();
+                for (const f of files) {
+                    const bytes = new Uint8Array(f.data);
+                    transfer.items.add(new File([bytes], f.name, {type: "image/png"}));
+                }
+                return transfer;
+            }""",
+            files,
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+        for picture in dropped:
+            row = page.locator("#uploads li", has_text=picture.name)
+            expect(row.locator("progress")).to_have_js_property("value", 1)
+            expect(row).to_contain_text("stored")
+            expect(items.filter(has_text=picture.name)).to_have_count(1)
+
+        # Scrolling to the end asks for the next page (the list's cursor), once.
+        page.mouse.wheel(0, 20000)
+        expect(items).to_have_count(28)
+        expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+        expect(items.last).to_contain_text("old-0.png")
+    assert problems == []
 
 
 def test_docs_are_swagger_ui_served_from_here(
