@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
-from tests.support import ROOT, ServiceProcess
+from tests.support import ROOT, ServiceProcess, start_all
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Set to a folder (docs/screenshots) to keep the screenshots there; they go to the
@@ -36,6 +36,38 @@ def browser() -> Iterator[Browser]:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServiceProcess]]:
+    """A cache, a processor and a gateway without auth, of these tests' own: the
+    gallery lists every anonymous image, so the session's (other tests', of every shape)
+    would be in it. More gateways over them are appended (gateway_with)."""
+    started = list(start_all(tmp_path_factory.mktemp("web")))
+    yield started
+    for server in reversed(started):
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def gateway_with(
+    services: list[ServiceProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[dict[str, str]], ServiceProcess]:
+    """Another gateway over the same services, with these settings."""
+
+    def start(env: dict[str, str]) -> ServiceProcess:
+        cache, processor = services[0], services[1]
+        upstreams = {
+            "IMAGESVC_CACHE_ADDRESS": cache.address,
+            "IMAGESVC_PROCESSOR_ADDRESSES": processor.address,
+        }
+        gateway = ServiceProcess(
+            "gateway", tmp_path_factory.mktemp("g") / "g", {**upstreams, **env}
+        )
+        services.append(gateway.start())
+        return gateway
+
+    return start
 
 
 @contextmanager
@@ -99,11 +131,12 @@ def upload_through_the_page(page: Page, picture: Path) -> str:
 
 @pytest.mark.parametrize("width", [375, 1440])
 def test_upload_transform_and_delete_through_the_page(
-    browser: Browser, gateway_server: ServiceProcess, tmp_path: Path, width: int
+    browser: Browser, services: list[ServiceProcess], tmp_path: Path, width: int
 ) -> None:
+    gateway = services[2]
     picture = landscape(tmp_path / f"hills-{width}-{secrets.token_hex(3)}.png")
     with watched(browser, width) as (page, problems):
-        response = page.goto(f"{gateway_server.url}/")
+        response = page.goto(f"{gateway.url}/")
         assert response is not None and response.ok
         assert "default-src 'self'" in response.headers["content-security-policy"]
         image_id = upload_through_the_page(page, picture)
@@ -118,12 +151,20 @@ def test_upload_transform_and_delete_through_the_page(
         page.get_by_test_id("param-w").fill("123")
         expect(preview).to_have_js_property("naturalWidth", 123)
         expect(page.get_by_text("123 \u00d7 92 px")).to_be_visible()
-        url = f"{gateway_server.url}/images/{image_id}?w=123"
+        url = f"{gateway.url}/images/{image_id}?w=123"
         expect(page.get_by_test_id("variant-url")).to_have_text(url)
         expect(page.locator("#curl")).to_have_text(f"curl -o image.png '{url}'")
         # The URL shown serves what the preview showed.
         assert Image.open(io.BytesIO(httpx.get(url).content)).size == (123, 92)
 
+        # Every control has a name a screen reader reads.
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll("input, select, button")]
+                .filter((el) => !el.labels?.length && !el.getAttribute("aria-label")
+                    && !el.getAttribute("aria-labelledby") && !el.textContent.trim())
+                .map((el) => el.outerHTML)"""
+        )
+        assert unnamed == []
         # Usable at this width: nothing wider than the window.
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         screenshot(page, tmp_path, f"page-{width}.png")
@@ -132,16 +173,16 @@ def test_upload_transform_and_delete_through_the_page(
         page.get_by_role("button", name="Delete image").click()
         expect(page.get_by_test_id("gallery-item").filter(has_text=picture.name)).to_have_count(0)
         expect(page.get_by_role("status").filter(has_text="Deleted")).to_be_visible()
-        assert httpx.get(f"{gateway_server.url}/images/{image_id}").status_code == 404
+        assert httpx.get(f"{gateway.url}/images/{image_id}").status_code == 404
     assert problems == []
 
 
 def test_a_key_reads_private_images_and_signs_urls(
-    browser: Browser, stack: Callable[..., ServiceProcess], tmp_path: Path
+    browser: Browser, gateway_with: Callable[[dict[str, str]], ServiceProcess], tmp_path: Path
 ) -> None:
     presets = tmp_path / "presets.toml"
     presets.write_text('[square]\nw = 64\nh = 64\nfit = "cover"\n')
-    gateway = stack(
+    gateway = gateway_with(
         {
             "IMAGESVC_API_KEYS": f"alice:{KEY}",
             "IMAGESVC_URL_SIGNING_KEYS": SIGNING,
@@ -189,11 +230,11 @@ def test_a_key_reads_private_images_and_signs_urls(
 
 
 def test_drop_several_files_and_scroll_for_more(
-    browser: Browser, stack: Callable[..., ServiceProcess], tmp_path: Path
+    browser: Browser, gateway_with: Callable[[dict[str, str]], ServiceProcess], tmp_path: Path
 ) -> None:
     """Files dropped together upload together, each with its progress bar; the gallery
     pages through the list (24 a page) as it scrolls, newest first."""
-    gateway = stack({"IMAGESVC_API_KEYS": f"bob:{KEY}"})
+    gateway = gateway_with({"IMAGESVC_API_KEYS": f"bob:{KEY}"})
     auth = {"Authorization": f"Bearer {KEY}"}
     for n in range(25):  # more than a page, before the page opens
         small = io.BytesIO()
@@ -241,10 +282,11 @@ def test_drop_several_files_and_scroll_for_more(
 
 
 def test_docs_are_swagger_ui_served_from_here(
-    browser: Browser, gateway_server: ServiceProcess, tmp_path: Path
+    browser: Browser, services: list[ServiceProcess], tmp_path: Path
 ) -> None:
+    gateway = services[2]
     with watched(browser, 1440) as (page, problems):
-        response = page.goto(f"{gateway_server.url}/docs")
+        response = page.goto(f"{gateway.url}/docs")
         assert response is not None and response.ok
         assert "default-src 'self'" in response.headers["content-security-policy"]
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("imageservice")

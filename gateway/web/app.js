@@ -63,12 +63,16 @@ function setUpUpload() {
     uploadAll(input.files);
     input.value = ""; // the same file may be chosen again
   });
-  drop.addEventListener("dragover", (event) => {
+  // Files dropped anywhere on the page are uploaded: a drop just beside the zone would
+  // otherwise make the browser leave the page to show the file.
+  document.addEventListener("dragover", (event) => {
     event.preventDefault(); // allows the drop
     drop.classList.add("over");
   });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) drop.classList.remove("over"); // left the window
+  });
+  document.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
     uploadAll(event.dataTransfer.files);
