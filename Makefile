@@ -54,7 +54,7 @@ fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-engines:  ## make sure the PostgreSQL and Redis the tests use answer (installs/starts them as root)
+engines:  ## make sure the PostgreSQL and Redis the tests use answer, and chromium is there (installs/starts them as root)
 	bash .ci/engines
 
 test: $(STAMP) engines  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)

@@ -29,6 +29,16 @@ IMAGE_BYTES = {
     "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
 }
 
+# The page and the docs: static HTML that loads its scripts from /ui and /docs/assets.
+HTML = {
+    "responses": {
+        "200": {
+            "description": "An HTML page.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    }
+}
+
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): PROBLEM for status in statuses}
@@ -395,6 +405,8 @@ def document(
                     },
                 }
             },
+            "/": {"get": {"summary": "The web page (upload, browse, transform)", **HTML}},
+            "/docs": {"get": {"summary": "These docs, in Swagger UI", **HTML}},
             "/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -36,6 +36,8 @@ FORMATS = {
     "webp": pb.OUTPUT_FORMAT_WEBP,
     "avif": pb.OUTPUT_FORMAT_AVIF,
     "gif": pb.OUTPUT_FORMAT_GIF,
+    "heic": pb.OUTPUT_FORMAT_HEIC,
+    "jxl": pb.OUTPUT_FORMAT_JXL,
 }
 CANONICAL_FORMATS = {pb.OUTPUT_FORMAT_UNSPECIFIED: "auto"} | {
     value: name for name, value in FORMATS.items() if name != "jpg"
@@ -47,23 +49,34 @@ CANONICAL_FRAMES = {
     pb.FRAMES_FIRST: "first",
     pb.FRAMES_ALL_OR_FIRST: "all_or_first",
 }
-DEFAULT_QUALITY = {"jpeg": 82, "webp": 80, "avif": 60}
+DEFAULT_QUALITY = {"jpeg": 82, "webp": 80, "avif": 60, "heic": 60, "jxl": 75}
 # "source" is resolved against the original when it is decoded: it never changes under
 # an id, so it is as deterministic as a named format.
-LOSSY = {"jpeg", "webp", "avif", "source"}
-AUTO_CHOICES = ("avif", "webp")  # what IMAGESVC_AUTO_FORMATS may name
+LOSSY = {"jpeg", "webp", "avif", "heic", "jxl", "source"}
+AUTO_CHOICES = ("avif", "webp", "jxl")  # what IMAGESVC_AUTO_FORMATS may name
+DEFAULT_AUTO_FORMATS = ("avif", "webp")  # what it names when unset
 # Formats that keep alpha, so nothing is flattened onto bg.
 _ALPHA_FORMATS = (
     pb.OUTPUT_FORMAT_PNG,
     pb.OUTPUT_FORMAT_WEBP,
     pb.OUTPUT_FORMAT_AVIF,
     pb.OUTPUT_FORMAT_GIF,
+    pb.OUTPUT_FORMAT_HEIC,
+    pb.OUTPUT_FORMAT_JXL,
 )
+# Formats whose results are stills: frames means nothing to them.
+_STILL_FORMATS = (
+    pb.OUTPUT_FORMAT_JPEG,
+    pb.OUTPUT_FORMAT_AVIF,
+    pb.OUTPUT_FORMAT_HEIC,
+    pb.OUTPUT_FORMAT_JXL,
+)
+_LOSSLESS_FORMATS = (pb.OUTPUT_FORMAT_WEBP, pb.OUTPUT_FORMAT_JXL)
 
 
 @dataclass(frozen=True)
 class Output:
-    format: str  # jpeg | png | webp | avif | gif | source
+    format: str  # jpeg | png | webp | avif | gif | heic | jxl | source
     # format=auto only: what an animated source becomes instead of `format` (webp |
     # source), so it keeps its frames; "" where the format was asked for.
     animation: str
@@ -82,19 +95,20 @@ def params(limits: Limits) -> tuple[Param, ...]:
             "format",
             Choice(FORMATS),
             "Output format; auto (the default) picks the first of IMAGESVC_AUTO_FORMATS "
-            "(AVIF, then WebP) that Accept names with a q-value above 0, else the "
-            "original's kind; an animation stays animated (WebP if accepted, else its own "
-            "kind, never AVIF).",
+            "(AVIF, then WebP; JPEG XL where listed) that Accept names with a q-value "
+            "above 0, else the original's kind (JPEG for HEIC and JPEG XL originals, PNG "
+            "where they have alpha); an animation stays animated (WebP if accepted, else "
+            "its own kind, never AVIF).",
             field="output.format",
         ),
         Param(
             "q",
             Integer(1, 100),
-            "Quality for JPEG (default 82), WebP (80) and AVIF (60); not with format=png "
-            "or gif, nor lossless.",
+            "Quality for JPEG (default 82), WebP (80), AVIF (60), HEIC (60) and JPEG XL "
+            "(75); not with format=png or gif, nor lossless.",
             field="output.quality",
         ),
-        Param("lossless", Flag(), "Lossless WebP (with format=webp or auto)."),
+        Param("lossless", Flag(), "Lossless WebP or JPEG XL (with format=webp, jxl or auto)."),
         Param("progressive", Flag(), "Progressive JPEG (with format=jpeg or auto)."),
         Param(
             "bg",
@@ -125,14 +139,20 @@ def conflict(values: Values, limits: Limits) -> Refusal | None:
     chosen = fmt != pb.OUTPUT_FORMAT_AUTO
     if values.get("progressive") and chosen and fmt != pb.OUTPUT_FORMAT_JPEG:
         return "progressive", "applies to JPEG only (format=jpeg or auto)"
-    if values.get("lossless") and chosen and fmt != pb.OUTPUT_FORMAT_WEBP:
-        return "lossless", "applies to WebP only (format=webp or auto)"
+    if values.get("lossless") and chosen and fmt not in _LOSSLESS_FORMATS:
+        return "lossless", "applies to WebP and JPEG XL only (format=webp, jxl or auto)"
     if "q" in values and fmt in (pb.OUTPUT_FORMAT_PNG, pb.OUTPUT_FORMAT_GIF):
-        return "q", "PNG and GIF are lossless: quality applies to JPEG, WebP and AVIF"
+        return (
+            "q",
+            "PNG and GIF are lossless: quality applies to JPEG, WebP, AVIF, HEIC and JPEG XL",
+        )
     if "q" in values and values.get("lossless"):
         return "q", "a lossless result has no quality"
-    if "frames" in values and fmt in (pb.OUTPUT_FORMAT_JPEG, pb.OUTPUT_FORMAT_AVIF):
-        return "frames", "JPEG and AVIF results are stills (use gif, webp, png or auto)"
+    if "frames" in values and fmt in _STILL_FORMATS:
+        return (
+            "frames",
+            "JPEG, AVIF, HEIC and JPEG XL results are stills (use gif, webp, png or auto)",
+        )
     if values.get("metadata") and fmt == pb.OUTPUT_FORMAT_GIF:
         return "metadata", "GIF carries no EXIF or XMP to keep"
     # Where alpha is kept, bg only fills what a step adds: rotation corners, padding.
@@ -201,8 +221,8 @@ def parse(message: pb.OutputOptions, limits: Limits) -> Output:
         raise invalid_argument("output.frames", "unknown frames choice")
     if not 0 <= message.quality <= 100:
         raise invalid_argument("output.quality", "must be between 1 and 100")
-    # PNG and GIF always are lossless; AVIF has no true lossless mode here.
-    lossless = message.lossless and fmt == "webp"
+    # PNG and GIF always are lossless; AVIF and HEIC have no true lossless mode here.
+    lossless = message.lossless and fmt in ("webp", "jxl")
     quality = 0
     if animation:
         # Which format is known only once the source is seen: 0 is its default.

@@ -38,9 +38,20 @@ MEDIA_TYPES = {
     "webp": "image/webp",
     "avif": "image/avif",
     "gif": "image/gif",
+    "heic": "image/heic",
+    "jxl": "image/jxl",
 }
-PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
-# What "the source's kind" means for each source format.
+PILLOW_NAMES = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "avif": "AVIF",
+    "gif": "GIF",
+    "heic": "HEIF",
+    "jxl": "JXL",
+}
+# What "the source's kind" means for each source format. Browsers mostly cannot show
+# HEIC or JPEG XL, so those come back as JPEG (PNG when they have alpha: SOURCE_KIND_ALPHA).
 SOURCE_KIND = {
     "JPEG": "jpeg",
     "MPO": "jpeg",
@@ -51,10 +62,13 @@ SOURCE_KIND = {
     "TIFF": "png",
     "BMP": "png",
     "ICO": "png",
+    "HEIF": "jpeg",
+    "JXL": "jpeg",
 }
+SOURCE_KIND_ALPHA = {"HEIF": "png", "JXL": "png"}
 ANIMATED_OUTPUTS = {"gif", "webp", "png"}
 ANIMATED_SOURCES = {"GIF", "WEBP", "PNG", "AVIF"}
-ALPHA_OUTPUTS = {"png", "webp", "avif", "gif"}
+ALPHA_OUTPUTS = {"png", "webp", "avif", "gif", "heic", "jxl"}
 ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -94,6 +108,8 @@ def render(
             fmt = spec.output.animation  # what auto picked for a still would lose frames
         if fmt == "source":
             fmt = SOURCE_KIND[image.format or "PNG"]
+            if "A" in image.mode:
+                fmt = SOURCE_KIND_ALPHA.get(image.format or "", fmt)
             if spec.output.animation and _moving(image, spec) and fmt not in ANIMATED_OUTPUTS:
                 fmt = "gif"  # an animated AVIF, kept animated
         # Read first: getexif() is one cached object, and _metadata works on a copy.
@@ -116,6 +132,12 @@ def _moving(image: Image.Image, spec: Spec) -> bool:
 
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation, 1 (as stored) when absent or not one of the eight."""
+    if image.format == "JXL" and not getattr(image, "jpeg", False):
+        # libjxl has turned the pixels by the codestream's orientation, which is the one
+        # JPEG XL obeys; an Exif box's is informative. (A JPEG XL that is a recompressed
+        # JPEG decodes to that JPEG, pixels as stored: its EXIF orientation applies.)
+        # pillow-heif turns HEIF pixels and sets their EXIF orientation to 1 itself.
+        return 1
     value = image.getexif().get(ORIENTATION, 1)
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -386,6 +408,19 @@ def _profile_fits(icc: bytes, mode: str) -> bool:
     return icc[16:20] == PROFILE_SPACES.get(mode)
 
 
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """The pixels converted from their ICC profile to sRGB (colour ones only)."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "RGBA") or not _profile_fits(icc, image.mode):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        converted = ImageCms.profileToProfile(image, source, SRGB, outputMode=image.mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    return converted if converted is not None else image
+
+
 def _save(image: Image.Image, fmt: str, options: dict[str, object]) -> io.BytesIO:
     out = io.BytesIO()
     image.save(out, PILLOW_NAMES[fmt], **options)
@@ -419,6 +454,17 @@ def _encode(
         options.update(quality=quality, speed=8)
     elif fmt == "png":
         options.update(compress_level=6)
+    elif fmt == "heic":
+        # Not told otherwise, pillow-heif writes the frame's own EXIF and XMP (and turns
+        # the picture back by the EXIF orientation): say "none" where nothing is kept.
+        options.update(quality=quality, exif=metadata.get("exif"), xmp=metadata.get("xmp"))
+    elif fmt == "jxl":
+        # The plugin embeds no ICC profile: the pixels go in as sRGB. Effort 4 of 1-9
+        # (libjxl's default is 7): 4x faster, files no larger (docs/decisions.md). Like
+        # pillow-heif, it writes the frame's own EXIF unless told (b"": none).
+        first = _to_srgb(first)
+        options.update(quality=quality, lossless=output.lossless, effort=4, lossless_jpeg=False)
+        options.setdefault("exif", b"")
     if len(frames) > 1:
         options.update(save_all=True, append_images=frames[1:], duration=durations)
         if loop is not None:

@@ -179,6 +179,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
     cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
     try:
         st = Path(sys.executable).parent / "st"
+        python_path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         result = subprocess.run(
             [
                 str(st),
@@ -193,7 +194,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
                 "--no-color",
             ],
             cwd=ROOT,  # where schemathesis.toml is
-            env={**os.environ, **settings, "PYTHONPATH": str(ROOT)},
+            # ROOT for the hooks, before any path already given (a worktree's own gen/).
+            env={**os.environ, **settings, "PYTHONPATH": os.pathsep.join(python_path)},
             capture_output=True,
             text=True,
             timeout=300,

@@ -19,7 +19,14 @@ from processor.operations.base import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fields only a gRPC caller can get wrong: the gateway's parser never sends such values.
-GRPC_ONLY = {"operations", "rotate.background", "resize.background", "pad.background"}
+GRPC_ONLY = {
+    "operations",
+    "rotate.background",
+    "resize.background",
+    "pad.background",
+    "resize.focal_x",
+    "resize.focal_y",
+}
 
 
 def test_every_operation_in_the_contract_is_declared_once() -> None:
@@ -64,8 +71,14 @@ def test_every_field_the_processor_blames_names_a_query_parameter() -> None:
     assert not unnamed, f"declare a Param with field= for each of {sorted(unnamed)}"
 
 
-def test_the_gateway_never_loads_pillow() -> None:
-    code = "import sys, gateway.app; print(sorted(m for m in sys.modules if m == 'PIL'))"
+def test_the_gateway_never_loads_pillow_nor_opencv() -> None:
+    # Pillow is the processor's; OpenCV (and the NumPy it needs) the face detector's,
+    # imported inside the face crop's step.
+    heavy = ("PIL", "cv2", "numpy")
+    code = (
+        "import sys, gateway.app; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )

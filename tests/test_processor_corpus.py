@@ -36,6 +36,8 @@ FORMATS = {
     ppb.OUTPUT_FORMAT_WEBP: "WEBP",
     ppb.OUTPUT_FORMAT_AVIF: "AVIF",
     ppb.OUTPUT_FORMAT_GIF: "GIF",
+    ppb.OUTPUT_FORMAT_HEIC: "HEIF",
+    ppb.OUTPUT_FORMAT_JXL: "JXL",
 }
 CONTAIN_300 = ppb.Operation(resize=ppb.Resize(width=300, height=300, fit=ppb.FIT_CONTAIN))
 

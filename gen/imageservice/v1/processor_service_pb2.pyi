@@ -80,6 +80,12 @@ class _GravityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Gravity.Value
     GRAVITY_NORTH_WEST: _Gravity.ValueType  # 9
     GRAVITY_SMART: _Gravity.ValueType  # 10
     """Content-aware: keeps the window with the most detail (entropy)."""
+    GRAVITY_FOCAL_POINT: _Gravity.ValueType  # 11
+    """Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+    GRAVITY_FACE: _Gravity.ValueType  # 12
+    """Keeps the frontal faces found in the resized image; where none is found, what
+    GRAVITY_SMART keeps.
+    """
 
 class Gravity(_Gravity, metaclass=_GravityEnumTypeWrapper):
     """Which part of the image a cover-crop keeps (or where FIT_PAD places the image)."""
@@ -96,6 +102,12 @@ GRAVITY_WEST: Gravity.ValueType  # 8
 GRAVITY_NORTH_WEST: Gravity.ValueType  # 9
 GRAVITY_SMART: Gravity.ValueType  # 10
 """Content-aware: keeps the window with the most detail (entropy)."""
+GRAVITY_FOCAL_POINT: Gravity.ValueType  # 11
+"""Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+GRAVITY_FACE: Gravity.ValueType  # 12
+"""Keeps the frontal faces found in the resized image; where none is found, what
+GRAVITY_SMART keeps.
+"""
 Global___Gravity: _TypeAlias = Gravity  # noqa: Y015
 
 class _OutputFormat:
@@ -106,23 +118,41 @@ class _OutputFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputFo
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTPUT_FORMAT_UNSPECIFIED: _OutputFormat.ValueType  # 0
     OUTPUT_FORMAT_AUTO: _OutputFormat.ValueType  # 1
-    """AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+    """The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+    JPEG XL where listed) the caller's accepted types allow; else the source's kind
+    (JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+    """
     OUTPUT_FORMAT_JPEG: _OutputFormat.ValueType  # 2
     OUTPUT_FORMAT_PNG: _OutputFormat.ValueType  # 3
     OUTPUT_FORMAT_WEBP: _OutputFormat.ValueType  # 4
     OUTPUT_FORMAT_AVIF: _OutputFormat.ValueType  # 5
     OUTPUT_FORMAT_GIF: _OutputFormat.ValueType  # 6
+    OUTPUT_FORMAT_HEIC: _OutputFormat.ValueType  # 7
+    """HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+    OUTPUT_FORMAT_JXL: _OutputFormat.ValueType  # 8
+    """JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+    colours converted to sRGB (no ICC profile is embedded).
+    """
 
 class OutputFormat(_OutputFormat, metaclass=_OutputFormatEnumTypeWrapper): ...
 
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.ValueType  # 0
 OUTPUT_FORMAT_AUTO: OutputFormat.ValueType  # 1
-"""AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+"""The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+JPEG XL where listed) the caller's accepted types allow; else the source's kind
+(JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+"""
 OUTPUT_FORMAT_JPEG: OutputFormat.ValueType  # 2
 OUTPUT_FORMAT_PNG: OutputFormat.ValueType  # 3
 OUTPUT_FORMAT_WEBP: OutputFormat.ValueType  # 4
 OUTPUT_FORMAT_AVIF: OutputFormat.ValueType  # 5
 OUTPUT_FORMAT_GIF: OutputFormat.ValueType  # 6
+OUTPUT_FORMAT_HEIC: OutputFormat.ValueType  # 7
+"""HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+OUTPUT_FORMAT_JXL: OutputFormat.ValueType  # 8
+"""JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+colours converted to sRGB (no ICC profile is embedded).
+"""
 Global___OutputFormat: _TypeAlias = OutputFormat  # noqa: Y015
 
 class _Frames:
@@ -197,6 +227,8 @@ class Resize(_message.Message):
     ENLARGE_FIELD_NUMBER: _builtins.int
     DPR_FIELD_NUMBER: _builtins.int
     BACKGROUND_FIELD_NUMBER: _builtins.int
+    FOCAL_X_FIELD_NUMBER: _builtins.int
+    FOCAL_Y_FIELD_NUMBER: _builtins.int
     width: _builtins.int
     """0 means "follow the aspect ratio"; at least one of width, height is set."""
     height: _builtins.int
@@ -206,6 +238,12 @@ class Resize(_message.Message):
     """Allow the result to be larger than the source."""
     dpr: _builtins.float
     """Device pixel ratio, 1-4; multiplies width and height. 0 means 1."""
+    focal_x: _builtins.float
+    """With GRAVITY_FOCAL_POINT: the point the window is centred on, as fractions of the
+    resized image's width and height (0 the left or top edge, 1 the right or bottom,
+    0.5 the middle), each 0-1; kept to 4 decimals. Ignored with any other gravity.
+    """
+    focal_y: _builtins.float
     @_builtins.property
     def background(self) -> Global___Color:
         """FIT_PAD only: fills the canvas around the image (unset: opaque white)."""
@@ -220,10 +258,12 @@ class Resize(_message.Message):
         enlarge: _builtins.bool = ...,
         dpr: _builtins.float = ...,
         background: Global___Color | None = ...,
+        focal_x: _builtins.float = ...,
+        focal_y: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["background", b"background"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "focal_x", b"focal_x", "focal_y", b"focal_y", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,7 +537,8 @@ class Watermark(_message.Message):
     """
     gravity: Global___Gravity.ValueType
     """Which edge or corner it is placed against: a compass gravity or GRAVITY_CENTER
-    (not GRAVITY_SMART). GRAVITY_UNSPECIFIED means GRAVITY_SOUTH_EAST.
+    (not GRAVITY_SMART, GRAVITY_FACE or GRAVITY_FOCAL_POINT). GRAVITY_UNSPECIFIED
+    means GRAVITY_SOUTH_EAST.
     """
     offset_x: _builtins.int
     """Pixels of the result, 0 up to the output dimension limit: inward from the edge the
@@ -616,9 +657,12 @@ class OutputOptions(_message.Message):
     quality: _builtins.int
     """1-100; 0 means the format's default."""
     lossless: _builtins.bool
+    """WebP and JPEG XL; PNG and GIF always are lossless."""
     progressive: _builtins.bool
     keep_metadata: _builtins.bool
-    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept."""
+    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept (JPEG XL:
+    the pixels are converted to sRGB instead).
+    """
     frames: Global___Frames.ValueType
     """For animated sources; an output format without animation keeps the first frame."""
     @_builtins.property
