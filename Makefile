@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install engines protos check-protos readme lint fmt test bench run dev stop clean
+.PHONY: help install engines examples protos check-protos readme lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,10 +54,13 @@ fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-engines:  ## make sure the PostgreSQL and Redis the tests use answer, and chromium is there (installs/starts them as root)
+engines:  ## make sure the PostgreSQL and Redis the tests use answer, and chromium and node are there (installs/starts them as root)
 	bash .ci/engines
 
-test: $(STAMP) engines  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
+examples: engines  ## install the examples' own dependencies (examples/node: npm ci, from the npm registry)
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+
+test: $(STAMP) engines examples  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
 	$(BIN)/pytest
 
 bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run (storage and volume need the engines)
@@ -74,4 +77,4 @@ stop:  ## stop what `make run` started (from another terminal; the same IMAGESVC
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m launcher stop; else echo "not running"; fi
 
 clean: stop  ## stop, then remove the venv, data and caches
-	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*
+	rm -rf $(VENV) data examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*
