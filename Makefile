@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install engines examples protos check-protos readme lint fmt test bench run dev stop clean
+.PHONY: help install engines examples protos check-protos docs lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,8 +41,8 @@ check-protos: protos  ## fail when the committed gen/ differs from what `make pr
 	git diff --exit-code --stat -- gen
 	test -z "$$(git status --porcelain -- gen)"
 
-readme: $(RUNTIME)  ## rewrite README's table of transformation parameters from the operations' declarations
-	$(BIN)/python -m processor.parameters README.md
+docs: $(RUNTIME)  ## rewrite docs/http.md's table of transformation parameters from the operations' declarations
+	$(BIN)/python -m processor.parameters docs/http.md
 
 lint: $(STAMP)  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .

@@ -2,7 +2,7 @@
 
 Every gRPC server then serves TLS and takes only clients whose certificate the CA signed;
 every client presents its own certificate and checks the server's against the same CA
-and the name it dialled (see README, "TLS between the services").
+and the name it dialled (see docs/operators.md, "TLS between the services").
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ SIGNATURE = [
         "required": False,
         "schema": {"type": "string"},
         "description": "Signed URLs: base64url (unpadded) HMAC-SHA256 of the canonical "
-        "string (README, Signed URLs); a bad one is 403 with a reason.",
+        "string (docs/http.md, Signed URLs); a bad one is 403 with a reason.",
     },
 ]
 

@@ -103,7 +103,7 @@ def duration(text: str) -> int:
 
 def _add_transformations(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "transformation parameters (those of GET /images/{id}, see the README's table)"
+        "transformation parameters (those of GET /images/{id}, see docs/http.md)"
     )
     for name, param in PARAMETERS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])

@@ -55,12 +55,13 @@ def query_names() -> dict[str, str]:
     }
 
 
-README_START = "<!-- parameters: made by `make readme` from the declarations -->"
-README_END = "<!-- parameters end -->"
+# docs/http.md holds the table between these markers; `make docs` rewrites it.
+TABLE_START = "<!-- parameters: made by `make docs` from the declarations -->"
+TABLE_END = "<!-- parameters end -->"
 
 
 def markdown(limits: Limits) -> str:
-    """The README's table of parameters."""
+    """The table of parameters docs/http.md shows."""
     lines = ["| parameter | values | meaning |", "|---|---|---|"]
     for param in table(limits):
         values = param.value.text()
@@ -70,13 +71,13 @@ def markdown(limits: Limits) -> str:
     return "\n".join(lines)
 
 
-def readme_section(limits: Limits) -> str:
-    """The table between its markers, as the README holds it."""
-    return f"{README_START}\n{markdown(limits)}\n{README_END}"
+def docs_section(limits: Limits) -> str:
+    """The table between its markers, as docs/http.md holds it."""
+    return f"{TABLE_START}\n{markdown(limits)}\n{TABLE_END}"
 
 
 def main(argv: list[str]) -> int:
-    """Rewrite the table in the Markdown file named (the README) from the declarations."""
+    """Rewrite the table in the Markdown file named (docs/http.md) from the declarations."""
     from common.env import Env
     from processor.config import Settings
 
@@ -84,8 +85,8 @@ def main(argv: list[str]) -> int:
     limits = Limits(settings.max_output_dimension, settings.max_blur_sigma)
     path = Path(argv[1])
     text = path.read_text()
-    start, end = text.index(README_START), text.index(README_END) + len(README_END)
-    path.write_text(text[:start] + readme_section(limits) + text[end:])
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    path.write_text(text[:start] + docs_section(limits) + text[end:])
     return 0
 
 

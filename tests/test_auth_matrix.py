@@ -120,7 +120,7 @@ def test_the_table_is_complete() -> None:
 
 
 def signed_query(path: str, params: dict[str, str], kid: str, secret: str, exp: int) -> str:
-    """The README's scheme, written out here again (not the gateway's code)."""
+    """The scheme of docs/http.md, written out here again (not the gateway's code)."""
     query = [*params.items(), ("kid", kid), ("exp", str(exp))]
     pairs = [quote(name, safe="") + "=" + quote(value, safe="") for name, value in query]
     canonical = path + "?" + "&".join(sorted(pairs))

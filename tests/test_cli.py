@@ -259,7 +259,7 @@ def test_console_scripts_name_existing_functions() -> None:
 
 def test_the_readme_says_the_exit_codes() -> None:
     readme = (ROOT / "README.md").read_text()
-    start = readme.index("## The command line and the Python client")
+    start = readme.index("## The command line\n")
     text = " ".join(readme[start : readme.index("\n## ", start + 1)].split())
     for code in ("0 everything done", "1 something failed", "2 a usage error", "3 the gateway"):
         assert code in text

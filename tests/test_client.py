@@ -83,7 +83,7 @@ def test_parameters_are_the_processors_declarations() -> None:
 
 
 def test_the_signer_is_the_gateways_scheme() -> None:
-    """The README's vector, and agreement with the gateway's own signing."""
+    """The vector in docs/http.md, and agreement with the gateway's own signing."""
     secret = "0123456789abcdef0123456789abcdef"
     path = "/images/AAAAAAAAAAAAAAAAAAAAAA"
     signed = Signer("k1", secret.encode()).sign(
@@ -251,12 +251,12 @@ def test_async_signed_url(signing: ServiceProcess) -> None:
     asyncio.run(scenario())
 
 
-def test_the_readmes_client_example_runs(
+def test_the_docs_client_example_runs(
     gateway_server: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## The command line and the Python client")
-    block = re.search(r"```python\n(.*?)```", readme[start:], re.DOTALL)
+    page = (ROOT / "docs" / "http.md").read_text()
+    start = page.index("## The Python client")
+    block = re.search(r"```python\n(.*?)```", page[start:], re.DOTALL)
     assert block is not None
     picture = tmp_path / "cat.png"
     picture.write_bytes(png_bytes(640, 480, noise=True))
@@ -266,7 +266,7 @@ def test_the_readmes_client_example_runs(
         .replace('"cat.png"', repr(str(picture)))
     )
     names: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), names)
+    exec(compile(code, "docs/http.md", "exec"), names)
     assert size_and_format(names["thumb"].content) == ((300, 200), "WEBP")  # type: ignore[attr-defined]
     assert capsys.readouterr().out == "404 no such image\n"
     assert str(names["signed"]).startswith(f"{gateway_server.url}/images/")

@@ -39,11 +39,11 @@ def test_parameter_names_are_unique() -> None:
     assert len(names) == len(set(names))
 
 
-def test_the_readme_table_is_made_from_the_declarations() -> None:
+def test_the_docs_table_is_made_from_the_declarations() -> None:
     settings = Settings.from_env(Env({}))
     limits = Limits(settings.max_output_dimension, settings.max_blur_sigma)
-    readme = (ROOT / "README.md").read_text()
-    assert parameters.readme_section(limits) in readme, "run `make readme`"
+    page = (ROOT / "docs" / "http.md").read_text()
+    assert parameters.docs_section(limits) in page, "run `make docs`"
 
 
 def _blamed_fields() -> set[str]:

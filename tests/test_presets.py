@@ -273,9 +273,9 @@ def test_presets_only_refuses_every_other_parameter(
         assert [p["name"] for p in params] == ["image_id", "preset"]
 
 
-def test_the_readme_example_loads(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Presets") :]
+def test_the_docs_example_loads(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "http.md").read_text()
+    section = page[page.index("## Presets") :]
     example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
     presets = load_presets(str(presets_file(tmp_path, example)), PARAMETERS)
     assert presets.names == ["thumb", "hero"]

@@ -1,11 +1,14 @@
-"""The README stays true: every variable, parameter and route the code has is documented."""
+"""The README and the pages under docs/ stay true: every variable, parameter and route the
+code has is documented, the examples run, and every relative link leads somewhere."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
+import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -13,23 +16,28 @@ from gateway.params import Limits, Parameters
 from tests.support import ROOT, ServiceProcess, open_image, png_bytes
 from tests.test_compose import variables_read_by_the_code
 
-README = (ROOT / "README.md").read_text()
+HTTP = ROOT / "docs" / "http.md"
+GRPC = ROOT / "docs" / "grpc.md"
+OPERATORS = ROOT / "docs" / "operators.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def section(title: str) -> str:
-    start = README.index(title)
-    end = README.find("\n## ", start + len(title))
-    return README[start : end if end != -1 else len(README)]
+def section(page: Path, title: str) -> str:
+    """From a `## ` heading to the next one."""
+    text = page.read_text()
+    start = text.index(f"\n{title}\n") + 1
+    end = text.find("\n## ", start + len(title))
+    return text[start : end if end != -1 else len(text)]
 
 
 def test_every_variable_is_in_the_configuration_table() -> None:
-    table = section("## Configuration")
+    table = section(OPERATORS, "## Configuration")
     documented = set(re.findall(r"^\| `(IMAGESVC_[A-Z_]+)`", table, re.MULTILINE))
     assert documented == variables_read_by_the_code()
 
 
 def test_every_transformation_parameter_is_documented() -> None:
-    table = section("### Transformation parameters")
+    table = section(HTTP, "## Transformation parameters")
     documented: set[str] = set()
     for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cell))
@@ -37,7 +45,7 @@ def test_every_transformation_parameter_is_documented() -> None:
 
 
 def test_every_route_is_in_the_api_table() -> None:
-    table = section("## HTTP API")
+    table = section(HTTP, "## Routes")
     app = create_app(Settings.from_env())
     for route in app.routes:
         path = getattr(route, "path", "")
@@ -47,13 +55,59 @@ def test_every_route_is_in_the_api_table() -> None:
             assert f"`{method} {documented}`" in table, (method, path)
 
 
+def test_every_rpc_is_in_the_grpc_page() -> None:
+    from imageservice.v1 import cache_service_pb2, processor_service_pb2
+
+    for module, title in (
+        (cache_service_pb2, "## The cache service (`python -m cache`)"),
+        (processor_service_pb2, "## The processor (`python -m processor`)"),
+    ):
+        table = section(GRPC, title)
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                assert f"| `{method.name}` |" in table, (service.name, method.name)
+
+
+def anchors(page: Path) -> set[str]:
+    """The ids GitHub gives a Markdown page's headings: lower case, punctuation but - and _
+    dropped, spaces as -, and -1, -2... after repeats; none inside code blocks."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = re.match(r"#{1,6} (.*)", line)
+        if fenced or heading is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_relative_link_leads_somewhere(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / unquote(path)).resolve() if path else page
+        found = linked.exists() and (not anchor or anchor in anchors(linked))
+        if not found:
+            broken.append(target)
+    assert not broken, broken
+
+
 def test_the_python_example_runs(
     cache_server: ServiceProcess,
     processor_server: ServiceProcess,
     gateway_server: ServiceProcess,
     tmp_path: Path,
 ) -> None:
-    block = re.search(r"```python\n(.*?)```", section("## Calling the services"), re.DOTALL)
+    block = re.search(r"```python\n(.*?)```", section(GRPC, "## From Python"), re.DOTALL)
     assert block is not None
     picture = tmp_path / "cat.png"
     picture.write_bytes(png_bytes(640, 480, seed=77))
@@ -64,7 +118,7 @@ def test_the_python_example_runs(
         .replace('open("cat.png"', f"open({str(picture)!r}")
     )
     names: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), names)
+    exec(compile(code, "docs/grpc.md", "exec"), names)
     webp = names["webp"]
     assert isinstance(webp, bytes)
     assert (open_image(webp).format, open_image(webp).size) == ("WEBP", (300, 200))
@@ -72,3 +126,14 @@ def test_the_python_example_runs(
     image = names["image"]
     served = httpx.get(f"{gateway_server.url}/images/{image.id}")  # type: ignore[attr-defined]
     assert served.status_code == 200 and served.content == picture.read_bytes()
+
+
+def test_the_node_excerpt_is_the_example() -> None:
+    """Every line of the excerpt docs/grpc.md shows is in examples/node/process.js."""
+    block = re.search(r"```js\n(.*?)```", section(GRPC, "## From Node.js"), re.DOTALL)
+    assert block is not None
+    script = {line.strip() for line in (ROOT / "examples/node/process.js").read_text().splitlines()}
+    for line in block.group(1).splitlines():
+        code = line.split("  //")[0].strip()
+        if code and not code.startswith("//"):
+            assert code in script, line

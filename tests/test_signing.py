@@ -411,13 +411,13 @@ def test_without_keys_signature_parameters_are_unknown(http: httpx.Client) -> No
     is_problem(http.post(f"{path}/signed-urls", json={}), 404)
 
 
-def test_the_readme_signs_as_the_gateway_verifies() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Signed URLs") : readme.index("### Errors")]
+def test_the_docs_sign_as_the_gateway_verifies() -> None:
+    page = (ROOT / "docs" / "http.md").read_text()
+    section = page[page.index("## Signed URLs") : page.index("## Errors")]
     block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert block is not None and len([ln for ln in block.group(1).splitlines() if ln]) <= 10
     names: dict[str, Any] = {}
-    exec(compile(block.group(1), "README.md", "exec"), names)
+    exec(compile(block.group(1), "docs/http.md", "exec"), names)
     url = names["signed_url"](PATH, {"w": "300", "grayscale": "", "été": "a b"}, "new", "N" * 32)
     path, _, query = url.partition("?")
     verify(path, items(query), [NEW], time.time())

@@ -86,15 +86,12 @@ async function main() {
     console.log(`stored ${image.id} (${image.format}, ${image.width}x${image.height})`);
     const metadata = new grpc.Metadata();
     metadata.set("x-request-id", "my-trace-id"); // in every service's log lines
-    const { variant, data } = await processImage(
-      processor,
-      {
-        image_id: image.id,
-        operations: [{ resize: { width: 300, height: 200, fit: "FIT_COVER" } }],
-        output: { format: "OUTPUT_FORMAT_WEBP" },
-      },
-      metadata,
-    );
+    const request = {
+      image_id: image.id,
+      operations: [{ resize: { width: 300, height: 200, fit: "FIT_COVER" } }],
+      output: { format: "OUTPUT_FORMAT_WEBP" },
+    };
+    const { variant, data } = await processImage(processor, request, metadata);
     fs.writeFileSync(output, data);
     console.log(`wrote ${output}: ${variant.width}x${variant.height} ${variant.media_type}, ${data.length} bytes`);
     return 0;

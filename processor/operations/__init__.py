@@ -3,7 +3,7 @@
 The pipeline has one fixed order, at most one operation of each kind, so the order a
 caller lists operations in never matters. Adding an operation is its message in
 processor_service.proto, one module here (see base.Operation for what it declares) and its
-place in OPERATIONS; the gateway's parser, OpenAPI, error names and the README's table
+place in OPERATIONS; the gateway's parser, OpenAPI, error names and docs/http.md's table
 follow from the declarations. docs/operations.md traces one operation through.
 """
 

@@ -69,7 +69,7 @@ class Step(Protocol):
 
 
 class Value(Protocol):
-    """The values a query parameter takes: its parser, JSON schema and README text."""
+    """The values a query parameter takes: its parser, JSON schema and docs text."""
 
     def parse(self, raw: str) -> Any:
         """The value raw spells; ValueError saying what is wrong."""
@@ -90,7 +90,7 @@ class Param:
     # The request field the processor's errors name for it (e.g. "blur.sigma"), so a
     # refusal from the processor names the query parameter instead.
     field: str = ""
-    # The variable that sets its upper bound, if one does (for the README).
+    # The variable that sets its upper bound, if one does (for docs/http.md).
     bound: str = ""
 
     @property
@@ -206,7 +206,7 @@ class Pattern:
     """A string of a fixed shape (a regular expression), converted once it matches."""
 
     pattern: str
-    spelled: str  # how the README writes the shape
+    spelled: str  # how docs/http.md writes the shape
     message: str
     convert: Callable[[str], Any]
 
