@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from imageservice.v1 import image_pb2 as imageservice_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'imageservice/v1/processor_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"@\n\x05\x43olor\x12\x0b\n\x03red\x18\x01 \x01(\r\x12\r\n\x05green\x18\x02 \x01(\r\x12\x0c\n\x04\x62lue\x18\x03 \x01(\r\x12\r\n\x05\x61lpha\x18\x04 \x01(\r\"\x93\x01\n\x06Resize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12!\n\x03\x66it\x18\x03 \x01(\x0e\x32\x14.imageservice.v1.Fit\x12)\n\x07gravity\x18\x04 \x01(\x0e\x32\x18.imageservice.v1.Gravity\x12\x0f\n\x07\x65nlarge\x18\x05 \x01(\x08\x12\x0b\n\x03\x64pr\x18\x06 \x01(\x02\"@\n\x04\x43rop\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"C\n\x06Rotate\x12\r\n\x05\x61ngle\x18\x01 \x01(\x02\x12*\n\nbackground\x18\x02 \x01(\x0b\x32\x16.imageservice.v1.Color\"\x06\n\x04\x46lip\"\x06\n\x04\x46lop\"\x0b\n\tGrayscale\"B\n\x06\x41\x64just\x12\x12\n\nbrightness\x18\x01 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x02 \x01(\x02\x12\x12\n\nsaturation\x18\x03 \x01(\x02\"\x15\n\x04\x42lur\x12\r\n\x05sigma\x18\x01 \x01(\x02\"\x18\n\x07Sharpen\x12\r\n\x05sigma\x18\x01 \x01(\x02\"\x18\n\x08Pixelate\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\xbd\x03\n\tOperation\x12)\n\x06resize\x18\x01 \x01(\x0b\x32\x17.imageservice.v1.ResizeH\x00\x12%\n\x04\x63rop\x18\x02 \x01(\x0b\x32\x15.imageservice.v1.CropH\x00\x12)\n\x06rotate\x18\x03 \x01(\x0b\x32\x17.imageservice.v1.RotateH\x00\x12%\n\x04\x66lip\x18\x04 \x01(\x0b\x32\x15.imageservice.v1.FlipH\x00\x12%\n\x04\x66lop\x18\x05 \x01(\x0b\x32\x15.imageservice.v1.FlopH\x00\x12/\n\tgrayscale\x18\x06 \x01(\x0b\x32\x1a.imageservice.v1.GrayscaleH\x00\x12)\n\x06\x61\x64just\x18\x07 \x01(\x0b\x32\x17.imageservice.v1.AdjustH\x00\x12%\n\x04\x62lur\x18\x08 \x01(\x0b\x32\x15.imageservice.v1.BlurH\x00\x12+\n\x07sharpen\x18\t \x01(\x0b\x32\x18.imageservice.v1.SharpenH\x00\x12-\n\x08pixelate\x18\n \x01(\x0b\x32\x19.imageservice.v1.PixelateH\x00\x42\x06\n\x04kind\"\xf2\x01\n\rOutputOptions\x12-\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1d.imageservice.v1.OutputFormat\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\t\x12\x0f\n\x07quality\x18\x03 \x01(\x05\x12\x10\n\x08lossless\x18\x04 \x01(\x08\x12\x13\n\x0bprogressive\x18\x05 \x01(\x08\x12*\n\nbackground\x18\x06 \x01(\x0b\x32\x16.imageservice.v1.Color\x12\x15\n\rkeep_metadata\x18\x07 \x01(\x08\x12\'\n\x06\x66rames\x18\x08 \x01(\x0e\x32\x17.imageservice.v1.Frames\"\x82\x01\n\x0eProcessRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12.\n\noperations\x18\x02 \x03(\x0b\x32\x1a.imageservice.v1.Operation\x12.\n\x06output\x18\x03 \x01(\x0b\x32\x1e.imageservice.v1.OutputOptions\"f\n\x0fProcessResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"\x87\x01\n\x13ProcessWholeRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12.\n\noperations\x18\x02 \x03(\x0b\x32\x1a.imageservice.v1.Operation\x12.\n\x06output\x18\x03 \x01(\x0b\x32\x1e.imageservice.v1.OutputOptions\"\x8c\x01\n\x14ProcessWholeResponse\x12\x32\n\x05whole\x18\x01 \x01(\x0b\x32!.imageservice.v1.ProcessedVariantH\x00\x12\x35\n\ttoo_large\x18\x02 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x42\t\n\x07outcome\"f\n\x10ProcessedVariant\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"r\n\x10ProcessBytesSpec\x12.\n\noperations\x18\x01 \x03(\x0b\x32\x1a.imageservice.v1.Operation\x12.\n\x06output\x18\x02 \x01(\x0b\x32\x1e.imageservice.v1.OutputOptions\"d\n\x13ProcessBytesRequest\x12\x31\n\x04spec\x18\x01 \x01(\x0b\x32!.imageservice.v1.ProcessBytesSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"X\n\x14ProcessBytesResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c*i\n\x03\x46it\x12\x13\n\x0f\x46IT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46IT_CONTAIN\x10\x01\x12\r\n\tFIT_COVER\x10\x02\x12\x0c\n\x08\x46IT_FILL\x10\x03\x12\x0e\n\nFIT_INSIDE\x10\x04\x12\x0f\n\x0b\x46IT_OUTSIDE\x10\x05*\xf3\x01\n\x07Gravity\x12\x17\n\x13GRAVITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGRAVITY_CENTER\x10\x01\x12\x11\n\rGRAVITY_NORTH\x10\x02\x12\x16\n\x12GRAVITY_NORTH_EAST\x10\x03\x12\x10\n\x0cGRAVITY_EAST\x10\x04\x12\x16\n\x12GRAVITY_SOUTH_EAST\x10\x05\x12\x11\n\rGRAVITY_SOUTH\x10\x06\x12\x16\n\x12GRAVITY_SOUTH_WEST\x10\x07\x12\x10\n\x0cGRAVITY_WEST\x10\x08\x12\x16\n\x12GRAVITY_NORTH_WEST\x10\t\x12\x11\n\rGRAVITY_SMART\x10\n*\xbb\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTPUT_FORMAT_AUTO\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_JPEG\x10\x02\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x03\x12\x16\n\x12OUTPUT_FORMAT_WEBP\x10\x04\x12\x16\n\x12OUTPUT_FORMAT_AVIF\x10\x05\x12\x15\n\x11OUTPUT_FORMAT_GIF\x10\x06*[\n\x06\x46rames\x12\x16\n\x12\x46RAMES_UNSPECIFIED\x10\x00\x12\x0e\n\nFRAMES_ALL\x10\x01\x12\x10\n\x0c\x46RAMES_FIRST\x10\x02\x12\x17\n\x13\x46RAMES_ALL_OR_FIRST\x10\x03\x32\xa0\x02\n\x10ProcessorService\x12N\n\x07Process\x12\x1f.imageservice.v1.ProcessRequest\x1a .imageservice.v1.ProcessResponse0\x01\x12[\n\x0cProcessWhole\x12$.imageservice.v1.ProcessWholeRequest\x1a%.imageservice.v1.ProcessWholeResponse\x12_\n\x0cProcessBytes\x12$.imageservice.v1.ProcessBytesRequest\x1a%.imageservice.v1.ProcessBytesResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'imageservice/v1/processor_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"@\n\x05\x43olor\x12\x0b\n\x03red\x18\x01 \x01(\r\x12\r\n\x05green\x18\x02 \x01(\r\x12\x0c\n\x04\x62lue\x18\x03 \x01(\r\x12\r\n\x05\x61lpha\x18\x04 \x01(\r\"\x93\x01\n\x06Resize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12!\n\x03\x66it\x18\x03 \x01(\x0e\x32\x14.imageservice.v1.Fit\x12)\n\x07gravity\x18\x04 \x01(\x0e\x32\x18.imageservice.v1.Gravity\x12\x0f\n\x07\x65nlarge\x18\x05 \x01(\x08\x12\x0b\n\x03\x64pr\x18\x06 \x01(\x02\"@\n\x04\x43rop\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"C\n\x06Rotate\x12\r\n\x05\x61ngle\x18\x01 \x01(\x02\x12*\n\nbackground\x18\x02 \x01(\x0b\x32\x16.imageservice.v1.Color\"\x06\n\x04\x46lip\"\x06\n\x04\x46lop\"\x0b\n\tGrayscale\"B\n\x06\x41\x64just\x12\x12\n\nbrightness\x18\x01 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x02 \x01(\x02\x12\x12\n\nsaturation\x18\x03 \x01(\x02\"\x15\n\x04\x42lur\x12\r\n\x05sigma\x18\x01 \x01(\x02\"\x18\n\x07Sharpen\x12\r\n\x05sigma\x18\x01 \x01(\x02\"\x18\n\x08Pixelate\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\xbd\x03\n\tOperation\x12)\n\x06resize\x18\x01 \x01(\x0b\x32\x17.imageservice.v1.ResizeH\x00\x12%\n\x04\x63rop\x18\x02 \x01(\x0b\x32\x15.imageservice.v1.CropH\x00\x12)\n\x06rotate\x18\x03 \x01(\x0b\x32\x17.imageservice.v1.RotateH\x00\x12%\n\x04\x66lip\x18\x04 \x01(\x0b\x32\x15.imageservice.v1.FlipH\x00\x12%\n\x04\x66lop\x18\x05 \x01(\x0b\x32\x15.imageservice.v1.FlopH\x00\x12/\n\tgrayscale\x18\x06 \x01(\x0b\x32\x1a.imageservice.v1.GrayscaleH\x00\x12)\n\x06\x61\x64just\x18\x07 \x01(\x0b\x32\x17.imageservice.v1.AdjustH\x00\x12%\n\x04\x62lur\x18\x08 \x01(\x0b\x32\x15.imageservice.v1.BlurH\x00\x12+\n\x07sharpen\x18\t \x01(\x0b\x32\x18.imageservice.v1.SharpenH\x00\x12-\n\x08pixelate\x18\n \x01(\x0b\x32\x19.imageservice.v1.PixelateH\x00\x42\x06\n\x04kind\"\xf2\x01\n\rOutputOptions\x12-\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1d.imageservice.v1.OutputFormat\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\t\x12\x0f\n\x07quality\x18\x03 \x01(\x05\x12\x10\n\x08lossless\x18\x04 \x01(\x08\x12\x13\n\x0bprogressive\x18\x05 \x01(\x08\x12*\n\nbackground\x18\x06 \x01(\x0b\x32\x16.imageservice.v1.Color\x12\x15\n\rkeep_metadata\x18\x07 \x01(\x08\x12\'\n\x06\x66rames\x18\x08 \x01(\x0e\x32\x17.imageservice.v1.Frames\"p\n\x0eTransformation\x12.\n\noperations\x18\x01 \x03(\x0b\x32\x1a.imageservice.v1.Operation\x12.\n\x06output\x18\x02 \x01(\x0b\x32\x1e.imageservice.v1.OutputOptions\"{\n\x0eProcessRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x37\n\x0etransformation\x18\x04 \x01(\x0b\x32\x1f.imageservice.v1.TransformationJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\noperationsR\x06output\"f\n\x0fProcessResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"\x80\x01\n\x13ProcessWholeRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x37\n\x0etransformation\x18\x04 \x01(\x0b\x32\x1f.imageservice.v1.TransformationJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\noperationsR\x06output\"\x8c\x01\n\x14ProcessWholeResponse\x12\x32\n\x05whole\x18\x01 \x01(\x0b\x32!.imageservice.v1.ProcessedVariantH\x00\x12\x35\n\ttoo_large\x18\x02 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x42\t\n\x07outcome\"f\n\x10ProcessedVariant\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"k\n\x10ProcessBytesSpec\x12\x37\n\x0etransformation\x18\x03 \x01(\x0b\x32\x1f.imageservice.v1.TransformationJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\noperationsR\x06output\"d\n\x13ProcessBytesRequest\x12\x31\n\x04spec\x18\x01 \x01(\x0b\x32!.imageservice.v1.ProcessBytesSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"X\n\x14ProcessBytesResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c*i\n\x03\x46it\x12\x13\n\x0f\x46IT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46IT_CONTAIN\x10\x01\x12\r\n\tFIT_COVER\x10\x02\x12\x0c\n\x08\x46IT_FILL\x10\x03\x12\x0e\n\nFIT_INSIDE\x10\x04\x12\x0f\n\x0b\x46IT_OUTSIDE\x10\x05*\xf3\x01\n\x07Gravity\x12\x17\n\x13GRAVITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGRAVITY_CENTER\x10\x01\x12\x11\n\rGRAVITY_NORTH\x10\x02\x12\x16\n\x12GRAVITY_NORTH_EAST\x10\x03\x12\x10\n\x0cGRAVITY_EAST\x10\x04\x12\x16\n\x12GRAVITY_SOUTH_EAST\x10\x05\x12\x11\n\rGRAVITY_SOUTH\x10\x06\x12\x16\n\x12GRAVITY_SOUTH_WEST\x10\x07\x12\x10\n\x0cGRAVITY_WEST\x10\x08\x12\x16\n\x12GRAVITY_NORTH_WEST\x10\t\x12\x11\n\rGRAVITY_SMART\x10\n*\xbb\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTPUT_FORMAT_AUTO\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_JPEG\x10\x02\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x03\x12\x16\n\x12OUTPUT_FORMAT_WEBP\x10\x04\x12\x16\n\x12OUTPUT_FORMAT_AVIF\x10\x05\x12\x15\n\x11OUTPUT_FORMAT_GIF\x10\x06*[\n\x06\x46rames\x12\x16\n\x12\x46RAMES_UNSPECIFIED\x10\x00\x12\x0e\n\nFRAMES_ALL\x10\x01\x12\x10\n\x0c\x46RAMES_FIRST\x10\x02\x12\x17\n\x13\x46RAMES_ALL_OR_FIRST\x10\x03\x32\xa0\x02\n\x10ProcessorService\x12N\n\x07Process\x12\x1f.imageservice.v1.ProcessRequest\x1a .imageservice.v1.ProcessResponse0\x01\x12[\n\x0cProcessWhole\x12$.imageservice.v1.ProcessWholeRequest\x1a%.imageservice.v1.ProcessWholeResponse\x12_\n\x0cProcessBytes\x12$.imageservice.v1.ProcessBytesRequest\x1a%.imageservice.v1.ProcessBytesResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imageservice.v1.processor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FIT']._serialized_start=2235
-  _globals['_FIT']._serialized_end=2340
-  _globals['_GRAVITY']._serialized_start=2343
-  _globals['_GRAVITY']._serialized_end=2586
-  _globals['_OUTPUTFORMAT']._serialized_start=2589
-  _globals['_OUTPUTFORMAT']._serialized_end=2776
-  _globals['_FRAMES']._serialized_start=2778
-  _globals['_FRAMES']._serialized_end=2869
+  _globals['_FIT']._serialized_start=2327
+  _globals['_FIT']._serialized_end=2432
+  _globals['_GRAVITY']._serialized_start=2435
+  _globals['_GRAVITY']._serialized_end=2678
+  _globals['_OUTPUTFORMAT']._serialized_start=2681
+  _globals['_OUTPUTFORMAT']._serialized_end=2868
+  _globals['_FRAMES']._serialized_start=2870
+  _globals['_FRAMES']._serialized_end=2961
   _globals['_COLOR']._serialized_start=89
   _globals['_COLOR']._serialized_end=153
   _globals['_RESIZE']._serialized_start=156
@@ -66,22 +66,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPERATION']._serialized_end=1058
   _globals['_OUTPUTOPTIONS']._serialized_start=1061
   _globals['_OUTPUTOPTIONS']._serialized_end=1303
-  _globals['_PROCESSREQUEST']._serialized_start=1306
-  _globals['_PROCESSREQUEST']._serialized_end=1436
-  _globals['_PROCESSRESPONSE']._serialized_start=1438
-  _globals['_PROCESSRESPONSE']._serialized_end=1540
-  _globals['_PROCESSWHOLEREQUEST']._serialized_start=1543
-  _globals['_PROCESSWHOLEREQUEST']._serialized_end=1678
-  _globals['_PROCESSWHOLERESPONSE']._serialized_start=1681
-  _globals['_PROCESSWHOLERESPONSE']._serialized_end=1821
-  _globals['_PROCESSEDVARIANT']._serialized_start=1823
-  _globals['_PROCESSEDVARIANT']._serialized_end=1925
-  _globals['_PROCESSBYTESSPEC']._serialized_start=1927
-  _globals['_PROCESSBYTESSPEC']._serialized_end=2041
-  _globals['_PROCESSBYTESREQUEST']._serialized_start=2043
-  _globals['_PROCESSBYTESREQUEST']._serialized_end=2143
-  _globals['_PROCESSBYTESRESPONSE']._serialized_start=2145
-  _globals['_PROCESSBYTESRESPONSE']._serialized_end=2233
-  _globals['_PROCESSORSERVICE']._serialized_start=2872
-  _globals['_PROCESSORSERVICE']._serialized_end=3160
+  _globals['_TRANSFORMATION']._serialized_start=1305
+  _globals['_TRANSFORMATION']._serialized_end=1417
+  _globals['_PROCESSREQUEST']._serialized_start=1419
+  _globals['_PROCESSREQUEST']._serialized_end=1542
+  _globals['_PROCESSRESPONSE']._serialized_start=1544
+  _globals['_PROCESSRESPONSE']._serialized_end=1646
+  _globals['_PROCESSWHOLEREQUEST']._serialized_start=1649
+  _globals['_PROCESSWHOLEREQUEST']._serialized_end=1777
+  _globals['_PROCESSWHOLERESPONSE']._serialized_start=1780
+  _globals['_PROCESSWHOLERESPONSE']._serialized_end=1920
+  _globals['_PROCESSEDVARIANT']._serialized_start=1922
+  _globals['_PROCESSEDVARIANT']._serialized_end=2024
+  _globals['_PROCESSBYTESSPEC']._serialized_start=2026
+  _globals['_PROCESSBYTESSPEC']._serialized_end=2133
+  _globals['_PROCESSBYTESREQUEST']._serialized_start=2135
+  _globals['_PROCESSBYTESREQUEST']._serialized_end=2235
+  _globals['_PROCESSBYTESRESPONSE']._serialized_start=2237
+  _globals['_PROCESSBYTESRESPONSE']._serialized_end=2325
+  _globals['_PROCESSORSERVICE']._serialized_start=2964
+  _globals['_PROCESSORSERVICE']._serialized_end=3252
 # @@protoc_insertion_point(module_scope)
