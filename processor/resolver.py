@@ -106,15 +106,17 @@ class Resolver:
         self.fetches: Flights[bytes] = Flights()
 
     async def resolve(self, wanted: Wanted, time_remaining: float | None) -> Answer:
-        """The variant wanted: held, cached, or made (once, however many ask)."""
+        """The variant wanted: held, cached, or made (once, however many ask), within
+        the caller's time_remaining (seconds; None: no deadline of its own)."""
+        deadline = None if time_remaining is None else time.monotonic() + time_remaining
         # Read before any step: an answer fetched before the hot cache was last emptied
         # may belong to an image deleted meanwhile, and is then not kept.
         generation = self.hot.generation
         answer = self.from_memory(wanted)
         if answer is None:
-            answer = await self.from_cache(wanted, time_remaining, generation)
+            answer = await self.from_cache(wanted, deadline, generation)
         if answer is None:
-            answer = await self.rendered(wanted, time_remaining, generation)
+            answer = await self.rendered(wanted, deadline, generation)
         return answer
 
     def from_memory(self, wanted: Wanted) -> Answer | None:
@@ -122,15 +124,16 @@ class Resolver:
         return None if held is None else Answer(held[0], held[1], cache_hit=True)
 
     async def from_cache(
-        self, wanted: Wanted, time_remaining: float | None, generation: int
+        self, wanted: Wanted, deadline: float | None, generation: int
     ) -> Answer | None:
         """The cache service's variant, or None for a miss (the image exists). On a miss
         whose render another processor holds the lease for, look again until it is
         stored or the lease is this one's, for at most half the caller's time: then
         this processor renders too, since a render made twice beats a caller's deadline
         passing (the other may have died, or failed, holding the lease)."""
-        patience = MAX_LEASE_WAIT_SECONDS if time_remaining is None else time_remaining / 2
-        give_up = time.monotonic() + min(patience, MAX_LEASE_WAIT_SECONDS)
+        now = time.monotonic()
+        patience = MAX_LEASE_WAIT_SECONDS if deadline is None else (deadline - now) / 2
+        give_up = now + min(patience, MAX_LEASE_WAIT_SECONDS)
         pause = LEASE_POLL_SECONDS
         while True:
             # A render of the key here already (its callers share it) needs no lease.
@@ -144,9 +147,7 @@ class Resolver:
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_LEASE_POLL_SECONDS)
 
-    async def rendered(
-        self, wanted: Wanted, time_remaining: float | None, generation: int
-    ) -> Answer:
+    async def rendered(self, wanted: Wanted, deadline: float | None, generation: int) -> Answer:
         """The render of the key: joined if one runs here, else started, and stored."""
         flight = self.renders.get(wanted.key)
         if flight is None:
@@ -154,7 +155,8 @@ class Resolver:
             flight = self.renders.start(
                 wanted.key, lambda: self._make(wanted), lambda made: self._store(wanted, made)
             )
-        made, data = await self.workers.wait(flight, time_remaining, "rendering")
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        made, data = await self.workers.wait(flight, remaining, "rendering")
         self.hot.put(wanted.image_id, wanted.key, (made, data), generation)
         return Answer(made, data, cache_hit=False)
 
