@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install engines protos check-protos lint fmt test bench run dev stop clean
+.PHONY: help install engines protos check-protos readme lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,9 @@ check-protos: protos  ## fail when the committed gen/ differs from what `make pr
 	git diff --exit-code --stat -- gen
 	test -z "$$(git status --porcelain -- gen)"
 
+readme: $(RUNTIME)  ## rewrite README's table of transformation parameters from the operations' declarations
+	$(BIN)/python -m processor.parameters README.md
+
 lint: $(STAMP)  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +54,7 @@ fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-engines:  ## make sure the PostgreSQL and Redis the tests use answer (installs/starts them as root)
+engines:  ## make sure the PostgreSQL and Redis the tests use answer, and chromium is there (installs/starts them as root)
 	bash .ci/engines
 
 test: $(STAMP) engines  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)

@@ -28,6 +28,7 @@ from cache.metadata import (
     InvalidPageToken,
     MetadataStore,
 )
+from cache.placeholders import Placeholders, placeholders
 from cache.storage import StorageUnavailable
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.caller import caller_from, can_read
@@ -109,6 +110,8 @@ def image_proto(record: ImageRecord) -> image_pb2.ImageMetadata:
         created_time=created,
         owner=record.owner,
         visibility=image_pb2.Visibility.ValueType(record.visibility),
+        blurhash=record.blurhash,
+        thumbhash=record.thumbhash,
     )
 
 
@@ -136,9 +139,15 @@ def _check_header(header: pb.PutImageHeader) -> int:
     return int(header.visibility)
 
 
-def _inspect_file(path: Path, limits: Limits, budget: int | None) -> ImageInfo:
+def _inspect_file(path: Path, limits: Limits, budget: int | None) -> tuple[ImageInfo, Placeholders]:
+    """The image's info and its placeholders, made from the first frame as validation
+    decodes it (no second decode); placeholders that cannot be made are left empty."""
+    made: list[Placeholders] = []
     with path.open("rb") as fp:
-        return inspect(fp, limits, budget)
+        info = inspect(
+            fp, limits, budget, first_frame=lambda frame: made.append(placeholders(frame))
+        )
+    return info, made[0] if made else Placeholders(error="no frame was decoded")
 
 
 def _checked_variant_header(header: pb.PutVariantHeader, at: str = "") -> pb.PutVariantHeader:
@@ -226,7 +235,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if size == 0:
                 raise ServiceError(Reason.INVALID_ARGUMENT, "empty upload: no image bytes came")
             out.close()
-            info = await self._validate(temp)
+            info, placeholder = await self._validate(temp)
             record = ImageRecord(
                 id=new_image_id(),
                 original_filename=header.original_filename,
@@ -240,7 +249,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 created_ns=time.time_ns(),
                 owner=header.owner,
                 visibility=_check_header(header),
+                blurhash=placeholder.blurhash,
+                thumbhash=placeholder.thumbhash,
             )
+            if placeholder.error:
+                # Never a reason to refuse an image that decodes: it goes without.
+                log.warning(
+                    "no placeholders",
+                    extra={"id": record.id, "format": info.format, "err": placeholder.error},
+                )
             # Shielded: once the bytes are committing, a client hanging up must not
             # leave a blob without metadata or metadata without a blob.
             await asyncio.shield(self._store(temp, record, info))
@@ -251,7 +268,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if temp is not None:
                 temp.unlink(missing_ok=True)
 
-    async def _validate(self, path: Path) -> ImageInfo:
+    async def _validate(self, path: Path) -> tuple[ImageInfo, Placeholders]:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(

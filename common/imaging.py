@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
+import pillow_heif
+import pillow_jxl  # noqa: F401  (importing it registers the JPEG XL plugin, "JXL")
 from PIL import GifImagePlugin, Image, ImageFile, UnidentifiedImageError
 
 from common.errors import Reason, ServiceError
+
+# The plugins for HEIC/HEIF (pillow-heif, "HEIF") and JPEG XL (pillow-jxl-plugin, "JXL"),
+# registered here, once, for every service. Pillow's own plugins are loaded first, so
+# Pillow's AVIF plugin is asked before pillow-heif about every ISO-BMFF file it may take
+# (the libheif pillow-heif ships decodes HEVC only, not AV1). Thumbnails, depth and
+# auxiliary images are never read.
+Image.init()
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # Decoding is how corruption is found, so a truncated file must fail, never be padded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -24,7 +34,19 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 GifImagePlugin.LOADING_STRATEGY = GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
 
 # Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
-SOURCE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "ICO")
+SOURCE_FORMATS = (
+    "JPEG",
+    "MPO",
+    "PNG",
+    "GIF",
+    "WEBP",
+    "AVIF",
+    "TIFF",
+    "BMP",
+    "ICO",
+    "HEIF",
+    "JXL",
+)
 
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -36,7 +58,23 @@ MEDIA_TYPES = {
     "TIFF": "image/tiff",
     "BMP": "image/bmp",
     "ICO": "image/vnd.microsoft.icon",
+    # A HEIF file says which of image/heic, image/heif (and their -sequence kinds) it
+    # is by its brand: see media_type().
+    "HEIF": "image/heif",
+    "JXL": "image/jxl",
 }
+HEIF_MEDIA_TYPES = frozenset(
+    {"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
+)
+
+
+def media_type(image: Image.Image) -> str:
+    """The media type of an opened source: by format, and for HEIF by its brand."""
+    fmt = image.format or ""
+    if fmt == "HEIF":
+        told = image.get_format_mimetype() if isinstance(image, ImageFile.ImageFile) else None
+        return told if told in HEIF_MEDIA_TYPES else MEDIA_TYPES[fmt]
+    return MEDIA_TYPES[fmt]
 
 
 def too_large(message: str) -> ServiceError:
@@ -47,11 +85,24 @@ def corrupt(message: str) -> ServiceError:
     return ServiceError(Reason.CORRUPT_IMAGE, message)
 
 
+# ISO-BMFF brands of the images the AVIF and HEIF plugins read: a file that says it is
+# one of these and does not open is damaged.
+IMAGE_BRANDS = frozenset(b"avif avis mif1 msf1 heic heix heim heis hevc hevx hevm hevs".split())
+
+
 def _is_iso_media(fp: IO[bytes]) -> bool:
-    # HEIC and other ISO-BMFF images Pillow cannot identify are a format we do not
-    # take, not damaged data.
+    # ISO-BMFF files Pillow cannot identify that are not images of a brand we read
+    # (video, JPEG 2000 in a box...) are a format we do not take, not damaged data.
     fp.seek(0)
-    return fp.read(12)[4:8] == b"ftyp"
+    head = fp.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] not in IMAGE_BRANDS
+
+
+def _from_plugin(fp: IO[bytes]) -> bool:
+    """Whether fp holds HEIF or JPEG XL, whose plugins report bad data as RuntimeError."""
+    fp.seek(0)
+    head = fp.read(12)
+    return (head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS) or _is_jxl(head)
 
 
 @contextmanager
@@ -85,6 +136,16 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
             raise corrupt(f"the image data is corrupt: {exc}") from None
         except MemoryError:
             raise too_large("the image needs too much memory to decode") from None
+        except RuntimeError as exc:
+            # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
+            # labelled HEIC) this build does not carry. Anything else is our bug.
+            if not _from_plugin(fp):
+                raise
+            if "has not been built in" in str(exc):
+                raise ServiceError(
+                    Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
+                ) from None
+            raise corrupt(f"the image data is corrupt: {exc}") from None
 
 
 # Pillow feeds decoders 64 KiB at a time; every call gives the GIL back and has to win it
@@ -103,7 +164,10 @@ def fast_decode(image: Image.Image) -> None:
 # Formats whose frame count Pillow reads from the header at open: APNG's acTL, the WebP
 # and AVIF containers, MPO's index. For GIF and TIFF n_frames scans the whole file, so
 # their frames are counted as they are decoded.
-FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO"})
+# HEIF lists its images in its header; the JPEG XL plugin reads one frame.
+FRAMES_IN_HEADER = frozenset({"PNG", "WEBP", "AVIF", "MPO", "HEIF", "JXL"})
+# The long side, in pixels, below which a JPEG is not reduced while it is validated.
+FIRST_FRAME_SIDE = 100
 
 
 def declared_pixels(image: Image.Image) -> int:
@@ -128,6 +192,12 @@ def open_checked(
     others are held to it frame by frame as they are decoded.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
+    fp.seek(0)
+    head = fp.read(12)
+    fp.seek(0)
+    if _is_jxl(head):
+        # The JPEG XL plugin decodes every pixel as it opens: judge the header first.
+        _check_jxl(fp, allowed_formats, max_pixels)
     image = Image.open(fp)
     fmt = image.format or ""
     if fmt not in allowed_formats:
@@ -171,13 +241,22 @@ class OverBudget(Exception):
     """The image holds more pixels than the caller's budget: not a fault of the image."""
 
 
-def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageInfo:
+def inspect(
+    fp: IO[bytes],
+    limits: Limits,
+    budget: int | None = None,
+    first_frame: Callable[[Image.Image], None] | None = None,
+) -> ImageInfo:
     """Open and fully decode every frame; raise ServiceError saying why it is refused.
 
     Header checks come first (format, pixel count) so a bomb is refused before any
     large allocation; then each frame is decoded, which is what finds truncation.
     With a budget, OverBudget is raised instead of decoding more pixels than it: from
     the header when it tells, else as soon as the frames decoded pass it.
+    first_frame, if given, is shown the first frame once it is decoded (a JPEG's
+    reduced, see _decode_all), so that what else is made of it (placeholders) costs no
+    second decode. It must not change the image, nor raise: what it raises fails the
+    inspection as a decoding error would.
     """
     with decoding_errors(fp, limits.max_pixels):
         with _open(fp, limits) as image:
@@ -190,7 +269,7 @@ def inspect(fp: IO[bytes], limits: Limits, budget: int | None = None) -> ImageIn
                 image.verify()
         fp.seek(0)
         with _open(fp, limits) as image:
-            return _decode_all(image, _Frames(limits, budget))
+            return _decode_all(image, _Frames(limits, budget), first_frame)
 
 
 def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
@@ -226,20 +305,120 @@ class _Frames:
             raise OverBudget
 
 
-def _decode_all(image: Image.Image, frames: _Frames) -> ImageInfo:
+def _decode_all(
+    image: Image.Image, frames: _Frames, first_frame: Callable[[Image.Image], None] | None
+) -> ImageInfo:
     fmt = image.format or ""
     width, height = image.size
+    if image.tell() != 0:
+        image.seek(0)  # a HEIF file opens at its primary image, which need not be the first
     while True:
         frames.next(image.size)
         if fmt == "JPEG":
             # Decoding at reduced scale still reads every byte of entropy-coded data,
             # so truncation is found at a fraction of the cost. (Not for MPO: draft
-            # breaks seeking to its second picture.)
-            image.draft(None, (max(1, width // 8), max(1, height // 8)))
+            # breaks seeking to its second picture.) At most 1/8, and never below
+            # FIRST_FRAME_SIDE on the long side, so that the frame first_frame sees
+            # still makes a placeholder: only images under 800 px decode larger.
+            scale = max(1 / 8, min(1.0, FIRST_FRAME_SIDE / max(width, height)))
+            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
         fast_decode(image)
         image.load()
+        if frames.count == 1 and first_frame is not None:
+            first_frame(image)
         try:
             image.seek(frames.count)
         except EOFError:
             break
-    return ImageInfo(fmt, MEDIA_TYPES[fmt], width, height, frames.count)
+    return ImageInfo(fmt, media_type(image), width, height, frames.count)
+
+
+# JPEG XL: a bare codestream, or one inside ISO-BMFF boxes (jxlc, or jxlp parts).
+JXL_CODESTREAM = b"\xff\x0a"
+JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a"
+# SizeHeader's ratio field: width = height * numerator // denominator.
+JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+JXL_HEAD_BYTES = 64 * 1024  # where boxes before the codestream (Exif, XMP) may push it
+
+
+def _is_jxl(head: bytes) -> bool:
+    return head[:2] == JXL_CODESTREAM or head[:12] == JXL_CONTAINER
+
+
+def _check_jxl(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) -> None:
+    if "JXL" not in allowed_formats:
+        raise ServiceError(
+            Reason.UNSUPPORTED_MEDIA_TYPE, "format JXL is not accepted", {"format": "JXL"}
+        )
+    size = jxl_size(fp.read(JXL_HEAD_BYTES))
+    fp.seek(0)
+    if size is None:
+        raise corrupt("the JPEG XL header is damaged or missing")
+    width, height = size
+    if width * height > max_pixels:
+        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+
+
+def jxl_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a JPEG XL file's SizeHeader (as stored, before orientation),
+    or None when head holds no readable one."""
+    stream = _jxl_codestream(head)
+    if stream is None or stream[:2] != JXL_CODESTREAM:
+        return None
+    bits = _Bits(stream[2:])
+    try:
+        small = bits.read(1)
+        height = (bits.read(5) + 1) * 8 if small else bits.u32()
+        ratio = bits.read(3)
+        if ratio:
+            numerator, denominator = JXL_RATIOS[ratio]
+            width = height * numerator // denominator
+        else:
+            width = (bits.read(5) + 1) * 8 if small else bits.u32()
+    except IndexError:
+        return None
+    return width, height
+
+
+def _jxl_codestream(head: bytes) -> bytes | None:
+    if head[:2] == JXL_CODESTREAM:
+        return head
+    pos = len(JXL_CONTAINER)
+    while pos + 8 <= len(head):
+        size, kind = struct.unpack(">I4s", head[pos : pos + 8])
+        start = pos + 8
+        if size == 1:
+            if pos + 16 > len(head):
+                return None
+            size = struct.unpack(">Q", head[pos + 8 : pos + 16])[0]
+            start = pos + 16
+        elif size == 0:
+            size = len(head) - pos
+        if kind == b"jxlc":
+            return head[start : pos + size]
+        if kind == b"jxlp":
+            return head[start + 4 : pos + size]  # after the part's index
+        if size < start - pos:
+            return None
+        pos += size
+    return None
+
+
+class _Bits:
+    """JPEG XL's bit reader: least significant bit first."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for i in range(count):
+            byte = self.data[self.pos >> 3]
+            value |= ((byte >> (self.pos & 7)) & 1) << i
+            self.pos += 1
+        return value
+
+    def u32(self) -> int:
+        """SizeHeader's U32(1 + u(9), 1 + u(13), 1 + u(18), 1 + u(30))."""
+        return self.read((9, 13, 18, 30)[self.read(2)]) + 1

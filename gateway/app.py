@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import jsonlog
-from gateway import images, openapi, params, signed_urls
+from gateway import images, openapi, pages, params, signed_urls
 from gateway.answers import answer_cache
 from gateway.config import Settings
 from gateway.observability import Metrics, Observability
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *pages.routes(),  # the web page at / and the API docs at /docs
     ]
     if settings.signing.enabled:
         routes.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
 from gateway.problems import HTTPProblem
+from gateway.problems import not_found as named_not_found
 from gateway.ratelimit import Limiter, Standing, caller_key
 from gateway.uploads import upload
 from gateway.upstream import Upstream
@@ -89,6 +91,10 @@ def image_json(image: image_pb2.ImageMetadata) -> dict[str, Any]:
         "created": created.isoformat().replace("+00:00", "Z"),
         "owner": image.owner,
         "visibility": "public" if image.visibility == image_pb2.VISIBILITY_PUBLIC else "private",
+        # Placeholders to show while the image loads; null for an image stored before
+        # they were made. ThumbHash in standard base64, as its decoders take it.
+        "blurhash": image.blurhash or None,
+        "thumbhash": base64.b64encode(image.thumbhash).decode() if image.thumbhash else None,
     }
 
 
@@ -127,6 +133,23 @@ async def _stat(request: Request, image_id: str, caller: Caller) -> image_pb2.Im
         metadata=call_metadata() + caller.metadata(),
     )
     return answer.image
+
+
+async def readable(request: Request, named: list[tuple[str, str]], caller: Caller) -> bool:
+    """Check that the caller may read every other image the query names (a watermark's,
+    see Parameters.images) exactly as they must the image itself (_stat, _scoped), on
+    every request, answers from memory included: a missing or hidden one is the same
+    404, naming the parameter. Whether any of them is private."""
+    private = False
+    for name, image_id in named:
+        try:
+            image = _scoped(await _stat(request, image_id, caller), caller)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise named_not_found(name) from None
+            raise
+        private = private or image.visibility != image_pb2.VISIBILITY_PUBLIC
+    return private
 
 
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -243,6 +266,12 @@ async def get_image(request: Request) -> Response:
     image_id = image_id_of(request)
     query = list(request.query_params.multi_items())
     caller = await _reader(request, f"/images/{image_id}", query)
+    asked = settings_of(request).signing.asked(query)
+    presets = settings_of(request).presets
+    # A watermark (wm) is checked before any answer, from memory included: an entry is
+    # held under the image's owner, and the watermark may be gone since it was made.
+    named = params_of(request).images(presets.expand(asked))
+    private = await readable(request, named, caller) if named else False
     key = _hot_key(request)
     hot = hot_of(request)
     request.state.hot_generation = hot.generation  # a put after a watch gap is refused
@@ -253,12 +282,10 @@ async def get_image(request: Request) -> Response:
         if key:
             metrics_of(request).variants.labels("gateway").inc()
         return _from_memory(request, entry)
-    asked = settings_of(request).signing.asked(query)
-    presets = settings_of(request).presets
     wanted = presets.parse(asked, params_of(request), request.headers.get("accept", ""))
     if wanted is None:
         return await _original(request, image_id, caller, key)
-    return await _variant(request, image_id, caller, wanted, key)
+    return await _variant(request, image_id, caller, wanted, key, private)
 
 
 async def get_blurred(request: Request) -> Response:
@@ -305,13 +332,18 @@ async def _variant(
     caller: Caller,
     wanted: params.Transformation,
     key: str | None,
+    private: bool = False,
 ) -> Response:
+    """A variant; private: it draws a private image (a watermark), so it is cached as
+    private as the image itself is (in shared caches and in memory)."""
     settings = settings_of(request)
     visibility: int = image_pb2.VISIBILITY_PUBLIC
     owner = ""
     if settings.auth_enabled:  # private images exist only where there are owners
         image = _scoped(await _stat(request, image_id, caller), caller)
         visibility, owner = image.visibility, image.owner
+    if private:
+        visibility = image_pb2.VISIBILITY_PRIVATE
     # A render's cost is known only once the processor has answered (a hit costs
     # nothing): the budget is looked at before asking, and spent after a miss. So a
     # caller with nothing left is refused what the gateway cannot answer from memory,

@@ -29,6 +29,16 @@ IMAGE_BYTES = {
     "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
 }
 
+# The page and the docs: static HTML that loads its scripts from /ui and /docs/assets.
+HTML = {
+    "responses": {
+        "200": {
+            "description": "An HTML page.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    }
+}
+
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): PROBLEM for status in statuses}
@@ -174,6 +184,18 @@ def document(
             "created": {"type": "string", "format": "date-time"},
             "owner": {"type": "string"},
             "visibility": {"type": "string", "enum": ["public", "private"]},
+            "blurhash": {
+                "type": ["string", "null"],
+                "description": "BlurHash of the upright first frame (4x3 components, "
+                "3x4 for a portrait image); null for an image stored before placeholders "
+                "were made, or one none could be made of.",
+            },
+            "thumbhash": {
+                "type": ["string", "null"],
+                "contentEncoding": "base64",
+                "description": "ThumbHash of the upright first frame, with its alpha, in "
+                "standard base64; null when blurhash is.",
+            },
         },
     }
     image_json = {
@@ -374,6 +396,8 @@ def document(
                     },
                 }
             },
+            "/": {"get": {"summary": "The web page (upload, browse, transform)", **HTML}},
+            "/docs": {"get": {"summary": "These docs, in Swagger UI", **HTML}},
             "/openapi.json": {
                 "get": {
                     "summary": "This document",

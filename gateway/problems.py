@@ -8,6 +8,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from common.errors import Reason, remote_error
+from processor import parameters
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -94,22 +95,17 @@ _SERVER_DETAILS = {
     504: "a service took longer than allowed",
 }
 # The processor names request fields; callers of the gateway know query parameters.
-QUERY_NAMES = {
-    "resize.width": "w",
-    "resize.height": "h",
-    "resize.dpr": "dpr",
-    "resize.fit": "fit",
-    "resize.gravity": "gravity",
-    "rotate.angle": "rotate",
-    "blur.sigma": "blur",
-    "sharpen.sigma": "sharpen",
-    "pixelate.size": "pixelate",
-    "output.quality": "q",
-    "output.format": "format",
-    "color": "bg",
-    "adjust": "brightness, contrast or saturation",
+QUERY_NAMES = parameters.query_names() | {
     "original_filename": "filename",  # of a raw upload's query, or a multipart file's
 }
+
+
+def not_found(parameter: str) -> HTTPProblem:
+    """The 404 for another image a parameter names (wm) that is missing or that the
+    caller may not read: one answer for both."""
+    return HTTPProblem(
+        404, "Not found", f"{parameter}: no such image", kind="not-found", parameter=parameter
+    )
 
 
 def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
@@ -135,6 +131,9 @@ def from_grpc(error: grpc.aio.AioRpcError, retry_after: int) -> HTTPProblem:
     elif kind == "invalid-parameter":
         kind = "bad-request"  # a bad request that no one parameter is to blame for
     if status == 404:
-        # The same answer whatever is missing, or hidden: nothing leaks.
+        # The same answer whatever is missing, or hidden: nothing leaks. The image a
+        # parameter names (a watermark's, which the gateway let the caller read) is named.
+        if "parameter" in extensions:
+            return not_found(extensions["parameter"])
         return HTTPProblem(404, "Not found", "no such image", kind="not-found")
     return HTTPProblem(status, title, detail, kind=kind, headers=headers, **extensions)

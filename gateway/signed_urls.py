@@ -89,6 +89,9 @@ async def post_signed_url(request: Request) -> Response:
     image_id = images.image_id_of(request)
     query, expires_in = _request(await _json(request))
     images.params_of(request).parse(query, "")  # a URL that could only fail is not given
+    # Whoever holds the URL reads what it names: a watermark (wm) too, so its signer must
+    # be allowed to read that (the same 404 as a missing one otherwise).
+    await images.readable(request, images.params_of(request).images(query), caller)
     image = (
         await images.upstream_of(request).cache.StatImage(
             pb.StatImageRequest(id=image_id),

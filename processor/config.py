@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
 from common.tls import Tls
-from processor.spec import AUTO_CHOICES
+from processor.output import AUTO_CHOICES, DEFAULT_AUTO_FORMATS
 
 MiB = 1024 * 1024
 
@@ -48,7 +48,7 @@ class Settings:
             queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
             max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
             max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
-            auto_formats=_auto_formats(env.items("AUTO_FORMATS", AUTO_CHOICES)),
+            auto_formats=_auto_formats(env.items("AUTO_FORMATS", DEFAULT_AUTO_FORMATS)),
             processing_timeout_seconds=env.number("PROCESSING_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
             max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
@@ -64,7 +64,7 @@ class Settings:
 
 
 def _auto_formats(items: tuple[str, ...]) -> tuple[str, ...]:
-    """IMAGESVC_AUTO_FORMATS: some of avif and webp, best first, each once."""
+    """IMAGESVC_AUTO_FORMATS: some of avif, webp and jxl, best first, each once."""
     formats = tuple(item.lower() for item in items)
     if not set(formats) <= set(AUTO_CHOICES) or len(set(formats)) != len(formats):
         raise ConfigError(

@@ -217,21 +217,42 @@ class Resolver:
         return upstream_error(exc, "cache")
 
     async def _make(self, wanted: Wanted) -> Held:
-        """The original (held, or fetched once for every render that wants it), rendered
-        on a worker thread."""
-        original = self.originals.get(wanted.image_id)
-        if original is None:
-            fetch = self.fetches.get(wanted.image_id)
-            if fetch is None:
-                fetch = self.fetches.start(wanted.image_id, lambda: self._fetch(wanted.image_id))
-            original = await asyncio.shield(fetch)
+        """The original and any other image the render draws (a watermark), each held or
+        fetched once for every render that wants it, rendered on a worker thread."""
+        original = await self.original(wanted.image_id)
+        images = await self.images(wanted.spec)
 
         def work() -> Held:
-            rendered = pipeline.render(io.BytesIO(original), wanted.spec, self.render_limits)
+            rendered = pipeline.render(
+                io.BytesIO(original), wanted.spec, self.render_limits, images
+            )
             # The answer's metadata is made on the thread, not on the event loop.
             return variant_metadata(wanted.image_id, wanted.key, rendered), rendered.data
 
         return await self.workers.submit(work, wanted.key)
+
+    async def original(self, image_id: str) -> bytes:
+        """A stored image's bytes: held, or fetched once however many renders want them."""
+        held = self.originals.get(image_id)
+        if held is not None:
+            return held
+        fetch = self.fetches.get(image_id)
+        if fetch is None:
+            fetch = self.fetches.start(image_id, lambda: self._fetch(image_id))
+        return await asyncio.shield(fetch)
+
+    async def images(self, wanted: spec.Spec) -> dict[str, bytes]:
+        """The other stored images wanted's steps draw (a watermark), by id, fetched as
+        originals are; a missing one is IMAGE_NOT_FOUND naming the field that names it."""
+        images: dict[str, bytes] = {}
+        for name, image_id in wanted.images().items():
+            try:
+                images[image_id] = await self.original(image_id)
+            except ServiceError as exc:
+                if exc.reason != Reason.IMAGE_NOT_FOUND:
+                    raise
+                raise ServiceError(exc.reason, "no such image", {"field": name}) from None
+        return images
 
     async def _fetch(self, image_id: str) -> bytes:
         body = bytearray()

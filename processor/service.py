@@ -113,10 +113,12 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             lambda head: self._spec(head.transformation),
         )
 
+        images = await self.resolver.images(wanted)
+
         def work() -> Held:
             # Bytes from a caller were never validated: decode them fully first.
             inspect(io.BytesIO(data), self.source_limits)
-            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits)
+            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits, images)
             return variant_metadata("", "", rendered), rendered.data
 
         variant, output = await self.workers.wait(

@@ -59,6 +59,8 @@ def test_valid_file_round_trips_byte_identical(
     assert meta.byte_size == len(data)
     assert meta.sha256 == sha256(data)
     assert meta.media_type.startswith("image/")
+    if f.width:
+        assert (meta.width, meta.height) == (f.width, f.height)
     got_meta, got = download(stub, meta.id)
     assert got == data
     assert got_meta == meta

@@ -157,6 +157,8 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         "/metrics",
         "/openapi.json",
         "/presets",
+        "/",
+        "/docs",
     }
     documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
     from gateway.params import Limits, Parameters

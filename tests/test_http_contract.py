@@ -54,6 +54,10 @@ def image_id(gateway_server: ServiceProcess) -> str:
         ("frames=first&format=jpeg", "frames"),
         ("metadata=keep&format=gif", "metadata"),
         ("bg=ff0000&format=png", "bg"),
+        ("pad=1,2", "pad"),
+        ("trim=300", "trim"),
+        ("w=10&fit=pad", "fit"),
+        ("w=10&h=10&fit=pad&gravity=smart", "gravity"),
     ],
 )
 def test_values_are_strict_and_nothing_is_silently_ignored(
@@ -80,6 +84,10 @@ def test_what_the_format_can_use_is_accepted(http: httpx.Client, image_id: str) 
         "metadata=keep&format=jpeg",
         "bg=ff0000&format=jpeg",
         "bg=ff000080&rotate=10&format=png",
+        "w=10&h=10&fit=pad&gravity=north&bg=ff000000&format=png",
+        "pad=1,2,3,4&bg=00ff00&format=webp",
+        "pad=0",
+        "trim=40&w=10",
     ):
         assert http.get(f"/images/{image_id}?{query}").status_code == 200, query
 
@@ -171,6 +179,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
     cache, processor, gateway = start_all(tmp_path, gateway_env=settings)
     try:
         st = Path(sys.executable).parent / "st"
+        python_path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         result = subprocess.run(
             [
                 str(st),
@@ -185,7 +194,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path, signing: dict[str, str]) -> 
                 "--no-color",
             ],
             cwd=ROOT,  # where schemathesis.toml is
-            env={**os.environ, **settings, "PYTHONPATH": str(ROOT)},
+            # ROOT for the hooks, before any path already given (a worktree's own gen/).
+            env={**os.environ, **settings, "PYTHONPATH": os.pathsep.join(python_path)},
             capture_output=True,
             text=True,
             timeout=300,

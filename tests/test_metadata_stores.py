@@ -105,10 +105,20 @@ def test_insert_then_get_returns_every_field(engine: Engine) -> None:
             byte_size=5 * 2**30,  # past 32 bits
             visibility=1,
             frames=12,
+            blurhash="LEHV6nWB2yk8pyo0adR*.7kCMdnj",
+            # Raw bytes, any of them: a NUL, a byte that is no UTF-8, the longest hash.
+            thumbhash=bytes([0x00, 0xFF, 0x80, 0x1F, 0x27]) + bytes(range(20)),
         )
         await stored(store, rec)
         assert await store.get(rec.id) == rec
+        assert (await store.list(rec.owner, 5, "")).records == [rec]
         assert await store.get(new_image_id()) is None
+
+        # An image none could be made of keeps empty ones.
+        bare = await stored(store, record(blurhash="", thumbhash=b""))
+        got = await store.get(bare.id)
+        assert got is not None
+        assert (got.blurhash, got.thumbhash) == ("", b"")
 
     run(engine, scenario)
 
@@ -239,9 +249,11 @@ def test_closing_the_store_ends_its_deletions(engine: Engine) -> None:
     asyncio.run(main())
 
 
-def test_an_existing_sqlite_file_keeps_its_images_and_gains_intents(tmp_path: Path) -> None:
+def test_an_existing_sqlite_file_keeps_its_images_and_gains_intents_and_placeholders(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "metadata.db"
-    old = record("ann", 1000)
+    old = record("ann", 1000)  # without placeholders, as every image was then
     # The schema as it was before intents.
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(
@@ -252,18 +264,57 @@ def test_an_existing_sqlite_file_keeps_its_images_and_gains_intents(tmp_path: Pa
             "visibility INTEGER NOT NULL) WITHOUT ROWID;"
             "CREATE INDEX images_by_owner ON images (owner, created_ns DESC, id DESC);"
         )
-        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", astuple(old))
+        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", astuple(old)[:12])
 
     async def main() -> None:
         store = SqliteMetadataStore(path)
         try:
-            assert await store.get(old.id) == old
-            new = await stored(store, record("ann", 2000))
+            assert await store.get(old.id) == old  # empty placeholders
+            new = await stored(store, record("ann", 2000, blurhash="L00000", thumbhash=b"\x01"))
+            assert (await store.list("ann", 5, "")).records == [new, old]
+        finally:
+            await store.close()
+        # Opened again (the columns are there now), and by two at once: nothing to add.
+        again = [SqliteMetadataStore(path), SqliteMetadataStore(path)]
+        try:
+            assert await again[0].get(new.id) == new
+        finally:
+            for store in again:
+                await store.close()
+
+    asyncio.run(main())
+
+
+def test_images_stored_before_placeholders_have_empty_ones_after_the_migration() -> None:
+    old = record("ann", 1000)
+
+    async def main(url: str) -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for migration in migrations():
+                if migration.name in ("images", "intents"):  # the schema before 0003
+                    await conn.execute(migration.sql.encode())
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'images')")
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (2, 'intents')"
+            )
+            await conn.execute(
+                "INSERT INTO images VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                astuple(old)[:12],
+            )
+        store = await open_metadata_store(url)
+        try:
+            assert await store.get(old.id) == old  # empty placeholders
+            new = await stored(store, record("ann", 2000, blurhash="L00000", thumbhash=b"\x01"))
             assert (await store.list("ann", 5, "")).records == [new, old]
         finally:
             await store.close()
 
-    asyncio.run(main())
+    with postgres_database() as url:
+        asyncio.run(main(url))
 
 
 def test_a_consumer_too_far_behind_is_cut_off() -> None:
@@ -346,7 +397,7 @@ def test_replicas_starting_together_migrate_once() -> None:
 def test_migrations_are_numbered_once_and_shipped_with_the_package() -> None:
     found = migrations()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert {m.name for m in found} >= {"images", "intents"}
+    assert {m.name for m in found} >= {"images", "intents", "placeholders"}
 
 
 def test_metadata_urls_are_checked_before_connecting(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from PIL import Image
 
 from common.errors import Reason, ServiceError
 from processor import pipeline, spec
+from processor.operations import resize
+from processor.output import negotiate
 from tests.test_processor_ops import encode, marked
 
 Op = ppb.Operation
@@ -50,7 +52,18 @@ OPS = [
         Op(resize=ppb.Resize(width=64, height=64, fit=ppb.FIT_COVER)),
         Op(rotate=ppb.Rotate(angle=200)),
     ),
+    (Op(pad=ppb.Pad(top=3, right=0, bottom=7, left=11)),),
+    (Op(resize=ppb.Resize(width=90, height=70, fit=ppb.FIT_PAD, gravity=ppb.GRAVITY_EAST)),),
+    (
+        Op(crop=ppb.Crop(left=0, top=2, width=50, height=50)),
+        Op(resize=ppb.Resize(width=150, height=40, fit=ppb.FIT_PAD, enlarge=True)),
+        Op(pad=ppb.Pad(top=1, right=2, bottom=3, left=4)),
+        Op(rotate=ppb.Rotate(angle=33.5)),
+    ),
 ]
+# What cannot grow a smaller image (no enlarge): planned on the untrimmed size, an upper
+# bound of what trim then makes.
+SHRINKING = [ops for ops in OPS if not any(op.resize.enlarge for op in ops)]
 
 
 @pytest.mark.parametrize(("size", "ops"), list(itertools.product(SIZES, OPS)))
@@ -145,7 +158,7 @@ BROWSER_ACCEPT = ["image/avif", "image/webp", "image/apng", "image/*", "*/*;q=0.
 def test_auto_reads_accept_with_its_q_values(
     accept: list[str], preference: tuple[str, ...], expected: tuple[str, str]
 ) -> None:
-    assert spec.negotiate(accept, preference) == expected
+    assert negotiate(accept, preference) == expected
 
 
 def auto(accept: list[str], *ops: ppb.Operation) -> spec.Spec:
@@ -183,3 +196,105 @@ def test_a_still_through_auto_takes_the_best_format_accepted() -> None:
     )
     made_first = pipeline.render(io.BytesIO(animation((64, 48), 5)), one, LIMITS)
     assert (made_first.media_type, made_first.frames) == ("image/avif", 1)
+
+
+def framed(size: tuple[int, int]) -> Image.Image:
+    """marked() at half the size, amid a white border trim cuts away."""
+    image = Image.new("RGB", size, (255, 255, 255))
+    inner = marked((max(1, size[0] // 2), max(1, size[1] // 2)))
+    image.paste(inner, ((size[0] - inner.width) // 2, (size[1] - inner.height) // 2))
+    return image
+
+
+TRIM = Op(trim=ppb.Trim())
+
+
+@pytest.mark.parametrize(("size", "ops"), list(itertools.product(SIZES, SHRINKING)))
+def test_a_trim_is_planned_on_the_untrimmed_size_an_upper_bound(
+    size: tuple[int, int], ops: tuple[Op, ...]
+) -> None:
+    request = wanted(TRIM, *ops, format=ppb.OUTPUT_FORMAT_PNG)
+    rendered = pipeline.render(io.BytesIO(encode(framed(size))), request, LIMITS)
+    width, height = pipeline.plan(size, 1, request, LIMITS)
+    assert rendered.width <= width and rendered.height <= height
+    # Exactly what the steps after it make of the size trim made.
+    trimmed = (max(1, size[0] // 2), max(1, size[1] // 2))
+    after = wanted(*ops, format=ppb.OUTPUT_FORMAT_PNG)
+    assert pipeline.plan(trimmed, 1, after, LIMITS) == (rendered.width, rendered.height)
+
+
+def strip(size: tuple[int, int] = (400, 400), width: int = 4) -> bytes:
+    """A black strip width wide down the middle of a white square: trim keeps the strip."""
+    image = Image.new("L", size, 255)
+    image.paste(0, ((size[0] - width) // 2, 0, (size[0] + width) // 2, size[1]))
+    return encode(image)
+
+
+def test_what_follows_a_trim_is_judged_again_before_it_grows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Untrimmed, a 400x400 fits outside 100x100 as itself (100x100); trimmed to a 4x400
+    # strip, it would be 100x10000: refused before the resize allocates it.
+    resampled: list[tuple[int, int]] = []
+    resample = resize.resample
+
+    def recording(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        resampled.append(size)
+        return resample(image, size)
+
+    monkeypatch.setattr(resize, "resample", recording)
+    outside = Op(resize=ppb.Resize(width=100, height=100, fit=ppb.FIT_OUTSIDE, enlarge=True))
+    request = wanted(TRIM, outside, format=ppb.OUTPUT_FORMAT_PNG)
+    assert pipeline.plan((400, 400), 1, request, LIMITS) == (100, 100)
+    with pytest.raises(ServiceError) as refused:
+        pipeline.render(io.BytesIO(strip()), request, LIMITS)
+    assert refused.value.reason == Reason.OUTPUT_TOO_LARGE
+    assert "8192 pixels on a side" in refused.value.message
+    assert resampled == []
+    # The pixel limit, and an animation's every frame, alike.
+    few = limits_of(60_000, 8192)
+    animated = wanted(TRIM, outside, format=ppb.OUTPUT_FORMAT_GIF)
+    frames = [Image.open(io.BytesIO(strip((200, 200), w))).convert("P") for w in (20, 30)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40)
+    assert pipeline.plan((200, 200), 1, animated, few) == (100, 100)  # 2 x 10,000: fits
+    with pytest.raises(ServiceError) as refused:  # but 100x1000 a frame once trimmed
+        pipeline.render(io.BytesIO(gif), animated, few)
+    assert refused.value.reason == Reason.OUTPUT_TOO_LARGE
+    assert resampled == []
+    # Within the limits, it renders what the steps after trim make of the trimmed size.
+    made = pipeline.render(io.BytesIO(strip(width=40)), request, LIMITS)
+    after = wanted(outside, format=ppb.OUTPUT_FORMAT_PNG)
+    assert (made.width, made.height) == pipeline.plan((40, 400), 1, after, LIMITS) == (100, 1000)
+
+
+def test_a_trimmed_jpeg_is_not_decoded_at_a_reduced_scale() -> None:
+    # The resize's scale is of the trimmed part: a draft judged on the whole would have
+    # decoded at 1/4 and left 100 pixels where 300 were asked for.
+    image = Image.new("RGB", (1600, 1600), (255, 255, 255))
+    image.paste((0, 0, 0), (600, 600, 1000, 1000))
+    request = wanted(TRIM, Op(resize=ppb.Resize(width=300)), format=ppb.OUTPUT_FORMAT_PNG)
+    made = pipeline.render(io.BytesIO(encode(image, "JPEG", quality=90)), request, LIMITS)
+    assert made.width == 300 and 299 <= made.height <= 302
+
+
+def test_only_a_letterbox_key_carries_a_background() -> None:
+    blue = ppb.Color(blue=255, alpha=255)
+    plain = wanted(Op(resize=ppb.Resize(width=10, height=10, background=blue)))
+    assert '"background"' not in plain.canonical().split('"out"')[0]
+    assert plain.key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10, height=10))).key("I" * 22)
+    # One side alone: every fit is contain, pad too; nothing to fill.
+    one = wanted(Op(resize=ppb.Resize(width=10, fit=ppb.FIT_PAD, background=blue)))
+    assert one.key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10))).key("I" * 22)
+    boxed = [
+        wanted(Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD, background=colour)))
+        for colour in (blue, ppb.Color(red=255, alpha=255))
+    ]
+    assert '"letterbox"' in boxed[0].canonical()
+    assert boxed[0].key("I" * 22) != boxed[1].key("I" * 22)
+    # Unset is opaque white, as asked for.
+    white = ppb.Color(red=255, green=255, blue=255, alpha=255)
+    assert wanted(
+        Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD, background=white))
+    ).key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD))).key(
+        "I" * 22
+    )

@@ -211,7 +211,7 @@ def test_a_refusal_blaming_the_presets_parameter_says_so(
 ) -> None:
     body = is_problem(client.get(f"/images/{image_id}?preset=thumb&fit=contain"), 400)
     assert body["parameter"] == "gravity" and body["preset"] == "thumb"
-    assert body["detail"] == "gravity: applies to fit=cover only (from preset thumb)"
+    assert body["detail"] == "gravity: applies to fit=cover or fit=pad only (from preset thumb)"
     # The caller's own parameter is blamed as it would be without the preset.
     body = is_problem(client.get(f"/images/{image_id}?preset=thumb&q=101"), 400)
     assert body["parameter"] == "q" and "preset" not in body

@@ -36,6 +36,8 @@ FORMATS = {
     ppb.OUTPUT_FORMAT_WEBP: "WEBP",
     ppb.OUTPUT_FORMAT_AVIF: "AVIF",
     ppb.OUTPUT_FORMAT_GIF: "GIF",
+    ppb.OUTPUT_FORMAT_HEIC: "HEIF",
+    ppb.OUTPUT_FORMAT_JXL: "JXL",
 }
 CONTAIN_300 = ppb.Operation(resize=ppb.Resize(width=300, height=300, fit=ppb.FIT_CONTAIN))
 
@@ -67,6 +69,40 @@ def test_every_valid_file_transforms_to_every_format(
         assert image.format == pillow
         assert max(image.size) <= 300 and (meta.width, meta.height) == image.size
         assert 0x0112 not in image.getexif()
+
+
+TRIM_BOX_PAD = (
+    ppb.Operation(trim=ppb.Trim()),
+    ppb.Operation(
+        resize=ppb.Resize(
+            width=120, height=90, fit=ppb.FIT_PAD, background=ppb.Color(red=9, alpha=0)
+        )
+    ),
+    ppb.Operation(pad=ppb.Pad(top=5, right=5, bottom=5, left=5)),
+)
+
+
+@pytest.mark.parametrize("f", VALID, ids=lambda f: f.name)
+def test_every_valid_file_trims_and_pads_to_the_box(
+    pstub: ppb_grpc.ProcessorServiceStub, f: object
+) -> None:
+    """Every mode a source comes in (palettes, 16-bit greys, CMYK, alpha, animations)
+    through trim's comparison and the canvas pad and fit=pad draw on."""
+    data = f.path.read_bytes()  # type: ignore[attr-defined]
+    requests = bytes_requests(data, *TRIM_BOX_PAD, format=ppb.OUTPUT_FORMAT_PNG)
+    meta, out = collect(pstub.ProcessBytes(requests))
+    image = open_image(out)
+    assert image.size == (meta.width, meta.height) == (130, 100)
+    rgba = image.convert("RGBA")
+    assert rgba.getpixel((0, 0)) == rgba.getpixel((129, 99)) == (255, 255, 255, 255)  # pad's
+    # The letterbox's bands are transparent, on one axis at least, unless the (trimmed)
+    # image is 4:3, as some photos are, and fills the box.
+    bands = [rgba.getpixel(xy)[3] for xy in ((5, 50), (124, 50), (65, 5), (65, 94))]  # type: ignore[index]
+    if image.mode == "RGB":
+        with Image.open(f.path) as source:  # type: ignore[attr-defined]
+            assert abs(source.width / source.height - 4 / 3) < 0.02, source.size
+    else:
+        assert image.mode == "RGBA" and 0 in bands, bands
 
 
 @pytest.mark.parametrize("f", REFUSED, ids=lambda f: f.name)

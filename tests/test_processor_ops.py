@@ -388,3 +388,191 @@ def test_a_gif_that_plays_once_still_plays_once(
     assert (
         run(pstub, image_id, Op(flop=ppb.Flop()), format=ppb.OUTPUT_FORMAT_GIF)[0].info["loop"] == 0
     )
+
+
+BLUE = ppb.Color(red=0, green=0, blue=255, alpha=255)
+CLEAR = ppb.Color(red=0, green=0, blue=0, alpha=0)
+
+
+def rows(image: Image.Image, x: int) -> list[tuple[int, ...]]:
+    """The colours down one column, each run once (top to bottom)."""
+    rgb = image.convert("RGB")
+    runs: list[tuple[int, ...]] = []
+    for y in range(rgb.height):
+        pixel = rgb.getpixel((x, y))
+        if not runs or runs[-1] != pixel:
+            runs.append(pixel)  # type: ignore[arg-type]
+    return runs
+
+
+def test_fit_pad_letterboxes_on_the_background(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    image_id = upload(stub, encode(Image.new("RGB", (200, 100), (255, 0, 0)))).id
+    pad = ppb.Resize(width=100, height=100, fit=ppb.FIT_PAD, background=BLUE)
+    image, _ = run(pstub, image_id, Op(resize=pad))
+    assert image.size == (100, 100)
+    rgb = image.convert("RGB")
+    assert [rgb.getpixel((50, y)) for y in (0, 24, 25, 74, 75, 99)] == [
+        (0, 0, 255),
+        (0, 0, 255),
+        (255, 0, 0),
+        (255, 0, 0),
+        (0, 0, 255),
+        (0, 0, 255),
+    ]
+    # Placed by gravity: north puts the bands below, not around.
+    north = ppb.Resize(
+        width=100, height=100, fit=ppb.FIT_PAD, gravity=ppb.GRAVITY_NORTH, background=BLUE
+    )
+    image, _ = run(pstub, image_id, Op(resize=north))
+    assert rows(image, 50) == [(255, 0, 0), (0, 0, 255)]
+    assert image.convert("RGB").getpixel((50, 49)) == (255, 0, 0)
+    # Not enlarged without enlarge: the canvas is still the box.
+    small = ppb.Resize(width=300, height=300, fit=ppb.FIT_PAD, gravity=ppb.GRAVITY_SOUTH_EAST)
+    image, _ = run(pstub, image_id, Op(resize=small))
+    assert image.size == (300, 300)
+    assert image.convert("RGB").getpixel((99, 199)) == (255, 255, 255)  # default white
+    assert image.convert("RGB").getpixel((100, 200)) == (255, 0, 0)
+    # A transparent background stays transparent where the format keeps alpha.
+    clear = ppb.Resize(width=100, height=100, fit=ppb.FIT_PAD, background=CLEAR)
+    image, _ = run(pstub, image_id, Op(resize=clear))
+    assert image.mode == "RGBA"
+    assert image.getpixel((50, 5))[3] == 0 and image.getpixel((50, 50)) == (255, 0, 0, 255)  # type: ignore[index]
+
+
+def test_pad_adds_each_border_in_css_order(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    image_id = upload(stub, encode(Image.new("RGB", (100, 50), (255, 0, 0)))).id
+    pad = ppb.Pad(top=10, right=20, bottom=30, left=40, background=BLUE)
+    image, _ = run(pstub, image_id, Op(pad=pad))
+    assert image.size == (40 + 100 + 20, 10 + 50 + 30)
+    rgb = image.convert("RGB")
+    assert rows(rgb, 60) == [(0, 0, 255), (255, 0, 0), (0, 0, 255)]
+    assert [rgb.getpixel((60, y)) for y in (9, 10, 59, 60)] == [
+        (0, 0, 255),
+        (255, 0, 0),
+        (255, 0, 0),
+        (0, 0, 255),
+    ]
+    assert [rgb.getpixel((x, 30)) for x in (39, 40, 139, 140)] == [
+        (0, 0, 255),
+        (255, 0, 0),
+        (255, 0, 0),
+        (0, 0, 255),
+    ]
+    # After the resize, before the rotation: the borders are not scaled, and turn.
+    image, _ = run(
+        pstub,
+        image_id,
+        Op(rotate=ppb.Rotate(angle=90)),
+        Op(pad=ppb.Pad(top=5, right=5, bottom=5, left=5)),
+        Op(resize=ppb.Resize(width=50)),
+    )
+    assert image.size == (25 + 10, 50 + 10)
+    # A grey image padded in colour is in colour; a transparent border is transparent.
+    grey_id = upload(stub, encode(Image.new("L", (10, 10), 100))).id
+    image, _ = run(pstub, grey_id, Op(pad=ppb.Pad(left=3, background=BLUE)))
+    assert image.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    image, _ = run(pstub, grey_id, Op(pad=ppb.Pad(left=3, background=CLEAR)))
+    assert image.mode == "LA" and image.getpixel((0, 0))[1] == 0  # type: ignore[index]
+
+
+def bordered(
+    size: tuple[int, int] = (200, 200), box: tuple[int, int, int, int] = (70, 90, 120, 120)
+) -> Image.Image:
+    """A 50x30 green box inside a white canvas."""
+    image = Image.new("RGB", size, (255, 255, 255))
+    image.paste((0, 160, 0), box)
+    return image
+
+
+def test_trim_keeps_the_inner_box(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    image_id = upload(stub, encode(bordered())).id
+    image, _ = run(pstub, image_id, Op(trim=ppb.Trim()))
+    assert image.size == (50, 30)
+    assert image.convert("RGB").getcolors() == [(50 * 30, (0, 160, 0))]
+    # First of all: a crop is of the trimmed image.
+    crop = Op(crop=ppb.Crop(left=10, top=0, width=5, height=5))
+    image, _ = run(pstub, image_id, crop, Op(trim=ppb.Trim()))
+    assert image.size == (5, 5) and image.convert("RGB").getpixel((0, 0)) == (0, 160, 0)
+    # One colour: nothing to keep, so the image is left as it is.
+    flat_id = upload(stub, encode(Image.new("RGB", (40, 20), (9, 9, 9)))).id
+    image, _ = run(pstub, flat_id, Op(trim=ppb.Trim()))
+    assert image.size == (40, 20)
+
+
+def test_trim_tolerates_jpeg_noise_within_its_threshold(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    noisy = bordered()
+    # A faint speckle on the border, as a camera or a JPEG leaves.
+    for n in range(0, 200, 7):
+        noisy.putpixel((n, (n * 13) % 200), (250, 247, 252))
+    image_id = upload(stub, encode(noisy, "JPEG", quality=75)).id
+    image, _ = run(pstub, image_id, Op(trim=ppb.Trim(threshold=40)))
+    # JPEG rings a pixel or two around the box: no more.
+    assert 50 <= image.width <= 54 and 30 <= image.height <= 34, image.size
+    exact, _ = run(pstub, image_id, Op(trim=ppb.Trim(threshold=1)))
+    assert exact.width > 60  # the speckle counts at a threshold of 1
+
+
+def test_trim_cuts_a_transparent_border(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    image = Image.new("RGBA", (120, 80), (0, 0, 0, 0))
+    image.paste((255, 0, 0, 0), (0, 0, 60, 80))  # transparent too, whatever its colour
+    image.paste((255, 0, 0, 255), (30, 20, 40, 70))
+    image_id = upload(stub, encode(image)).id
+    trimmed, _ = run(pstub, image_id, Op(trim=ppb.Trim()))
+    assert trimmed.size == (10, 50)
+
+
+def test_pad_and_trim_keep_an_animations_frames(
+    pstub: ppb_grpc.ProcessorServiceStub, stub: pb_grpc.CacheServiceStub
+) -> None:
+    frames = []
+    for shade in (0, 120, 240):
+        frame = bordered()
+        frame.paste((shade, 0, 0), (70, 90, 120, 120))
+        if shade == 120:  # later frames are cut by the first frame's box
+            frame.paste((0, 0, 0), (0, 0, 10, 10))
+        frames.append(frame)
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=60)
+    image_id = upload(stub, gif).id
+    image, _ = run(
+        pstub,
+        image_id,
+        Op(trim=ppb.Trim()),
+        Op(pad=ppb.Pad(top=2, right=2, bottom=2, left=2, background=BLUE)),
+        format=ppb.OUTPUT_FORMAT_GIF,
+    )
+    assert (getattr(image, "n_frames", 1), image.size) == (3, (54, 34))
+    for n, shade in enumerate((0, 120, 240)):
+        image.seek(n)
+        rgb = image.convert("RGB")
+        assert rgb.getpixel((0, 0)) == (0, 0, 255)
+        assert abs(rgb.getpixel((27, 17))[0] - shade) < 10  # type: ignore[index]
+    letterbox = ppb.Resize(width=80, height=40, fit=ppb.FIT_PAD, background=BLUE)
+    image, _ = run(pstub, image_id, Op(resize=letterbox), format=ppb.OUTPUT_FORMAT_WEBP)
+    assert (getattr(image, "n_frames", 1), image.size) == (3, (80, 40))
+
+
+def test_bad_pad_and_trim_name_the_field(
+    pstub: ppb_grpc.ProcessorServiceStub, ids: dict[str, str]
+) -> None:
+    cases = [
+        (Op(pad=ppb.Pad(top=9000)), "pad"),
+        (Op(pad=ppb.Pad(left=-1)), "pad"),
+        (Op(trim=ppb.Trim(threshold=256)), "trim.threshold"),
+        (
+            Op(resize=ppb.Resize(width=9, height=9, fit=ppb.FIT_PAD, gravity=ppb.GRAVITY_SMART)),
+            "resize.gravity",
+        ),
+    ]
+    for op, field in cases:
+        error = failure(pstub.Process, process_request(ids["halves"], op))
+        assert (error.reason, error.metadata.get("field")) == (Reason.INVALID_ARGUMENT, field)

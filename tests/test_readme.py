@@ -32,7 +32,7 @@ def test_every_transformation_parameter_is_documented() -> None:
     table = section("### Transformation parameters")
     documented: set[str] = set()
     for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE):
-        documented |= set(re.findall(r"`([a-z]+)`", cell))
+        documented |= set(re.findall(r"`([a-z_]+)`", cell))
     assert {p.name for p in Parameters(Limits(8192, 50)).table} <= documented
 
 

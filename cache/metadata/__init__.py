@@ -26,6 +26,10 @@ class ImageRecord:
     created_ns: int
     owner: str
     visibility: int
+    # Placeholders of the upright first frame (cache/placeholders.py); empty for an
+    # image stored before they were made, or one none could be made of.
+    blurhash: str = ""
+    thumbhash: bytes = b""
 
 
 FIELDS = tuple(ImageRecord.__dataclass_fields__)

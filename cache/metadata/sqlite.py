@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT NOT NULL,
     created_ns INTEGER NOT NULL,
     owner TEXT NOT NULL,
-    visibility INTEGER NOT NULL
+    visibility INTEGER NOT NULL,
+    blurhash TEXT NOT NULL DEFAULT '',
+    thumbhash BLOB NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_by_owner ON images (owner, created_ns DESC, id DESC);
 CREATE TABLE IF NOT EXISTS intents (
@@ -47,8 +49,27 @@ CREATE TABLE IF NOT EXISTS intents (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS intents_by_age ON intents (created_ns);
 """
+# Columns added since the first release, each with the definition that adds it to a
+# data dir made before: its images keep what the DEFAULT says (no placeholders).
+_ADDED = {
+    "blurhash": "TEXT NOT NULL DEFAULT ''",
+    "thumbhash": "BLOB NOT NULL DEFAULT x''",
+}
 _COLUMNS = ", ".join(FIELDS)
 _INSERT = f"INSERT INTO images ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give an images table made by an earlier release the columns added since."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+    for name, definition in _ADDED.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE images ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as exc:
+                # Two processes opening one old data dir at once: one finds it done.
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class SqliteMetadataStore:
@@ -76,6 +97,7 @@ class SqliteMetadataStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        _add_columns(db)
         return db
 
     async def _run(self, fn: Callable[[], T]) -> T:

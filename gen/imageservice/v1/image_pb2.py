@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimageservice/v1/image.proto\x12\x0fimageservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\rImageMetadata\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11original_filename\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x05\x12\x11\n\tbyte_size\x18\x08 \x01(\x03\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x30\n\x0c\x63reated_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0b \x01(\t\x12/\n\nvisibility\x18\x0c \x01(\x0e\x32\x1b.imageservice.v1.Visibility\"\x86\x01\n\x0fVariantMetadata\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x11\n\tbyte_size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimageservice/v1/image.proto\x12\x0fimageservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\rImageMetadata\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11original_filename\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x05\x12\x11\n\tbyte_size\x18\x08 \x01(\x03\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x30\n\x0c\x63reated_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0b \x01(\t\x12/\n\nvisibility\x18\x0c \x01(\x0e\x32\x1b.imageservice.v1.Visibility\x12\x10\n\x08\x62lurhash\x18\r \x01(\t\x12\x11\n\tthumbhash\x18\x0e \x01(\x0c\"\x86\x01\n\x0fVariantMetadata\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x11\n\tbyte_size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imageservice.v1.image_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VISIBILITY']._serialized_start=507
-  _globals['_VISIBILITY']._serialized_end=594
+  _globals['_VISIBILITY']._serialized_start=544
+  _globals['_VISIBILITY']._serialized_end=631
   _globals['_IMAGEMETADATA']._serialized_start=82
-  _globals['_IMAGEMETADATA']._serialized_end=368
-  _globals['_VARIANTMETADATA']._serialized_start=371
-  _globals['_VARIANTMETADATA']._serialized_end=505
+  _globals['_IMAGEMETADATA']._serialized_end=405
+  _globals['_VARIANTMETADATA']._serialized_start=408
+  _globals['_VARIANTMETADATA']._serialized_end=542
 # @@protoc_insertion_point(module_scope)

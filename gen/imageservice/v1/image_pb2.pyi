@@ -58,6 +58,8 @@ class ImageMetadata(_message.Message):
     CREATED_TIME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    BLURHASH_FIELD_NUMBER: _builtins.int
+    THUMBHASH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque, URL-safe, random (>= 128 bits); see ImageId in the services."""
     original_filename: _builtins.str
@@ -75,6 +77,17 @@ class ImageMetadata(_message.Message):
     """Lowercase hex SHA-256 of the stored bytes; also the strong ETag of the original."""
     owner: _builtins.str
     visibility: Global___Visibility.ValueType
+    blurhash: _builtins.str
+    """BlurHash (https://blurha.sh) of the upright first frame (EXIF orientation applied,
+    transparency flattened onto white): 4x3 components, 3x4 for a portrait image, fewer
+    where a side has fewer pixels. Made at upload; empty for an image stored before
+    placeholders existed, or one none could be made of.
+    """
+    thumbhash: _builtins.bytes
+    """ThumbHash (https://evanw.github.io/thumbhash/) of the upright first frame, with its
+    alpha, as its raw bytes (at most 25; clients usually want them in base64). Made at
+    upload; empty when blurhash is.
+    """
     @_builtins.property
     def created_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -92,10 +105,12 @@ class ImageMetadata(_message.Message):
         created_time: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
         visibility: Global___Visibility.ValueType = ...,
+        blurhash: _builtins.str = ...,
+        thumbhash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_size", b"byte_size", "created_time", b"created_time", "format", b"format", "frames", b"frames", "height", b"height", "id", b"id", "media_type", b"media_type", "original_filename", b"original_filename", "owner", b"owner", "sha256", b"sha256", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blurhash", b"blurhash", "byte_size", b"byte_size", "created_time", b"created_time", "format", b"format", "frames", b"frames", "height", b"height", "id", b"id", "media_type", b"media_type", "original_filename", b"original_filename", "owner", b"owner", "sha256", b"sha256", "thumbhash", b"thumbhash", "visibility", b"visibility", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

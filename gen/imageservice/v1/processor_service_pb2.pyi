@@ -37,6 +37,10 @@ class _FitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fit.ValueType], _
     """As small as possible while both sides are <= the box."""
     FIT_OUTSIDE: _Fit.ValueType  # 5
     """As small as possible while both sides are >= the box."""
+    FIT_PAD: _Fit.ValueType  # 6
+    """Letterbox: contain's geometry on a canvas of exactly the box, the rest filled with
+    Resize.background and the image placed by a compass gravity (center by default).
+    """
 
 class Fit(_Fit, metaclass=_FitEnumTypeWrapper):
     """How a resize fits the target box (the names and meanings follow sharp)."""
@@ -52,6 +56,10 @@ FIT_INSIDE: Fit.ValueType  # 4
 """As small as possible while both sides are <= the box."""
 FIT_OUTSIDE: Fit.ValueType  # 5
 """As small as possible while both sides are >= the box."""
+FIT_PAD: Fit.ValueType  # 6
+"""Letterbox: contain's geometry on a canvas of exactly the box, the rest filled with
+Resize.background and the image placed by a compass gravity (center by default).
+"""
 Global___Fit: _TypeAlias = Fit  # noqa: Y015
 
 class _Gravity:
@@ -72,9 +80,15 @@ class _GravityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Gravity.Value
     GRAVITY_NORTH_WEST: _Gravity.ValueType  # 9
     GRAVITY_SMART: _Gravity.ValueType  # 10
     """Content-aware: keeps the window with the most detail (entropy)."""
+    GRAVITY_FOCAL_POINT: _Gravity.ValueType  # 11
+    """Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+    GRAVITY_FACE: _Gravity.ValueType  # 12
+    """Keeps the frontal faces found in the resized image; where none is found, what
+    GRAVITY_SMART keeps.
+    """
 
 class Gravity(_Gravity, metaclass=_GravityEnumTypeWrapper):
-    """Which part of the image a cover-crop keeps."""
+    """Which part of the image a cover-crop keeps (or where FIT_PAD places the image)."""
 
 GRAVITY_UNSPECIFIED: Gravity.ValueType  # 0
 GRAVITY_CENTER: Gravity.ValueType  # 1
@@ -88,6 +102,12 @@ GRAVITY_WEST: Gravity.ValueType  # 8
 GRAVITY_NORTH_WEST: Gravity.ValueType  # 9
 GRAVITY_SMART: Gravity.ValueType  # 10
 """Content-aware: keeps the window with the most detail (entropy)."""
+GRAVITY_FOCAL_POINT: Gravity.ValueType  # 11
+"""Centres the window on Resize.focal_x, focal_y, as nearly as the image allows."""
+GRAVITY_FACE: Gravity.ValueType  # 12
+"""Keeps the frontal faces found in the resized image; where none is found, what
+GRAVITY_SMART keeps.
+"""
 Global___Gravity: _TypeAlias = Gravity  # noqa: Y015
 
 class _OutputFormat:
@@ -98,23 +118,41 @@ class _OutputFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputFo
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTPUT_FORMAT_UNSPECIFIED: _OutputFormat.ValueType  # 0
     OUTPUT_FORMAT_AUTO: _OutputFormat.ValueType  # 1
-    """AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+    """The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+    JPEG XL where listed) the caller's accepted types allow; else the source's kind
+    (JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+    """
     OUTPUT_FORMAT_JPEG: _OutputFormat.ValueType  # 2
     OUTPUT_FORMAT_PNG: _OutputFormat.ValueType  # 3
     OUTPUT_FORMAT_WEBP: _OutputFormat.ValueType  # 4
     OUTPUT_FORMAT_AVIF: _OutputFormat.ValueType  # 5
     OUTPUT_FORMAT_GIF: _OutputFormat.ValueType  # 6
+    OUTPUT_FORMAT_HEIC: _OutputFormat.ValueType  # 7
+    """HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+    OUTPUT_FORMAT_JXL: _OutputFormat.ValueType  # 8
+    """JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+    colours converted to sRGB (no ICC profile is embedded).
+    """
 
 class OutputFormat(_OutputFormat, metaclass=_OutputFormatEnumTypeWrapper): ...
 
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.ValueType  # 0
 OUTPUT_FORMAT_AUTO: OutputFormat.ValueType  # 1
-"""AVIF, then WebP, if the caller's accepted types allow; else the source's kind."""
+"""The first of the processor's IMAGESVC_AUTO_FORMATS (AVIF, then WebP by default;
+JPEG XL where listed) the caller's accepted types allow; else the source's kind
+(JPEG for HEIC and JPEG XL, or PNG where they have alpha).
+"""
 OUTPUT_FORMAT_JPEG: OutputFormat.ValueType  # 2
 OUTPUT_FORMAT_PNG: OutputFormat.ValueType  # 3
 OUTPUT_FORMAT_WEBP: OutputFormat.ValueType  # 4
 OUTPUT_FORMAT_AVIF: OutputFormat.ValueType  # 5
 OUTPUT_FORMAT_GIF: OutputFormat.ValueType  # 6
+OUTPUT_FORMAT_HEIC: OutputFormat.ValueType  # 7
+"""HEIC (HEVC in HEIF, image/heic): a still; quality 1-100 (default 60), alpha kept."""
+OUTPUT_FORMAT_JXL: OutputFormat.ValueType  # 8
+"""JPEG XL (image/jxl): a still; quality 1-100 (default 75) or lossless, alpha kept,
+colours converted to sRGB (no ICC profile is embedded).
+"""
 Global___OutputFormat: _TypeAlias = OutputFormat  # noqa: Y015
 
 class _Frames:
@@ -188,6 +226,9 @@ class Resize(_message.Message):
     GRAVITY_FIELD_NUMBER: _builtins.int
     ENLARGE_FIELD_NUMBER: _builtins.int
     DPR_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    FOCAL_X_FIELD_NUMBER: _builtins.int
+    FOCAL_Y_FIELD_NUMBER: _builtins.int
     width: _builtins.int
     """0 means "follow the aspect ratio"; at least one of width, height is set."""
     height: _builtins.int
@@ -197,6 +238,16 @@ class Resize(_message.Message):
     """Allow the result to be larger than the source."""
     dpr: _builtins.float
     """Device pixel ratio, 1-4; multiplies width and height. 0 means 1."""
+    focal_x: _builtins.float
+    """With GRAVITY_FOCAL_POINT: the point the window is centred on, as fractions of the
+    resized image's width and height (0 the left or top edge, 1 the right or bottom,
+    0.5 the middle), each 0-1; kept to 4 decimals. Ignored with any other gravity.
+    """
+    focal_y: _builtins.float
+    @_builtins.property
+    def background(self) -> Global___Color:
+        """FIT_PAD only: fills the canvas around the image (unset: opaque white)."""
+
     def __init__(
         self,
         *,
@@ -206,10 +257,13 @@ class Resize(_message.Message):
         gravity: Global___Gravity.ValueType = ...,
         enlarge: _builtins.bool = ...,
         dpr: _builtins.float = ...,
+        background: Global___Color | None = ...,
+        focal_x: _builtins.float = ...,
+        focal_y: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["background", b"background"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "dpr", b"dpr", "enlarge", b"enlarge", "fit", b"fit", "focal_x", b"focal_x", "focal_y", b"focal_y", "gravity", b"gravity", "height", b"height", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,6 +456,122 @@ class Pixelate(_message.Message):
 Global___Pixelate: _TypeAlias = Pixelate  # noqa: Y015
 
 @_typing.final
+class Pad(_message.Message):
+    """Borders added around the image, in pixels (CSS order)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    top: _builtins.int
+    right: _builtins.int
+    bottom: _builtins.int
+    left: _builtins.int
+    @_builtins.property
+    def background(self) -> Global___Color:
+        """Fills the borders (unset: opaque white; alpha 0 makes them transparent)."""
+
+    def __init__(
+        self,
+        *,
+        top: _builtins.int = ...,
+        right: _builtins.int = ...,
+        bottom: _builtins.int = ...,
+        left: _builtins.int = ...,
+        background: Global___Color | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["background", b"background"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pad: _TypeAlias = Pad  # noqa: Y015
+
+@_typing.final
+class Trim(_message.Message):
+    """Cuts away borders of the colour of the top-left pixel (alpha included)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    """How far (the largest difference of any channel, 1-255) a pixel may be from that
+    colour and still count as border. 0 means the default, 10.
+    """
+    def __init__(
+        self,
+        *,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Trim: _TypeAlias = Trim  # noqa: Y015
+
+@_typing.final
+class Watermark(_message.Message):
+    """Another stored image drawn over the result, after every other operation, on each
+    frame of an animation. Its alpha is kept (times opacity); of an animated mark, its
+    first frame. Parts pushed past the result's edges by the offsets are clipped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    GRAVITY_FIELD_NUMBER: _builtins.int
+    OFFSET_X_FIELD_NUMBER: _builtins.int
+    OFFSET_Y_FIELD_NUMBER: _builtins.int
+    OPACITY_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The stored image to draw (its id); the caller must be allowed to read it (the
+    gateway checks, as for the image itself). A render whose mark does not exist
+    fails with IMAGE_NOT_FOUND naming watermark.image_id.
+    """
+    gravity: Global___Gravity.ValueType
+    """Which edge or corner it is placed against: a compass gravity or GRAVITY_CENTER
+    (not GRAVITY_SMART, GRAVITY_FACE or GRAVITY_FOCAL_POINT). GRAVITY_UNSPECIFIED
+    means GRAVITY_SOUTH_EAST.
+    """
+    offset_x: _builtins.int
+    """Pixels of the result, 0 up to the output dimension limit: inward from the edge the
+    gravity names (offset_x from the west or east edge, offset_y from the north or
+    south one); on an axis the gravity centres, the offset moves it right or down.
+    """
+    offset_y: _builtins.int
+    opacity: _builtins.float
+    """0.01-1, multiplying the mark's own alpha; 0 (unset) means 1, fully as drawn."""
+    scale: _builtins.float
+    """The mark's width as a fraction of the result's width, 0.01-1, its aspect ratio
+    kept; 0 (unset) means its own size. Either way a mark larger than the result is
+    shrunk to fit inside it.
+    """
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        gravity: Global___Gravity.ValueType = ...,
+        offset_x: _builtins.int = ...,
+        offset_y: _builtins.int = ...,
+        opacity: _builtins.float = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gravity", b"gravity", "image_id", b"image_id", "offset_x", b"offset_x", "offset_y", b"offset_y", "opacity", b"opacity", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Watermark: _TypeAlias = Watermark  # noqa: Y015
+
+@_typing.final
 class Operation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -415,6 +585,9 @@ class Operation(_message.Message):
     BLUR_FIELD_NUMBER: _builtins.int
     SHARPEN_FIELD_NUMBER: _builtins.int
     PIXELATE_FIELD_NUMBER: _builtins.int
+    PAD_FIELD_NUMBER: _builtins.int
+    TRIM_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def resize(self) -> Global___Resize: ...
     @_builtins.property
@@ -435,6 +608,12 @@ class Operation(_message.Message):
     def sharpen(self) -> Global___Sharpen: ...
     @_builtins.property
     def pixelate(self) -> Global___Pixelate: ...
+    @_builtins.property
+    def pad(self) -> Global___Pad: ...
+    @_builtins.property
+    def trim(self) -> Global___Trim: ...
+    @_builtins.property
+    def watermark(self) -> Global___Watermark: ...
     def __init__(
         self,
         *,
@@ -448,12 +627,15 @@ class Operation(_message.Message):
         blur: Global___Blur | None = ...,
         sharpen: Global___Sharpen | None = ...,
         pixelate: Global___Pixelate | None = ...,
+        pad: Global___Pad | None = ...,
+        trim: Global___Trim | None = ...,
+        watermark: Global___Watermark | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pad", b"pad", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen", "trim", b"trim", "watermark", b"watermark"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust", b"adjust", "blur", b"blur", "crop", b"crop", "flip", b"flip", "flop", b"flop", "grayscale", b"grayscale", "kind", b"kind", "pad", b"pad", "pixelate", b"pixelate", "resize", b"resize", "rotate", b"rotate", "sharpen", b"sharpen", "trim", b"trim", "watermark", b"watermark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resize", "crop", "rotate", "flip", "flop", "grayscale", "adjust", "blur", "sharpen", "pixelate"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resize", "crop", "rotate", "flip", "flop", "grayscale", "adjust", "blur", "sharpen", "pixelate", "pad", "trim", "watermark"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -475,9 +657,12 @@ class OutputOptions(_message.Message):
     quality: _builtins.int
     """1-100; 0 means the format's default."""
     lossless: _builtins.bool
+    """WebP and JPEG XL; PNG and GIF always are lossless."""
     progressive: _builtins.bool
     keep_metadata: _builtins.bool
-    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept."""
+    """Keep EXIF/XMP metadata; stripped by default. The ICC profile is always kept (JPEG XL:
+    the pixels are converted to sRGB instead).
+    """
     frames: Global___Frames.ValueType
     """For animated sources; an output format without animation keeps the first frame."""
     @_builtins.property
