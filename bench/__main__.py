@@ -6,6 +6,7 @@ import sys
 from bench import (
     cache_bench,
     gateway_bench,
+    path_bench,
     processor_bench,
     scale_bench,
     storage_bench,
@@ -16,6 +17,7 @@ SUITES = {
     "cache": cache_bench.main,
     "processor": processor_bench.main,
     "gateway": gateway_bench.main,
+    "path": path_bench.main,
     "storage": storage_bench.main,
     "volume": volume_bench.main,
     "scale": scale_bench.main,

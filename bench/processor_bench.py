@@ -74,8 +74,8 @@ def resize(width: int, height: int) -> ppb.Operation:
 
 def jpeg(request: ppb.ProcessRequest, quality: int = 82) -> ppb.ProcessRequest:
     """JPEG output; a distinct quality gives a distinct (cold) variant key."""
-    request.output.format = ppb.OUTPUT_FORMAT_JPEG
-    request.output.quality = quality
+    request.transformation.output.format = ppb.OUTPUT_FORMAT_JPEG
+    request.transformation.output.quality = quality
     return request
 
 

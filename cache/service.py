@@ -49,7 +49,6 @@ MAX_OWNER = 128
 SHA256 = re.compile(r"[0-9a-f]{64}")  # as ImageMetadata.sha256 spells it
 WATCH_BACKLOG = 10_000
 FOLLOW_RETRY_SECONDS = 0.5  # while deletions cannot be followed, how often to try again
-MAX_BATCH_VARIANTS = 64  # the contract's bound (cache_service.proto)
 # Uploads of at most this many pixels (all frames) are validated on a lane of their own,
 # so a small image never waits behind big validations. 16 Mpx (most photos) decode in a
 # fraction of a second.
@@ -457,9 +456,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self._watchers.discard(watcher)
         watcher.put_nowait(None)
 
-    async def _lookup(
-        self, request: pb.GetVariantRequest | pb.LookupVariantRequest
-    ) -> Variant | None:
+    async def _lookup(self, request: pb.GetVariantRequest) -> Variant | None:
         """The variant asked for; None for a miss, which also says the image exists."""
         image_id = _image_id(request.image_id, "image_id")
         if not valid_key(request.key):
@@ -473,26 +470,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
         # it holds.
         return await self.variants.get(image_id, request.key)
 
-    async def LookupVariant(
-        self, request: pb.LookupVariantRequest, context: Context
-    ) -> pb.LookupVariantResponse:
-        variant = await self._lookup(request)
-        if variant is None:
-            claimed = request.claim and await self.variants.claim(
-                request.image_id, request.key, self.settings.render_lease_seconds
-            )
-            return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=claimed))
-        meta = variant_proto(variant.record)
-        if len(variant.data) > self.settings.chunk_bytes:
-            return pb.LookupVariantResponse(too_large=meta)
-        return pb.LookupVariantResponse(found=pb.FoundVariant(variant=meta, data=variant.data))
-
     async def GetVariant(
         self, request: pb.GetVariantRequest, context: Context
     ) -> AsyncIterator[pb.GetVariantResponse]:
         variant = await self._lookup(request)
         if variant is None:
-            yield pb.GetVariantResponse(miss=pb.VariantMiss())
+            claimed = request.claim and await self.variants.claim(
+                request.image_id, request.key, self.settings.render_lease_seconds
+            )
+            yield pb.GetVariantResponse(miss=pb.VariantMiss(claimed=claimed))
             return
         yield pb.GetVariantResponse(variant=variant_proto(variant.record))
         view = memoryview(variant.data)
@@ -511,32 +497,6 @@ class CacheService(pb_grpc.CacheServiceServicer):
             _checked_variant_header,
         )
         return pb.PutVariantResponse(variant=await self._put_variant(header, payload))
-
-    async def PutVariantBatch(
-        self, request: pb.PutVariantBatchRequest, context: Context
-    ) -> pb.PutVariantBatchResponse:
-        if not 0 < len(request.variants) <= MAX_BATCH_VARIANTS:
-            raise invalid_argument("variants", f"send 1 to {MAX_BATCH_VARIANTS} variants")
-        # A malformed entry is the caller's bug and refuses the batch before any is
-        # stored; what can befall one variant on its own is answered in its result.
-        for n, whole in enumerate(request.variants):
-            if not whole.HasField("header"):
-                raise invalid_argument(f"variants[{n}].header", "the variant has no header")
-            _checked_variant_header(whole.header, at=f"variants[{n}].header.")
-            if not whole.data:
-                raise invalid_argument(f"variants[{n}].data", "the variant holds no bytes")
-        results = []
-        for whole in request.variants:
-            try:
-                if len(whole.data) > self.settings.max_variant_bytes:
-                    raise too_large(self.settings.max_variant_bytes, "variant")
-                stored = await self._put_variant(whole.header, whole.data)
-            except ServiceError as exc:
-                refusal = pb.VariantRefusal(reason=exc.reason.value, message=exc.message)
-                results.append(pb.PutVariantResult(refused=refusal))
-            else:
-                results.append(pb.PutVariantResult(variant=stored))
-        return pb.PutVariantBatchResponse(results=results)
 
     async def _put_variant(
         self, header: pb.PutVariantHeader, payload: bytes

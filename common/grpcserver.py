@@ -42,8 +42,6 @@ MAX_CONNECTION_AGE_SECONDS = 60.0
 # replica: then it re-watches within 0.2 s on a new connection).
 MAX_CONNECTION_AGE_GRACE_SECONDS: float | None = None
 UNLIMITED_MS = 2**31 - 1  # gRPC's "infinite" for its millisecond options
-# How long after a call has ended its follow-up work (log line, stores) runs.
-AFTER_CALL_SECONDS = 0.002
 
 
 def _incoming_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -113,11 +111,15 @@ class _Call:
     def __enter__(self) -> _Call:
         self.token = request_id.set(self.rid)
         self.start = time.perf_counter()
-        # Logged once the call has ended, its answer gone (a log line costs 0.1-0.3 ms
-        # on a core just woken, see docs/performance.md; the caller need not wait for
-        # it), and logged even when the caller hangs up on a stream, whose handler
-        # grpc leaves for the garbage collector to close.
-        after_call(self.context, self._log)
+        # Logged as the call ends, its status sent, and so also when the caller hangs
+        # up on a stream, whose handler grpc leaves for the garbage collector to close.
+        # Registered while the handler runs: grpc runs a call's callbacks once, as it
+        # ends. The line carries the request id: it runs in the call's context.
+        call = contextvars.copy_context()
+        self.context.add_done_callback(
+            # The stubs name a class here; grpc takes any callable of the context.
+            cast("grpc.aio.DoneCallback[Any, Any]", lambda _: call.run(self._log))
+        )
         return self
 
     async def fail(self, exc: Exception) -> None:
@@ -150,29 +152,6 @@ class _Call:
             ms = round((time.perf_counter() - self.start) * 1000, 2)
         extra = {"method": self.method, "code": code.name, "reason": self.error, "ms": ms}
         log.info("rpc", extra=extra)
-
-
-def after_call(context: grpc.aio.ServicerContext[Any, Any], action: Callable[[], None]) -> None:
-    """Run action shortly after the call has ended, its status sent, in the call's
-    context: follow-up work then costs the caller nothing.
-
-    Register while the call's handler runs: grpc runs a call's callbacks once, as it
-    ends, and a caller's leaving does not always read as done() or cancelled() later.
-    """
-    # A cancelled call may already have run its callbacks (and never reads as done).
-    if context.done() or context.cancelled():
-        action()
-        return
-    call = contextvars.copy_context()
-
-    def done(_: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # Not the moment the status is sent: the answer is still on its way to a caller
-        # waking up, and on a small machine this work would compete with its delivery
-        # (measured: 0.17-0.2 ms later to the caller of a cold render, 2 cores).
-        asyncio.get_running_loop().call_later(AFTER_CALL_SECONDS, call.run, action)
-
-    # The stubs name a class here; grpc takes any callable of the context.
-    context.add_done_callback(cast("grpc.aio.DoneCallback[Any, Any]", done))
 
 
 def _wrap_unary(
@@ -275,6 +254,4 @@ async def serve_until_signalled(
     lifecycle.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_seconds)
-    # The calls just ended have follow-up work (log lines, stores) due shortly after.
-    await asyncio.sleep(AFTER_CALL_SECONDS * 2)
     lifecycle.info("stopped")

@@ -353,13 +353,14 @@ async def _variant(
         who = caller_key(request, caller, settings.trusted_proxies)
         standing = await limiter_of(request).check(budget, who)
     processor = upstream_of(request).processor
-    # Most variants fit one message: one unary call, cheaper than a stream on both
-    # ends. A larger one is streamed by Process (made by then, not made again).
+    transformation = ppb.Transformation(operations=wanted.operations, output=wanted.output)
+    # Most variants fit one message: one unary call, which carries our deadline (the
+    # processor waits for another replica's render for half of it). A larger one is
+    # streamed by Process (made by then, not made again), with no deadline, so a slow
+    # client is not cut off mid-body.
     try:
         answer = await processor.ProcessWhole(
-            ppb.ProcessWholeRequest(
-                image_id=image_id, operations=wanted.operations, output=wanted.output
-            ),
+            ppb.ProcessWholeRequest(image_id=image_id, transformation=transformation),
             timeout=settings.timeout_seconds,
             metadata=call_metadata(),
         )
@@ -373,9 +374,7 @@ async def _variant(
         variant, head, cache_hit = answer.whole.variant, answer.whole.data, answer.whole.cache_hit
     else:
         call = processor.Process(
-            ppb.ProcessRequest(
-                image_id=image_id, operations=wanted.operations, output=wanted.output
-            ),
+            ppb.ProcessRequest(image_id=image_id, transformation=transformation),
             metadata=call_metadata(),
         )
         first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -13,61 +12,66 @@ T = TypeVar("T")
 class Flights(Generic[T]):
     """Work in flight by key, so identical concurrent requests share one result.
 
-    The caller that starts the work registers it and, once it has its answer, settles
-    it: the follow-up (storing the variant) runs after the work ends, in its own task,
-    off the starting caller's path. The key stays registered until then, so callers
-    arriving in that window get the result instead of starting the work again.
+    Each flight is one task that runs, in order: the work; handing its result to every
+    caller waiting on it; the follow-up (storing the variant), if any; forgetting the
+    key. A caller arriving before the key is forgotten shares the result instead of
+    starting the work again. The task outlives any caller: each waits by its own
+    deadline, and none can cancel the work for the others.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Future[T]] = {}
+        self._results: dict[str, asyncio.Future[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
-        return len(self._flights)
+        return len(self._results)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._flights
+        return key in self._results
 
-    def join(
-        self, key: str, start: Callable[[], asyncio.Future[T]]
-    ) -> tuple[asyncio.Future[T], bool]:
-        """(key's work, whether this call started it): joined if running, else start()ed.
+    def get(self, key: str) -> asyncio.Future[T] | None:
+        """The result of key's work in flight, if there is one."""
+        return self._results.get(key)
 
-        Whoever starts the work must settle it.
-        """
-        flight = self._flights.get(key)
-        if flight is not None:
-            return flight, False
-        flight = start()
+    def start(
+        self,
+        key: str,
+        work: Callable[[], Awaitable[T]],
+        then: Callable[[T], Awaitable[None]] | None = None,
+    ) -> asyncio.Future[T]:
+        """Start key's work (none may be in flight); its result, for every caller."""
+        assert key not in self._results, f"{key} is already in flight"
+        result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         # Retrieve the exception even when every caller has gone away.
-        flight.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._flights[key] = flight
-        return flight, True
-
-    def settle(
-        self, key: str, flight: asyncio.Future[T], then: Callable[[T], Awaitable[None]] | None
-    ) -> None:
-        """When the work ends: run then(result) if it succeeded, then forget key."""
-        task = asyncio.ensure_future(self._settle(key, flight, then))
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._results[key] = result
+        task = asyncio.ensure_future(self._fly(key, work, then, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return result
 
-    async def _settle(
-        self, key: str, flight: asyncio.Future[T], then: Callable[[T], Awaitable[None]] | None
+    async def _fly(
+        self,
+        key: str,
+        work: Callable[[], Awaitable[T]],
+        then: Callable[[T], Awaitable[None]] | None,
+        result: asyncio.Future[T],
     ) -> None:
         try:
             try:
-                result = await asyncio.shield(flight)
-            except Exception:
-                return  # its callers got the error; the next caller starts afresh
+                value = await work()
+            except Exception as exc:
+                result.set_exception(exc)  # its callers get the error; the next starts afresh
+                return
+            except BaseException:
+                result.cancel()
+                raise
+            result.set_result(value)
             if then is not None:
-                await then(result)
+                await then(value)
         finally:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            del self._results[key]
 
     async def drain(self) -> None:
-        """Wait for work and follow-ups still running (at shutdown)."""
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._flights.values(), *self._tasks, return_exceptions=True)
+        """Wait for every flight, follow-ups included (at shutdown)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -31,7 +31,7 @@ async def serve(settings: Settings) -> None:
     channel = open_channel(
         target(settings.cache_addresses),
         CACHE_SERVICE,
-        idempotent=["GetImage", "StatImage", "GetVariant", "LookupVariant", "ListImages"],
+        idempotent=["GetImage", "StatImage", "GetVariant", "ListImages"],
         max_message=message_limit(settings.chunk_bytes),
         tls=settings.tls,
     )

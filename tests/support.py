@@ -307,8 +307,11 @@ def corpus() -> list[CorpusFile]:
 
 
 def process_request(image_id: str, *ops: ppb.Operation, **output: object) -> ppb.ProcessRequest:
-    return ppb.ProcessRequest(
-        image_id=image_id,
+    return ppb.ProcessRequest(image_id=image_id, transformation=transformation(*ops, **output))
+
+
+def transformation(*ops: ppb.Operation, **output: object) -> ppb.Transformation:
+    return ppb.Transformation(
         operations=list(ops),
         output=ppb.OutputOptions(**output),  # type: ignore[arg-type]
     )
@@ -316,9 +319,7 @@ def process_request(image_id: str, *ops: ppb.Operation, **output: object) -> ppb
 
 def whole_request(request: ppb.ProcessRequest) -> ppb.ProcessWholeRequest:
     """The same request for ProcessWhole."""
-    return ppb.ProcessWholeRequest(
-        image_id=request.image_id, operations=request.operations, output=request.output
-    )
+    return ppb.ProcessWholeRequest(image_id=request.image_id, transformation=request.transformation)
 
 
 def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]:
@@ -335,7 +336,7 @@ def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]
 def bytes_requests(
     data: bytes, *ops: ppb.Operation, **output: object
 ) -> Iterator[ppb.ProcessBytesRequest]:
-    spec = ppb.ProcessBytesSpec(operations=list(ops), output=ppb.OutputOptions(**output))  # type: ignore[arg-type]
+    spec = ppb.ProcessBytesSpec(transformation=transformation(*ops, **output))
     yield ppb.ProcessBytesRequest(spec=spec)
     for start in range(0, len(data), CHUNK):
         yield ppb.ProcessBytesRequest(chunk=data[start : start + CHUNK])

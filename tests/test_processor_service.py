@@ -62,7 +62,7 @@ def cache_calls(cache_server: ServiceProcess, method: str) -> list[dict[str, obj
 
 
 def variant_reads(cache_server: ServiceProcess) -> list[dict[str, object]]:
-    return cache_calls(cache_server, "LookupVariant") + cache_calls(cache_server, "GetVariant")
+    return cache_calls(cache_server, "GetVariant")
 
 
 def test_permuted_spellings_share_one_variant(
@@ -108,7 +108,9 @@ def test_variant_keys_stay_the_same_across_releases() -> None:
         format=ppb.OUTPUT_FORMAT_WEBP,
         quality=70,
     )
-    wanted = spec.parse(request.operations, request.output, spec.Limits(8192, 100))
+    wanted = spec.parse(
+        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+    )
     assert spec.PIPELINE_VERSION == "5"  # bumped on purpose: update the key below too
     key = "8288e54dd2edfb8f8fca58103a0ab6df00dfee02e3f1b4ef20a29fa6e86b9131"
     assert wanted.key("AAAAAAAAAAAAAAAAAAAAAA") == key
@@ -134,9 +136,11 @@ def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
     # An image this processor has never seen: no render of it starts before the lookup.
     image_id = upload(stub, png_bytes(300, 200, seed=61)).id
     request = process_request(image_id, Op(resize=ppb.Resize(width=61)))
-    key = spec.parse(request.operations, request.output, spec.Limits(8192, 100)).key(image_id)
+    key = spec.parse(
+        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+    ).key(image_id)
     # Another processor claims the render, then dies: its lease outlives the call.
-    held = stub.LookupVariant(pb.LookupVariantRequest(image_id=image_id, key=key, claim=True))
+    (held,) = stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key, claim=True))
     assert held.miss.claimed
     started = time.monotonic()
     meta, data = collect(pstub.Process(request, timeout=4))
@@ -196,8 +200,7 @@ def test_request_id_reaches_the_cache_logs(
     request = process_request(big_id, Op(resize=ppb.Resize(width=33)))
     collect(pstub.Process(request, metadata=(("x-request-id", "trace-me-123"),)))
     seen = [e for e in cache_server.log_entries() if e.get("request_id") == "trace-me-123"]
-    # The variant is stored later, in a batch that belongs to no one request.
-    assert "LookupVariant" in {str(e["method"]).rsplit("/", 1)[1] for e in seen}
+    assert "GetVariant" in {str(e["method"]).rsplit("/", 1)[1] for e in seen}
 
 
 def test_every_call_is_logged_once_after_it_ends(
@@ -274,14 +277,13 @@ def stored(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes:
     return data
 
 
-def test_variants_are_stored_whole_or_in_chunks_by_size(
+def test_variants_are_stored_after_the_answer_traced_to_their_request(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
     cache_server: ServiceProcess,
     stub: pb_grpc.CacheServiceStub,
     big_id: str,
 ) -> None:
     server = start_processor({"IMAGESVC_CHUNK_BYTES": "4KiB"})
-    batches = len(cache_calls(cache_server, "PutVariantBatch"))
     sizes = {"tiny": 16, "large": 900}  # a 16 px JPEG fits one 4 KiB message; 900 px does not
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
@@ -298,8 +300,7 @@ def test_variants_are_stored_whole_or_in_chunks_by_size(
     for meta, data in made.values():
         assert stored(stub, big_id, meta.key) == data
     streamed = {e.get("request_id") for e in cache_calls(cache_server, "PutVariant")}
-    assert "store-large" in streamed and "store-tiny" not in streamed
-    assert len(cache_calls(cache_server, "PutVariantBatch")) > batches
+    assert {"store-large", "store-tiny"} <= streamed
 
 
 def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
@@ -342,11 +343,7 @@ def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
             for e in variant_reads(cache)
             if str(e.get("request_id", "")).startswith("read-")
         }
-        assert reads == {
-            ("read-tiny", "LookupVariant"),
-            ("read-large", "LookupVariant"),
-            ("read-large", "GetVariant"),
-        }
+        assert reads == {("read-tiny", "GetVariant"), ("read-large", "GetVariant")}
     finally:
         for server in started:
             server.kill()
@@ -396,7 +393,7 @@ def test_process_whole_sends_a_large_variant_to_process_without_making_it_twice(
             assert time.monotonic() < deadline, "the large variant was never stored"
             time.sleep(0.02)
     reads = [e for e in variant_reads(cache_server) if e.get("request_id") == "whole-large-cached"]
-    assert {str(e["method"]).rsplit("/", 1)[1] for e in reads} == {"LookupVariant"}
+    assert {str(e["method"]).rsplit("/", 1)[1] for e in reads} == {"GetVariant"}
     assert processed_keys(reader) == []
 
 
@@ -413,15 +410,15 @@ def test_a_variant_another_processor_made_is_answered_from_the_cache(
     with channel(other.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         # The other processor holds the original (from its own variant) and has never
-        # seen this key: it starts a render early and asks the cache once it runs.
+        # seen this key: still it asks the cache first, and renders nothing.
         collect(pstub.Process(process_request(big_id, Op(resize=ppb.Resize(width=58)))))
         stored(pb_grpc.CacheServiceStub(cache_channel), big_id, made.variant.key)
         rid = (("x-request-id", "made-elsewhere"),)
         answer = pstub.ProcessWhole(whole_request(request), metadata=rid).whole
     assert answer.cache_hit and (answer.variant, answer.data) == (made.variant, made.data)
-    assert other.terminate() == 0  # lets the early render finish
-    assert processed_keys(other).count(made.variant.key) == 1
-    lookups = cache_calls(cache_server, "LookupVariant")
+    assert other.terminate() == 0
+    assert processed_keys(other).count(made.variant.key) == 0
+    lookups = cache_calls(cache_server, "GetVariant")
     assert [e.get("request_id") for e in lookups].count("made-elsewhere") == 1
 
 
@@ -476,19 +473,15 @@ def test_a_render_for_an_image_gone_meanwhile_is_not_stored(tmp_path: Path) -> N
                 request = process_request(image_id, Op(resize=ppb.Resize(width=30)))
                 collect(pstub.Process(request))
                 pb_grpc.CacheServiceStub(other).DeleteImage(pb.DeleteImageRequest(id=image_id))
-                # The processor still holds the original and starts this render before
-                # the cache answers that the image is gone.
+                # The processor still holds the original, yet renders nothing before
+                # the cache has said whether the image exists.
                 request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
                 assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
         assert server.terminate() == 0  # every store there was to make is made by now
     finally:
         for process in (server, second, first):
             process.kill()
-    rendered = processed_keys(server)
-    assert len(rendered) == 2  # the second render did start early
-    # (The first variant's store may have met the delete too; the cache refused it.)
-    unstored = [e["key"] for e in server.log_entries() if e.get("msg") == "variant not stored"]
-    assert rendered[1] not in unstored
+    assert len(processed_keys(server)) == 1  # the first variant's alone
 
 
 @pytest.mark.parametrize("hot_cache", ["64MiB", "0"])
@@ -506,18 +499,15 @@ def test_a_deleted_images_original_leaves_the_processors_memory(
         time.sleep(0.3)  # the deletion reaches the processor through WatchDeletions
         request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
         assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
-    # Had the original still been held, a render would have started with the lookup.
     assert len(processed_keys(server)) == 1
 
 
-def test_concurrent_misses_are_stored_in_batches(
+def test_concurrent_misses_are_all_stored(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
-    cache_server: ServiceProcess,
     stub: pb_grpc.CacheServiceStub,
 ) -> None:
     image_id = upload(stub, png_bytes(64, 48, noise=True)).id
     server = start_processor({})
-    batches = len(cache_calls(cache_server, "PutVariantBatch"))
     with channel(server.address) as ch, ThreadPoolExecutor(8) as pool:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         answers = list(
@@ -530,8 +520,6 @@ def test_concurrent_misses_are_stored_in_batches(
         )
     for meta, data in answers:
         assert stored(stub, image_id, meta.key) == data
-    # Eight variants rendered within a few milliseconds of each other: one or two calls.
-    assert 1 <= len(cache_calls(cache_server, "PutVariantBatch")) - batches < len(answers)
 
 
 def test_a_processor_stopping_stores_what_it_made(
@@ -670,7 +658,9 @@ def test_process_bytes_refuses_a_bad_spec_before_reading_the_bytes(
 
     def requests() -> Iterator[ppb.ProcessBytesRequest]:
         nonlocal pulled
-        spec = ppb.ProcessBytesSpec(operations=[Op(blur=ppb.Blur(sigma=999))])
+        spec = ppb.ProcessBytesSpec(
+            transformation=ppb.Transformation(operations=[Op(blur=ppb.Blur(sigma=999))])
+        )
         yield ppb.ProcessBytesRequest(spec=spec)
         while pulled < 1000:
             pulled += 1
@@ -703,12 +693,9 @@ class ScriptedCache(pb_grpc.CacheServiceServicer):
     def __init__(self) -> None:
         self.stored: list[str] = []
 
-    def PutVariantBatch(self, request: pb.PutVariantBatchRequest, context: object) -> Any:
-        self.stored += [v.header.key for v in request.variants]
-        results = [
-            pb.PutVariantResult(variant=image_pb2.VariantMetadata()) for _ in request.variants
-        ]
-        return pb.PutVariantBatchResponse(results=results)
+    def PutVariant(self, request_iterator: Iterator[pb.PutVariantRequest], context: object) -> Any:
+        self.stored += [r.header.key for r in request_iterator if r.HasField("header")]
+        return pb.PutVariantResponse(variant=image_pb2.VariantMetadata())
 
     def WatchDeletions(self, request: pb.WatchDeletionsRequest, context: Any) -> Iterator[Any]:
         while context.is_active():
@@ -733,11 +720,11 @@ class GatedCache(ScriptedCache):
         self.gate.wait(60)
         yield pb.GetImageResponse(chunk=self.original)
 
-    def LookupVariant(self, request: pb.LookupVariantRequest, context: object) -> Any:
+    def GetVariant(self, request: pb.GetVariantRequest, context: object) -> Iterator[Any]:
         with self.looked_up:
             self.lookups += 1
             self.looked_up.notify_all()
-        return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=request.claim))
+        yield pb.GetVariantResponse(miss=pb.VariantMiss(claimed=request.claim))
 
 
 @pytest.fixture
@@ -802,58 +789,6 @@ def test_a_hasty_caller_does_not_fail_the_others_sharing_its_render(
     assert outcomes == {"hasty": grpc.StatusCode.DEADLINE_EXCEEDED, "patient": 999}
 
 
-class ForgetfulCache(ScriptedCache):
-    """A cache service that says it holds every variant after the first lookup, as too
-    large for one message, and has lost it when asked for it: the eviction between the
-    two calls that a real cache cannot be made to do on cue."""
-
-    def __init__(self, original: bytes) -> None:
-        super().__init__()
-        self.original = original
-        self.lookups = 0
-
-    def GetImage(self, request: pb.GetImageRequest, context: object) -> Iterator[Any]:
-        yield pb.GetImageResponse(chunk=self.original)
-
-    def LookupVariant(self, request: pb.LookupVariantRequest, context: object) -> Any:
-        self.lookups += 1
-        if self.lookups == 1:
-            return pb.LookupVariantResponse(miss=pb.VariantMiss(claimed=request.claim))
-        held = image_pb2.VariantMetadata(image_id=request.image_id, key=request.key)
-        held.byte_size = 10**6
-        return pb.LookupVariantResponse(too_large=held)
-
-    def GetVariant(self, request: pb.GetVariantRequest, context: object) -> Iterator[Any]:
-        yield pb.GetVariantResponse(miss=pb.VariantMiss())
-
-
-def test_a_variant_lost_between_lookup_and_read_is_made_and_stored(
-    scripted_cache: Callable[[pb_grpc.CacheServiceServicer], str], tmp_path: Path
-) -> None:
-    cache = ForgetfulCache(png_bytes(64, 48, seed=5))  # type: ignore[abstract]
-    processor = ServiceProcess(
-        "processor", tmp_path / "p", {"IMAGESVC_CACHE_ADDRESS": scripted_cache(cache)}
-    ).start()
-    try:
-        image_id = "A" * 22
-        with channel(processor.address) as ch:
-            pstub = ppb_grpc.ProcessorServiceStub(ch)
-            # A miss: the processor now holds the original...
-            collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=20)))))
-            # ...so this one starts early; the cache then says "held", then "gone".
-            request = process_request(image_id, Op(resize=ppb.Resize(width=30)))
-            meta, data = collect(pstub.Process(request))
-        assert meta.width == 30 and sha256(data) == meta.sha256
-        deadline = time.monotonic() + 5
-        while meta.key not in cache.stored:
-            assert time.monotonic() < deadline, "the variant made afresh was never stored"
-            time.sleep(0.02)
-        assert processor.terminate() == 0
-    finally:
-        processor.kill()
-    assert processed_keys(processor).count(meta.key) == 1  # made once, not twice
-
-
 def test_a_render_whose_caller_left_during_the_fetch_is_logged(
     start_processor: Callable[[dict[str, str]], ServiceProcess],
     stub: pb_grpc.CacheServiceStub,
@@ -871,7 +806,10 @@ def test_a_render_whose_caller_left_during_the_fetch_is_logged(
             answer.cancel()  # type: ignore[no-untyped-call]
     assert server.terminate() == 0  # renders still running finish and are stored first
     keys = [
-        spec.parse(r.operations, r.output, spec.Limits(8192, 100)).key(big_id) for r in requests
+        spec.parse(
+            r.transformation.operations, r.transformation.output, spec.Limits(8192, 100)
+        ).key(big_id)
+        for r in requests
     ]
     made = [key for key in keys if get_variant(stub, big_id, key) is not None]
     assert made, "no render outlived its caller: the test saw nothing"

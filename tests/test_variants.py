@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,7 +20,6 @@ from common.errors import Reason
 from tests.support import ServiceProcess, channel, failure, png_bytes, upload
 
 IMAGE = "I" * 22
-PutFunction = Callable[[pb_grpc.CacheServiceStub, str, str, bytes], object]
 
 
 def variant(key: str, size: int, image_id: str = IMAGE) -> Variant:
@@ -200,21 +199,6 @@ def put_variant(
     return response
 
 
-def put_batched(
-    stub: pb_grpc.CacheServiceStub, image_id: str, key: str, data: bytes
-) -> pb.PutVariantBatchResponse:
-    """One variant through PutVariantBatch."""
-    header = pb.PutVariantHeader(image_id=image_id, key=key, media_type="image/png", width=3)
-    request = pb.PutVariantBatchRequest(variants=[pb.WholeVariant(header=header, data=data)])
-    response: pb.PutVariantBatchResponse = stub.PutVariantBatch(request, timeout=30)
-    return response
-
-
-def whole(image_id: str, key: str, data: bytes) -> pb.WholeVariant:
-    header = pb.PutVariantHeader(image_id=image_id, key=key, media_type="image/png", width=3)
-    return pb.WholeVariant(header=header, data=data)
-
-
 def get_variant(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes | None:
     """The variant's bytes; None for a miss, or for an image that is gone."""
     body = bytearray()
@@ -268,14 +252,12 @@ def test_variants_over_grpc_evict_survive_restart_and_purge(small_cache: Service
         assert not stored_keys(small_cache.data_dir / "variants")
 
 
-@pytest.mark.parametrize("put", [put_variant, put_batched])
-def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) -> None:
+def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub) -> None:
     image_id = upload(stub, png_bytes(5, 5)).id
-    field = "key" if put is put_variant else "variants[0].header.key"
     for key in ("", "../../etc", "a/b", "k" * 129):
-        error = failure(put, stub, image_id, key, b"x")
-        assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, field)
-    error = failure(put, stub, image_id, "k", b"")
+        error = failure(put_variant, stub, image_id, key, b"x")
+        assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
+    error = failure(put_variant, stub, image_id, "k", b"")
     assert error.reason == Reason.INVALID_ARGUMENT
     assert get_variant(stub, image_id, "k") is None
     answers = list(stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key="nope")))
@@ -285,106 +267,22 @@ def test_put_variant_refusals(stub: pb_grpc.CacheServiceStub, put: PutFunction) 
 def test_a_variant_of_an_unknown_image_is_refused(stub: pb_grpc.CacheServiceStub) -> None:
     unknown = "B" * 22
     assert failure(put_variant, stub, unknown, "k", b"x").reason == Reason.IMAGE_NOT_FOUND
-    (result,) = put_batched(stub, unknown, "k", b"x").results
-    assert result.WhichOneof("outcome") == "refused"
-    assert result.refused.reason == Reason.IMAGE_NOT_FOUND
 
 
-def test_a_batched_variant_is_stored_like_a_streamed_one(stub: pb_grpc.CacheServiceStub) -> None:
-    image_id = upload(stub, png_bytes(7, 7)).id
-    data = b"\x89PNG small variant"
-    (result,) = put_batched(stub, image_id, "whole", data).results
-    streamed = put_variant(stub, image_id, "streamed", data).variant
-    meta = result.variant
-    assert (meta.byte_size, meta.sha256, meta.media_type, meta.width) == (
-        streamed.byte_size,
-        streamed.sha256,
-        streamed.media_type,
-        streamed.width,
-    )
-    assert get_variant(stub, image_id, "whole") == data
+def test_a_variant_read_claims_the_render_on_a_miss(stub: pb_grpc.CacheServiceStub) -> None:
+    image_id = upload(stub, png_bytes(9, 8)).id
 
+    def miss(claim: bool) -> pb.VariantMiss:
+        request = pb.GetVariantRequest(image_id=image_id, key="absent", claim=claim)
+        (answer,) = list(stub.GetVariant(request))
+        assert answer.WhichOneof("payload") == "miss"
+        return answer.miss
 
-def test_a_batch_answers_each_variant_in_order(tmp_path: Path) -> None:
-    server = ServiceProcess("cache", tmp_path, {"IMAGESVC_MAX_VARIANT_BYTES": "1000"}).start()
-    try:
-        with channel(server.address) as ch:
-            stub = pb_grpc.CacheServiceStub(ch)
-            image_id = upload(stub, png_bytes(5, 5)).id
-            batch = [
-                whole(image_id, "first", b"1" * 1000),
-                whole("C" * 22, "orphan", b"2"),  # no such image
-                whole(image_id, "big", b"3" * 1001),
-                whole(image_id, "last", b"4"),
-            ]
-            request = pb.PutVariantBatchRequest(variants=batch)
-            results = stub.PutVariantBatch(request, timeout=30).results
-            outcomes = [
-                r.variant.key if r.WhichOneof("outcome") == "variant" else r.refused.reason
-                for r in results
-            ]
-            assert outcomes == ["first", Reason.IMAGE_NOT_FOUND, Reason.PAYLOAD_TOO_LARGE, "last"]
-            assert get_variant(stub, image_id, "first") == b"1" * 1000
-            assert get_variant(stub, image_id, "last") == b"4"
-            assert get_variant(stub, image_id, "big") is None
-            # The streamed way has the same limit, as an error of its call.
-            error = failure(put_variant, stub, image_id, "big", b"3" * 1001)
-            assert (error.code, error.reason) == (
-                grpc.StatusCode.OUT_OF_RANGE,
-                Reason.PAYLOAD_TOO_LARGE,
-            )
-    finally:
-        server.kill()
-
-
-def test_a_malformed_batch_stores_nothing(stub: pb_grpc.CacheServiceStub) -> None:
-    image_id = upload(stub, png_bytes(6, 5)).id
-
-    def refused(variants: list[pb.WholeVariant]) -> str:
-        error = failure(stub.PutVariantBatch, pb.PutVariantBatchRequest(variants=variants))
-        assert error.reason == Reason.INVALID_ARGUMENT
-        return error.metadata["field"]
-
-    assert refused([]) == "variants"
-    assert refused([whole(image_id, f"k{n}", b"x") for n in range(65)]) == "variants"
-    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "bad/key", b"x")]) == (
-        "variants[1].header.key"
-    )
-    assert refused([whole(image_id, "fine", b"x"), pb.WholeVariant(data=b"x")]) == (
-        "variants[1].header"
-    )
-    assert refused([whole(image_id, "fine", b"x"), whole(image_id, "empty", b"")]) == (
-        "variants[1].data"
-    )
-    assert get_variant(stub, image_id, "fine") is None
-    assert get_variant(stub, image_id, "k0") is None
-
-
-def test_a_lookup_answers_in_one_message(stub: pb_grpc.CacheServiceStub) -> None:
-    image_id = upload(stub, png_bytes(9, 9)).id
-    small, large = b"s" * 1000, b"L" * 300_000  # the chunk size is 256 KiB
-    put_variant(stub, image_id, "small", small)
-    put_variant(stub, image_id, "large", large)
-
-    def lookup(key: str, of: str = image_id) -> pb.LookupVariantResponse:
-        answer: pb.LookupVariantResponse = stub.LookupVariant(
-            pb.LookupVariantRequest(image_id=of, key=key)
-        )
-        return answer
-
-    found = lookup("small")
-    assert found.WhichOneof("outcome") == "found"
-    assert (found.found.data, found.found.variant.key) == (small, "small")
-    too_large = lookup("large")
-    assert too_large.WhichOneof("outcome") == "too_large"
-    assert too_large.too_large.byte_size == len(large)
-    assert get_variant(stub, image_id, "large") == large  # streamed the usual way
-    assert lookup("absent").WhichOneof("outcome") == "miss"
-    request = pb.LookupVariantRequest(image_id="D" * 22, key="absent")
-    assert failure(stub.LookupVariant, request).reason == Reason.IMAGE_NOT_FOUND
-    request = pb.LookupVariantRequest(image_id=image_id, key="../x")
-    error = failure(stub.LookupVariant, request)
-    assert (error.reason, error.metadata["field"]) == (Reason.INVALID_ARGUMENT, "key")
+    assert not miss(claim=False).claimed  # asked for nothing
+    assert miss(claim=True).claimed  # the lease is this caller's
+    assert not miss(claim=True).claimed  # held by the first: another renders it
+    put_variant(stub, image_id, "absent", b"made")  # storing it ends the lease
+    assert get_variant(stub, image_id, "absent") == b"made"
 
 
 def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheServiceStub) -> None:
@@ -393,3 +291,21 @@ def test_a_variant_miss_says_whether_the_image_exists(stub: pb_grpc.CacheService
     assert [a.WhichOneof("payload") for a in answers] == ["miss"]
     error = failure(stub.GetVariant, pb.GetVariantRequest(image_id="C" * 22, key="absent"))
     assert error.reason == Reason.IMAGE_NOT_FOUND
+
+
+def test_a_variant_over_the_limit_is_refused(tmp_path: Path) -> None:
+    server = ServiceProcess("cache", tmp_path, {"IMAGESVC_MAX_VARIANT_BYTES": "1000"}).start()
+    try:
+        with channel(server.address) as ch:
+            stub = pb_grpc.CacheServiceStub(ch)
+            image_id = upload(stub, png_bytes(5, 5)).id
+            put_variant(stub, image_id, "fits", b"1" * 1000)
+            error = failure(put_variant, stub, image_id, "big", b"3" * 1001)
+            assert (error.code, error.reason) == (
+                grpc.StatusCode.OUT_OF_RANGE,
+                Reason.PAYLOAD_TOO_LARGE,
+            )
+            assert get_variant(stub, image_id, "fits") == b"1" * 1000
+            assert get_variant(stub, image_id, "big") is None
+    finally:
+        server.kill()

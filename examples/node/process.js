@@ -88,8 +88,10 @@ async function main() {
     metadata.set("x-request-id", "my-trace-id"); // in every service's log lines
     const request = {
       image_id: image.id,
-      operations: [{ resize: { width: 300, height: 200, fit: "FIT_COVER" } }],
-      output: { format: "OUTPUT_FORMAT_WEBP" },
+      transformation: {
+        operations: [{ resize: { width: 300, height: 200, fit: "FIT_COVER" } }],
+        output: { format: "OUTPUT_FORMAT_WEBP" },
+      },
     };
     const { variant, data } = await processImage(processor, request, metadata);
     fs.writeFileSync(output, data);

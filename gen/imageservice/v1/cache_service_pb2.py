@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imageservice.v1 import image_pb2 as imageservice_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imageservice/v1/cache_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"\x87\x01\n\x0ePutImageHeader\x12\x19\n\x11original_filename\x18\x01 \x01(\t\x12\x1a\n\x12\x63laimed_media_type\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12/\n\nvisibility\x18\x04 \x01(\x0e\x32\x1b.imageservice.v1.Visibility\"`\n\x0fPutImageRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.imageservice.v1.PutImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"A\n\x10PutImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"\x1d\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x10GetImageResponse\x12/\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1e\n\x10StatImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x11StatImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"Y\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"]\n\x12ListImagesResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.imageservice.v1.ImageMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x44\x65leteImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x13\x44\x65leteImageResponse\x12\x17\n\x0fpurged_variants\x18\x01 \x01(\x05\"2\n\x11GetVariantRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x93\x01\n\x12GetVariantResponse\x12\x33\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x04miss\x18\x03 \x01(\x0b\x32\x1c.imageservice.v1.VariantMissH\x00\x42\t\n\x07payload\"\x1e\n\x0bVariantMiss\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"D\n\x14LookupVariantRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x63laim\x18\x03 \x01(\x08\"\xb7\x01\n\x15LookupVariantResponse\x12,\n\x04miss\x18\x01 \x01(\x0b\x32\x1c.imageservice.v1.VariantMissH\x00\x12.\n\x05\x66ound\x18\x02 \x01(\x0b\x32\x1d.imageservice.v1.FoundVariantH\x00\x12\x35\n\ttoo_large\x18\x03 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x42\t\n\x07outcome\"O\n\x0c\x46oundVariant\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"d\n\x10PutVariantHeader\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"d\n\x11PutVariantRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.imageservice.v1.PutVariantHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"G\n\x12PutVariantResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\"I\n\x16PutVariantBatchRequest\x12/\n\x08variants\x18\x01 \x03(\x0b\x32\x1d.imageservice.v1.WholeVariant\"O\n\x0cWholeVariant\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32!.imageservice.v1.PutVariantHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"M\n\x17PutVariantBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.imageservice.v1.PutVariantResult\"\x86\x01\n\x10PutVariantResult\x12\x33\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x12\x32\n\x07refused\x18\x02 \x01(\x0b\x32\x1f.imageservice.v1.VariantRefusalH\x00\x42\t\n\x07outcome\"1\n\x0eVariantRefusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x17\n\x15WatchDeletionsRequest\"*\n\x16WatchDeletionsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t2\x96\x07\n\x0c\x43\x61\x63heService\x12Q\n\x08PutImage\x12 .imageservice.v1.PutImageRequest\x1a!.imageservice.v1.PutImageResponse(\x01\x12Q\n\x08GetImage\x12 .imageservice.v1.GetImageRequest\x1a!.imageservice.v1.GetImageResponse0\x01\x12R\n\tStatImage\x12!.imageservice.v1.StatImageRequest\x1a\".imageservice.v1.StatImageResponse\x12U\n\nListImages\x12\".imageservice.v1.ListImagesRequest\x1a#.imageservice.v1.ListImagesResponse\x12X\n\x0b\x44\x65leteImage\x12#.imageservice.v1.DeleteImageRequest\x1a$.imageservice.v1.DeleteImageResponse\x12W\n\nGetVariant\x12\".imageservice.v1.GetVariantRequest\x1a#.imageservice.v1.GetVariantResponse0\x01\x12^\n\rLookupVariant\x12%.imageservice.v1.LookupVariantRequest\x1a&.imageservice.v1.LookupVariantResponse\x12W\n\nPutVariant\x12\".imageservice.v1.PutVariantRequest\x1a#.imageservice.v1.PutVariantResponse(\x01\x12\x64\n\x0fPutVariantBatch\x12\'.imageservice.v1.PutVariantBatchRequest\x1a(.imageservice.v1.PutVariantBatchResponse\x12\x63\n\x0eWatchDeletions\x12&.imageservice.v1.WatchDeletionsRequest\x1a\'.imageservice.v1.WatchDeletionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imageservice/v1/cache_service.proto\x12\x0fimageservice.v1\x1a\x1bimageservice/v1/image.proto\"\x87\x01\n\x0ePutImageHeader\x12\x19\n\x11original_filename\x18\x01 \x01(\t\x12\x1a\n\x12\x63laimed_media_type\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12/\n\nvisibility\x18\x04 \x01(\x0e\x32\x1b.imageservice.v1.Visibility\"`\n\x0fPutImageRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.imageservice.v1.PutImageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"A\n\x10PutImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"\x1d\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"_\n\x10GetImageResponse\x12/\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1e\n\x10StatImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x11StatImageResponse\x12-\n\x05image\x18\x01 \x01(\x0b\x32\x1e.imageservice.v1.ImageMetadata\"Y\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"]\n\x12ListImagesResponse\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.imageservice.v1.ImageMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12\x44\x65leteImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x13\x44\x65leteImageResponse\x12\x17\n\x0fpurged_variants\x18\x01 \x01(\x05\"A\n\x11GetVariantRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x63laim\x18\x03 \x01(\x08\"\x93\x01\n\x12GetVariantResponse\x12\x33\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x04miss\x18\x03 \x01(\x0b\x32\x1c.imageservice.v1.VariantMissH\x00\x42\t\n\x07payload\"\x1e\n\x0bVariantMiss\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x08\"d\n\x10PutVariantHeader\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"d\n\x11PutVariantRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.imageservice.v1.PutVariantHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"G\n\x12PutVariantResponse\x12\x31\n\x07variant\x18\x01 \x01(\x0b\x32 .imageservice.v1.VariantMetadata\"\x17\n\x15WatchDeletionsRequest\"*\n\x16WatchDeletionsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t2\xd0\x05\n\x0c\x43\x61\x63heService\x12Q\n\x08PutImage\x12 .imageservice.v1.PutImageRequest\x1a!.imageservice.v1.PutImageResponse(\x01\x12Q\n\x08GetImage\x12 .imageservice.v1.GetImageRequest\x1a!.imageservice.v1.GetImageResponse0\x01\x12R\n\tStatImage\x12!.imageservice.v1.StatImageRequest\x1a\".imageservice.v1.StatImageResponse\x12U\n\nListImages\x12\".imageservice.v1.ListImagesRequest\x1a#.imageservice.v1.ListImagesResponse\x12X\n\x0b\x44\x65leteImage\x12#.imageservice.v1.DeleteImageRequest\x1a$.imageservice.v1.DeleteImageResponse\x12W\n\nGetVariant\x12\".imageservice.v1.GetVariantRequest\x1a#.imageservice.v1.GetVariantResponse0\x01\x12W\n\nPutVariant\x12\".imageservice.v1.PutVariantRequest\x1a#.imageservice.v1.PutVariantResponse(\x01\x12\x63\n\x0eWatchDeletions\x12&.imageservice.v1.WatchDeletionsRequest\x1a\'.imageservice.v1.WatchDeletionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,37 +55,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEIMAGERESPONSE']._serialized_start=836
   _globals['_DELETEIMAGERESPONSE']._serialized_end=882
   _globals['_GETVARIANTREQUEST']._serialized_start=884
-  _globals['_GETVARIANTREQUEST']._serialized_end=934
-  _globals['_GETVARIANTRESPONSE']._serialized_start=937
-  _globals['_GETVARIANTRESPONSE']._serialized_end=1084
-  _globals['_VARIANTMISS']._serialized_start=1086
-  _globals['_VARIANTMISS']._serialized_end=1116
-  _globals['_LOOKUPVARIANTREQUEST']._serialized_start=1118
-  _globals['_LOOKUPVARIANTREQUEST']._serialized_end=1186
-  _globals['_LOOKUPVARIANTRESPONSE']._serialized_start=1189
-  _globals['_LOOKUPVARIANTRESPONSE']._serialized_end=1372
-  _globals['_FOUNDVARIANT']._serialized_start=1374
-  _globals['_FOUNDVARIANT']._serialized_end=1453
-  _globals['_PUTVARIANTHEADER']._serialized_start=1455
-  _globals['_PUTVARIANTHEADER']._serialized_end=1555
-  _globals['_PUTVARIANTREQUEST']._serialized_start=1557
-  _globals['_PUTVARIANTREQUEST']._serialized_end=1657
-  _globals['_PUTVARIANTRESPONSE']._serialized_start=1659
-  _globals['_PUTVARIANTRESPONSE']._serialized_end=1730
-  _globals['_PUTVARIANTBATCHREQUEST']._serialized_start=1732
-  _globals['_PUTVARIANTBATCHREQUEST']._serialized_end=1805
-  _globals['_WHOLEVARIANT']._serialized_start=1807
-  _globals['_WHOLEVARIANT']._serialized_end=1886
-  _globals['_PUTVARIANTBATCHRESPONSE']._serialized_start=1888
-  _globals['_PUTVARIANTBATCHRESPONSE']._serialized_end=1965
-  _globals['_PUTVARIANTRESULT']._serialized_start=1968
-  _globals['_PUTVARIANTRESULT']._serialized_end=2102
-  _globals['_VARIANTREFUSAL']._serialized_start=2104
-  _globals['_VARIANTREFUSAL']._serialized_end=2153
-  _globals['_WATCHDELETIONSREQUEST']._serialized_start=2155
-  _globals['_WATCHDELETIONSREQUEST']._serialized_end=2178
-  _globals['_WATCHDELETIONSRESPONSE']._serialized_start=2180
-  _globals['_WATCHDELETIONSRESPONSE']._serialized_end=2222
-  _globals['_CACHESERVICE']._serialized_start=2225
-  _globals['_CACHESERVICE']._serialized_end=3143
+  _globals['_GETVARIANTREQUEST']._serialized_end=949
+  _globals['_GETVARIANTRESPONSE']._serialized_start=952
+  _globals['_GETVARIANTRESPONSE']._serialized_end=1099
+  _globals['_VARIANTMISS']._serialized_start=1101
+  _globals['_VARIANTMISS']._serialized_end=1131
+  _globals['_PUTVARIANTHEADER']._serialized_start=1133
+  _globals['_PUTVARIANTHEADER']._serialized_end=1233
+  _globals['_PUTVARIANTREQUEST']._serialized_start=1235
+  _globals['_PUTVARIANTREQUEST']._serialized_end=1335
+  _globals['_PUTVARIANTRESPONSE']._serialized_start=1337
+  _globals['_PUTVARIANTRESPONSE']._serialized_end=1408
+  _globals['_WATCHDELETIONSREQUEST']._serialized_start=1410
+  _globals['_WATCHDELETIONSREQUEST']._serialized_end=1433
+  _globals['_WATCHDELETIONSRESPONSE']._serialized_start=1435
+  _globals['_WATCHDELETIONSRESPONSE']._serialized_end=1477
+  _globals['_CACHESERVICE']._serialized_start=1480
+  _globals['_CACHESERVICE']._serialized_end=2200
 # @@protoc_insertion_point(module_scope)

@@ -283,17 +283,23 @@ class GetVariantRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     key: _builtins.str
+    claim: _builtins.bool
+    """On a miss, also claim the lease to render the variant, so that of several
+    processors (replicas) missing the same variant one renders it.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         key: _builtins.str = ...,
+        claim: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "image_id", b"image_id", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,89 +359,6 @@ class VariantMiss(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VariantMiss: _TypeAlias = VariantMiss  # noqa: Y015
-
-@_typing.final
-class LookupVariantRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IMAGE_ID_FIELD_NUMBER: _builtins.int
-    KEY_FIELD_NUMBER: _builtins.int
-    CLAIM_FIELD_NUMBER: _builtins.int
-    image_id: _builtins.str
-    key: _builtins.str
-    claim: _builtins.bool
-    """On a miss, also claim the lease to render the variant, so that of several
-    processors (replicas) missing the same variant one renders it.
-    """
-    def __init__(
-        self,
-        *,
-        image_id: _builtins.str = ...,
-        key: _builtins.str = ...,
-        claim: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "image_id", b"image_id", "key", b"key"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___LookupVariantRequest: _TypeAlias = LookupVariantRequest  # noqa: Y015
-
-@_typing.final
-class LookupVariantResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MISS_FIELD_NUMBER: _builtins.int
-    FOUND_FIELD_NUMBER: _builtins.int
-    TOO_LARGE_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def miss(self) -> Global___VariantMiss: ...
-    @_builtins.property
-    def found(self) -> Global___FoundVariant: ...
-    @_builtins.property
-    def too_large(self) -> _image_pb2.VariantMetadata: ...
-    def __init__(
-        self,
-        *,
-        miss: Global___VariantMiss | None = ...,
-        found: Global___FoundVariant | None = ...,
-        too_large: _image_pb2.VariantMetadata | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "miss", b"miss", "outcome", b"outcome", "too_large", b"too_large"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "miss", b"miss", "outcome", b"outcome", "too_large", b"too_large"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["miss", "found", "too_large"]  # noqa: Y015
-    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
-
-Global___LookupVariantResponse: _TypeAlias = LookupVariantResponse  # noqa: Y015
-
-@_typing.final
-class FoundVariant(_message.Message):
-    """A cached variant with its bytes."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VARIANT_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    @_builtins.property
-    def variant(self) -> _image_pb2.VariantMetadata: ...
-    def __init__(
-        self,
-        *,
-        variant: _image_pb2.VariantMetadata | None = ...,
-        data: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "variant", b"variant"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FoundVariant: _TypeAlias = FoundVariant  # noqa: Y015
 
 @_typing.final
 class PutVariantHeader(_message.Message):
@@ -512,126 +435,6 @@ class PutVariantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutVariantResponse: _TypeAlias = PutVariantResponse  # noqa: Y015
-
-@_typing.final
-class PutVariantBatchRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VARIANTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___WholeVariant]: ...
-    def __init__(
-        self,
-        *,
-        variants: _abc.Iterable[Global___WholeVariant] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["variants", b"variants"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___PutVariantBatchRequest: _TypeAlias = PutVariantBatchRequest  # noqa: Y015
-
-@_typing.final
-class WholeVariant(_message.Message):
-    """A variant with its bytes in one message."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    HEADER_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    @_builtins.property
-    def header(self) -> Global___PutVariantHeader: ...
-    def __init__(
-        self,
-        *,
-        header: Global___PutVariantHeader | None = ...,
-        data: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___WholeVariant: _TypeAlias = WholeVariant  # noqa: Y015
-
-@_typing.final
-class PutVariantBatchResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RESULTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutVariantResult]:
-        """One per variant sent, in the same order."""
-
-    def __init__(
-        self,
-        *,
-        results: _abc.Iterable[Global___PutVariantResult] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___PutVariantBatchResponse: _TypeAlias = PutVariantBatchResponse  # noqa: Y015
-
-@_typing.final
-class PutVariantResult(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VARIANT_FIELD_NUMBER: _builtins.int
-    REFUSED_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def variant(self) -> _image_pb2.VariantMetadata:
-        """stored"""
-
-    @_builtins.property
-    def refused(self) -> Global___VariantRefusal: ...
-    def __init__(
-        self,
-        *,
-        variant: _image_pb2.VariantMetadata | None = ...,
-        refused: Global___VariantRefusal | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "variant", b"variant"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "variant", b"variant"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["variant", "refused"]  # noqa: Y015
-    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
-
-Global___PutVariantResult: _TypeAlias = PutVariantResult  # noqa: Y015
-
-@_typing.final
-class VariantRefusal(_message.Message):
-    """Why one variant of a batch was not stored."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REASON_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    reason: _builtins.str
-    """An ErrorInfo reason from the list above: IMAGE_NOT_FOUND or PAYLOAD_TOO_LARGE."""
-    message: _builtins.str
-    def __init__(
-        self,
-        *,
-        reason: _builtins.str = ...,
-        message: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___VariantRefusal: _TypeAlias = VariantRefusal  # noqa: Y015
 
 @_typing.final
 class WatchDeletionsRequest(_message.Message):

@@ -75,20 +75,10 @@ class CacheServiceStub:
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantResponse.FromString,
                 _registered_method=True)
-        self.LookupVariant = channel.unary_unary(
-                '/imageservice.v1.CacheService/LookupVariant',
-                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.SerializeToString,
-                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.FromString,
-                _registered_method=True)
         self.PutVariant = channel.stream_unary(
                 '/imageservice.v1.CacheService/PutVariant',
                 request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.FromString,
-                _registered_method=True)
-        self.PutVariantBatch = channel.unary_unary(
-                '/imageservice.v1.CacheService/PutVariantBatch',
-                request_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.SerializeToString,
-                response_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.FromString,
                 _registered_method=True)
         self.WatchDeletions = channel.unary_stream(
                 '/imageservice.v1.CacheService/WatchDeletions',
@@ -150,16 +140,8 @@ class CacheServiceServicer:
     def GetVariant(self, request, context):
         """Streams a cached variant back: first message the metadata, then the chunks.
         A miss is an answer, not an error: a single message with `miss` set (the image
-        exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def LookupVariant(self, request, context):
-        """The same lookup answered in one message, which costs both sides less than a
-        stream: the variant whole when it fits one message (up to the chunk size), else
-        its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+        exists, the variant is not cached), which may also claim the lease to render it.
+        An unknown image is IMAGE_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,16 +149,6 @@ class CacheServiceServicer:
 
     def PutVariant(self, request_iterator, context):
         """Stores a variant: first message the header, then the chunks.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutVariantBatch(self, request, context):
-        """Stores up to 64 variants, each sent whole (for variants that fit one message):
-        the same effect as a PutVariant per variant, for the work of one call. A
-        variant refused on its own (its image unknown or deleted meanwhile, or too
-        large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,20 +196,10 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_cache__service__pb2.GetVariantResponse.SerializeToString,
             ),
-            'LookupVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.LookupVariant,
-                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.FromString,
-                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.SerializeToString,
-            ),
             'PutVariant': grpc.stream_unary_rpc_method_handler(
                     servicer.PutVariant,
                     request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.SerializeToString,
-            ),
-            'PutVariantBatch': grpc.unary_unary_rpc_method_handler(
-                    servicer.PutVariantBatch,
-                    request_deserializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.FromString,
-                    response_serializer=imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.SerializeToString,
             ),
             'WatchDeletions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDeletions,
@@ -429,33 +391,6 @@ class CacheService:
             _registered_method=True)
 
     @staticmethod
-    def LookupVariant(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/imageservice.v1.CacheService/LookupVariant',
-            imageservice_dot_v1_dot_cache__service__pb2.LookupVariantRequest.SerializeToString,
-            imageservice_dot_v1_dot_cache__service__pb2.LookupVariantResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def PutVariant(request_iterator,
             target,
             options=(),
@@ -472,33 +407,6 @@ class CacheService:
             '/imageservice.v1.CacheService/PutVariant',
             imageservice_dot_v1_dot_cache__service__pb2.PutVariantRequest.SerializeToString,
             imageservice_dot_v1_dot_cache__service__pb2.PutVariantResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PutVariantBatch(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/imageservice.v1.CacheService/PutVariantBatch',
-            imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchRequest.SerializeToString,
-            imageservice_dot_v1_dot_cache__service__pb2.PutVariantBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

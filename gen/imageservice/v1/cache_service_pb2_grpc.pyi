@@ -59,21 +59,11 @@ class CacheServiceStub:
     GetVariant: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]
     """Streams a cached variant back: first message the metadata, then the chunks.
     A miss is an answer, not an error: a single message with `miss` set (the image
-    exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
-    """
-    LookupVariant: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.LookupVariantRequest, _cache_service_pb2.LookupVariantResponse]
-    """The same lookup answered in one message, which costs both sides less than a
-    stream: the variant whole when it fits one message (up to the chunk size), else
-    its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+    exists, the variant is not cached), which may also claim the lease to render it.
+    An unknown image is IMAGE_NOT_FOUND.
     """
     PutVariant: _grpc.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]
     """Stores a variant: first message the header, then the chunks."""
-    PutVariantBatch: _grpc.UnaryUnaryMultiCallable[_cache_service_pb2.PutVariantBatchRequest, _cache_service_pb2.PutVariantBatchResponse]
-    """Stores up to 64 variants, each sent whole (for variants that fit one message):
-    the same effect as a PutVariant per variant, for the work of one call. A
-    variant refused on its own (its image unknown or deleted meanwhile, or too
-    large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
-    """
     WatchDeletions: _grpc.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]
     """Streams the id of every image deleted from now on, for callers that keep copies
     (the gateway's hot cache). Slow watchers are cut off; a broken stream means
@@ -111,21 +101,11 @@ class CacheServiceAsyncStub(CacheServiceStub):
     GetVariant: _aio.UnaryStreamMultiCallable[_cache_service_pb2.GetVariantRequest, _cache_service_pb2.GetVariantResponse]  # type: ignore[assignment]
     """Streams a cached variant back: first message the metadata, then the chunks.
     A miss is an answer, not an error: a single message with `miss` set (the image
-    exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
-    """
-    LookupVariant: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.LookupVariantRequest, _cache_service_pb2.LookupVariantResponse]  # type: ignore[assignment]
-    """The same lookup answered in one message, which costs both sides less than a
-    stream: the variant whole when it fits one message (up to the chunk size), else
-    its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+    exists, the variant is not cached), which may also claim the lease to render it.
+    An unknown image is IMAGE_NOT_FOUND.
     """
     PutVariant: _aio.StreamUnaryMultiCallable[_cache_service_pb2.PutVariantRequest, _cache_service_pb2.PutVariantResponse]  # type: ignore[assignment]
     """Stores a variant: first message the header, then the chunks."""
-    PutVariantBatch: _aio.UnaryUnaryMultiCallable[_cache_service_pb2.PutVariantBatchRequest, _cache_service_pb2.PutVariantBatchResponse]  # type: ignore[assignment]
-    """Stores up to 64 variants, each sent whole (for variants that fit one message):
-    the same effect as a PutVariant per variant, for the work of one call. A
-    variant refused on its own (its image unknown or deleted meanwhile, or too
-    large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
-    """
     WatchDeletions: _aio.UnaryStreamMultiCallable[_cache_service_pb2.WatchDeletionsRequest, _cache_service_pb2.WatchDeletionsResponse]  # type: ignore[assignment]
     """Streams the id of every image deleted from now on, for callers that keep copies
     (the gateway's hot cache). Slow watchers are cut off; a broken stream means
@@ -196,18 +176,8 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_cache_service_pb2.GetVariantResponse], _abc.AsyncIterator[_cache_service_pb2.GetVariantResponse]]:
         """Streams a cached variant back: first message the metadata, then the chunks.
         A miss is an answer, not an error: a single message with `miss` set (the image
-        exists, the variant is not cached). An unknown image is IMAGE_NOT_FOUND.
-        """
-
-    @_abc_1.abstractmethod
-    def LookupVariant(
-        self,
-        request: _cache_service_pb2.LookupVariantRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_cache_service_pb2.LookupVariantResponse, _abc.Awaitable[_cache_service_pb2.LookupVariantResponse]]:
-        """The same lookup answered in one message, which costs both sides less than a
-        stream: the variant whole when it fits one message (up to the chunk size), else
-        its metadata (`too_large`: read it with GetVariant). Errors as GetVariant's.
+        exists, the variant is not cached), which may also claim the lease to render it.
+        An unknown image is IMAGE_NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -217,18 +187,6 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_service_pb2.PutVariantResponse, _abc.Awaitable[_cache_service_pb2.PutVariantResponse]]:
         """Stores a variant: first message the header, then the chunks."""
-
-    @_abc_1.abstractmethod
-    def PutVariantBatch(
-        self,
-        request: _cache_service_pb2.PutVariantBatchRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_cache_service_pb2.PutVariantBatchResponse, _abc.Awaitable[_cache_service_pb2.PutVariantBatchResponse]]:
-        """Stores up to 64 variants, each sent whole (for variants that fit one message):
-        the same effect as a PutVariant per variant, for the work of one call. A
-        variant refused on its own (its image unknown or deleted meanwhile, or too
-        large) is answered in its result; a malformed batch is INVALID_ARGUMENT.
-        """
 
     @_abc_1.abstractmethod
     def WatchDeletions(

@@ -694,13 +694,13 @@ class OutputOptions(_message.Message):
 Global___OutputOptions: _TypeAlias = OutputOptions  # noqa: Y015
 
 @_typing.final
-class ProcessRequest(_message.Message):
+class Transformation(_message.Message):
+    """What to make of an image: the operations and the output options."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    IMAGE_ID_FIELD_NUMBER: _builtins.int
     OPERATIONS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
-    image_id: _builtins.str
     @_builtins.property
     def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]: ...
     @_builtins.property
@@ -708,13 +708,35 @@ class ProcessRequest(_message.Message):
     def __init__(
         self,
         *,
-        image_id: _builtins.str = ...,
         operations: _abc.Iterable[Global___Operation] | None = ...,
         output: Global___OutputOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "operations", b"operations", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transformation: _TypeAlias = Transformation  # noqa: Y015
+
+@_typing.final
+class ProcessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    TRANSFORMATION_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    @_builtins.property
+    def transformation(self) -> Global___Transformation: ...
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        transformation: Global___Transformation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "transformation", b"transformation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,23 +780,19 @@ class ProcessWholeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
-    OPERATIONS_FIELD_NUMBER: _builtins.int
-    OUTPUT_FIELD_NUMBER: _builtins.int
+    TRANSFORMATION_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     @_builtins.property
-    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]: ...
-    @_builtins.property
-    def output(self) -> Global___OutputOptions: ...
+    def transformation(self) -> Global___Transformation: ...
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
-        operations: _abc.Iterable[Global___Operation] | None = ...,
-        output: Global___OutputOptions | None = ...,
+        transformation: Global___Transformation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "operations", b"operations", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "transformation", b"transformation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,21 +859,17 @@ Global___ProcessedVariant: _TypeAlias = ProcessedVariant  # noqa: Y015
 class ProcessBytesSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    OPERATIONS_FIELD_NUMBER: _builtins.int
-    OUTPUT_FIELD_NUMBER: _builtins.int
+    TRANSFORMATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]: ...
-    @_builtins.property
-    def output(self) -> Global___OutputOptions: ...
+    def transformation(self) -> Global___Transformation: ...
     def __init__(
         self,
         *,
-        operations: _abc.Iterable[Global___Operation] | None = ...,
-        output: Global___OutputOptions | None = ...,
+        transformation: Global___Transformation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

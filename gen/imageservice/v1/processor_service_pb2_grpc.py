@@ -78,8 +78,9 @@ class ProcessorServiceServicer:
         """As Process, answered in one message: the variant with all its bytes when they fit
         one message (up to the chunk size, as most results do), otherwise its metadata
         only (`too_large`), and the caller streams it with Process, which then finds it
-        made (cached, or being stored) instead of making it again. One message and the
-        status travel together, which costs both sides less than a stream.
+        made (cached, or being stored) instead of making it again. Being unary, the call
+        can carry the caller's deadline, which a stream to a slow reader cannot: the
+        processor waits for another replica's render for at most half of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,8 +47,9 @@ class ProcessorServiceStub:
     """As Process, answered in one message: the variant with all its bytes when they fit
     one message (up to the chunk size, as most results do), otherwise its metadata
     only (`too_large`), and the caller streams it with Process, which then finds it
-    made (cached, or being stored) instead of making it again. One message and the
-    status travel together, which costs both sides less than a stream.
+    made (cached, or being stored) instead of making it again. Being unary, the call
+    can carry the caller's deadline, which a stream to a slow reader cannot: the
+    processor waits for another replica's render for at most half of it.
     """
     ProcessBytes: _grpc.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -74,8 +75,9 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """As Process, answered in one message: the variant with all its bytes when they fit
     one message (up to the chunk size, as most results do), otherwise its metadata
     only (`too_large`), and the caller streams it with Process, which then finds it
-    made (cached, or being stored) instead of making it again. One message and the
-    status travel together, which costs both sides less than a stream.
+    made (cached, or being stored) instead of making it again. Being unary, the call
+    can carry the caller's deadline, which a stream to a slow reader cannot: the
+    processor waits for another replica's render for at most half of it.
     """
     ProcessBytes: _aio.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]  # type: ignore[assignment]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -110,8 +112,9 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         """As Process, answered in one message: the variant with all its bytes when they fit
         one message (up to the chunk size, as most results do), otherwise its metadata
         only (`too_large`), and the caller streams it with Process, which then finds it
-        made (cached, or being stored) instead of making it again. One message and the
-        status travel together, which costs both sides less than a stream.
+        made (cached, or being stored) instead of making it again. Being unary, the call
+        can carry the caller's deadline, which a stream to a slow reader cannot: the
+        processor waits for another replica's render for at most half of it.
         """
 
     @_abc_1.abstractmethod
