@@ -24,6 +24,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Curve:
     ms: list[float]
     percent: list[float]
     median: float
+    every_sample: bool = True
 
     @classmethod
     def of_samples(cls, ms: Sequence[float]) -> Curve:
@@ -43,7 +45,7 @@ class Curve:
     @classmethod
     def of_percentiles(cls, at: Mapping[float, float]) -> Curve:
         """From percentile -> ms; the 50th must be among them."""
-        return cls([at[p] for p in sorted(at)], sorted(at), at[50])
+        return cls([at[p] for p in sorted(at)], sorted(at), at[50], every_sample=False)
 
 
 @dataclass
@@ -150,17 +152,18 @@ def _cdf(ax: Axes, title: str, curves: Mapping[str, Curve]) -> None:
     base = next(iter(curves.values())).median
     for i, (label, curve) in enumerate(curves.items()):
         ratio = "baseline" if i == 0 else f"{curve.median / base:.2f}x"
-        few = len(curve.ms) <= 10  # a tool's percentiles: points, not a staircase
         ax.plot(
             curve.ms,
             curve.percent,
-            marker="o" if few else None,
-            drawstyle="default" if few else "steps-post",
+            marker=None if curve.every_sample else "o",  # a tool's few percentiles: points
+            drawstyle="steps-post" if curve.every_sample else "default",
             label=f"{label}: median {_number(curve.median)} ms, {ratio}",
         )
     everything = [ms for curve in curves.values() for ms in curve.ms]
     if max(everything) > 10 * min(everything) > 0:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(title=title, ylabel="% of calls at or under", ylim=(0, 101))
     ax.set_xlabel("ms per call; ratio: median to the baseline's")
     ax.grid(alpha=0.3)

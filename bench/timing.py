@@ -127,6 +127,7 @@ def core_matched(
     Where the CPUs drift apart (one 25% slower than the other for seconds), a
     service's render lands on either, and a baseline from both mixes the two speeds;
     each call compared with the baseline on its own CPU, just measured, does not.
+    record, if given, gets the baseline's samples over all CPUs, then op's.
     """
     cpus = sorted(os.sched_getaffinity(0))
     block = max(len(cpus), runs // rounds)
