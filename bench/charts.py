@@ -24,7 +24,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,10 @@ def _cdf(ax: Axes, title: str, curves: Mapping[str, Curve]) -> None:
             label=f"{label}: median {_number(curve.median)} ms, {ratio}",
         )
     everything = [ms for curve in curves.values() for ms in curve.ms]
-    if max(everything) > 10 * min(everything) > 0:
+    if max(everything) > 4 * min(everything) > 0:  # a long tail, or series far apart
         ax.set_xscale("log")
+        few_decades = max(everything) < 100 * min(everything)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5) if few_decades else (1, 2, 5)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(title=title, ylabel="% of calls at or under", ylim=(0, 101))
