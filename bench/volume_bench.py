@@ -51,7 +51,7 @@ STARTUP_SIZES = (0, 10_000, 100_000)
 READ_SIZES = (1_000, 100_000)
 SPAWNS = 12  # per backend and size, in rounds over the sizes
 READ_RUNS = 300
-Row = tuple[str | int, ...]
+Row = tuple[str | int | bytes, ...]
 
 
 def records(n: int) -> list[Row]:
@@ -71,6 +71,8 @@ def records(n: int) -> list[Row]:
             base + i,
             OWNER,
             image_pb2.VISIBILITY_PUBLIC,
+            "",  # no placeholders, like an image stored before they were made
+            b"",
         )
         for i in range(n)
     ]
