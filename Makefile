@@ -63,9 +63,9 @@ examples: engines  ## install the examples' own dependencies (examples/node: npm
 test: $(STAMP) engines examples  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
 	$(BIN)/pytest
 
-bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run (storage and volume need the engines)
+bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run, charted into docs/bench (storage and volume need the engines)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --charts docs/bench
 
 run: $(RUNTIME)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
 	$(BIN)/python -m launcher

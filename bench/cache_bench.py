@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from PIL import Image
 
+from bench import charts
 from bench.timing import median_ms
 from tests.support import ServiceProcess, channel, download, upload
 
@@ -50,9 +52,9 @@ def durable_write(folder: Path, name: str, data: bytes) -> None:
 
 
 def measure(
-    stub: pb_grpc.CacheServiceStub, folder: Path, data: bytes, runs: int
+    stub: pb_grpc.CacheServiceStub, folder: Path, label: str, data: bytes, runs: int
 ) -> list[tuple[str, float, float]]:
-    """(op, baseline ms, service ms) for put and get of data."""
+    """(op, baseline ms, service ms) for put and get of data (label names it in charts)."""
     ids: list[str] = []
 
     def base_put(i: int) -> None:
@@ -67,10 +69,14 @@ def measure(
     def svc_get(i: int) -> None:
         download(stub, ids[max(i, 0)])
 
-    return [
-        ("put", median_ms(base_put, runs), median_ms(svc_put, runs)),
-        ("get", median_ms(base_get, runs), median_ms(svc_get, runs)),
-    ]
+    def timed(
+        op: str, baseline: Callable[[int], None], service: Callable[[int], None]
+    ) -> tuple[str, float, float]:
+        title = f"{label}, {op}"
+        base = median_ms(baseline, runs, record=charts.recorder(title, "the same disk"))
+        return op, base, median_ms(service, runs, record=charts.recorder(title, "cache service"))
+
+    return [timed("put", base_put, svc_put), timed("get", base_get, svc_get)]
 
 
 def main() -> None:
@@ -89,8 +95,10 @@ def main() -> None:
                     ("10 MiB PNG", noise_image(10 * MiB, "PNG"), 10),
                 ]:
                     mb = len(data) / MiB
-                    for op, base, svc in measure(stub, baseline_dir, data, runs):
+                    for op, base, svc in measure(stub, baseline_dir, label, data, runs):
                         base_rate, svc_rate = mb / base * 1000, mb / svc * 1000
+                        rates = {"the same disk": [base_rate], "cache service": [svc_rate]}
+                        charts.throughput(f"{label}, {op}", rates, unit="MB/s")
                         print(
                             f"{label:>16} {op:>4} {base_rate:>8.1f} MB/s {svc_rate:>8.1f} MB/s"
                             f" {base / svc:>6.2f}x"

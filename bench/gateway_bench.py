@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import charts
 from bench.processor_bench import photo
 from tests.support import ROOT, ServiceProcess, free_port, start_all
 
@@ -81,6 +82,14 @@ def cold_overhead_ms(
 
     inside = per_request(processor, "rpc")
     at_gateway = per_request(gateway, "request")
+    charts.latencies(
+        "cold request, 300x200 JPEG of a 4000x3000 original",
+        {
+            "the processor's own time": [inside[rid] for rid in walls],
+            "the gateway's (its log)": [at_gateway[rid] for rid in walls],
+            "a Python HTTP client's": list(walls.values()),
+        },
+    )
     return (
         statistics.median(at_gateway[rid] - inside[rid] for rid in walls),
         statistics.median(walls[rid] - inside[rid] for rid in walls),
@@ -143,6 +152,11 @@ def main() -> None:
             bare, bare_url = start_bare(root, body, workers)
             bare_rate, bare_p50, bare_p99 = wrk(bare_url)
             rate, p50, p99 = wrk(gateway.url + path)
+            hot = f"one cached variant, {' '.join(WRK[1:4])}, {workers} uvicorn workers"
+            charts.throughput(hot, {"bare Starlette": [bare_rate], "gateway": [rate]})
+            charts.percentiles(
+                hot, {"bare Starlette": {50: bare_p50, 99: bare_p99}, "gateway": {50: p50, 99: p99}}
+            )
             print(
                 f"gateway: one cached 300x200 variant ({len(body)} bytes), "
                 f"{' '.join(WRK[1:4])}, {workers} uvicorn workers"

@@ -29,6 +29,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image
 
+from bench import charts
 from bench.timing import ThreadCores, core_matched, interleaved_ms, median_ms
 from tests.support import (
     CORPUS,
@@ -161,6 +162,12 @@ def main() -> None:
                     runs=COLD_RUNS,
                     rounds=COLD_ROUNDS,
                     spread_baseline=True,
+                    record=charts.recorder(
+                        "single cold transform, Pillow on each core in turn",
+                        "Pillow",
+                        "ProcessWhole",
+                        "Process (streamed)",
+                    ),
                 )
                 inside = statistics.median(
                     float(str(e["ms"]))
@@ -178,6 +185,11 @@ def main() -> None:
                     ThreadCores(two.pid),
                     runs=COLD_RUNS,
                     rounds=COLD_ROUNDS,
+                    record=charts.recorder(
+                        "single cold transform, Pillow pinned to each core per round",
+                        "Pillow",
+                        "ProcessWhole",
+                    ),
                 )
                 report(
                     "single cold transform, seen by a Python gRPC client",
@@ -206,12 +218,20 @@ def main() -> None:
                 meta, _ = collect(pstub.Process(hit_request))
                 time.sleep(0.5)
                 direct = pb.GetVariantRequest(image_id=ids[0], key=meta.key)
-                via_cache = median_ms(lambda i: list(cstub.GetVariant(direct)), 200)
+                via_cache = median_ms(
+                    lambda i: list(cstub.GetVariant(direct)),
+                    200,
+                    record=charts.recorder("cache hit", "GetVariant, from the cache"),
+                )
 
                 def via_processor(i: int) -> None:
                     list(pstub.Process(hit_request, metadata=(("x-request-id", f"hit-{i}"),)))
 
-                end_to_end = median_ms(via_processor, 200)
+                end_to_end = median_ms(
+                    via_processor,
+                    200,
+                    record=charts.recorder("cache hit", "Process, through the processor"),
+                )
                 added = processor_overhead_ms(two, cache)
                 report(
                     "cache hit, added inside the processor",
@@ -232,8 +252,13 @@ def main() -> None:
                 svcs.append(service_throughput(two.address, ids, salt=salt))
             pool, svc2 = statistics.median(pools), statistics.median(svcs)
             ratios = [s / p for s, p in zip(svcs, pools, strict=True)]
+            against_pool = {"2-process Pillow pool": pools, "service": svcs}
+            charts.throughput("cold throughput, 200 distinct at concurrency 8", against_pool)
             one = processor(1)
             svc1 = service_throughput(one.address, ids, salt=2)
+            charts.throughput(
+                "1 render thread to one per core", {"1 render thread": [svc1], "one per core": svcs}
+            )
             report(
                 f"cold throughput, {len(SIZES) * ORIGINALS} distinct at concurrency {CONCURRENCY}",
                 f"2-process Pillow pool {pool:.1f} req/s, service {svc2:.1f} req/s (medians): "
@@ -258,6 +283,7 @@ def main() -> None:
             pinned = ServiceProcess("processor", root / "p-1core", env, prefix=pin).start()
             processors.append(pinned)
             svc_core = service_throughput(pinned.address, single_ids, salt=3)
+            charts.throughput("the service on 1 core to 2", {"1 core": [svc_core], "2 cores": svcs})
             report(
                 "cold throughput, the service on 1 core to 2 cores",
                 f"{svc_core:.1f} req/s to {svc2:.1f} req/s: {svc2 / svc_core:.2f}x",

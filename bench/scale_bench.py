@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import charts
 from bench.processor_bench import photo
 from tests.support import ServiceProcess
 
@@ -206,6 +207,8 @@ def report(results: dict[tuple[str, str], list[Load]], names: list[str]) -> None
     )
     for kind in ("hit", "cold"):
         rates = [statistics.median(x.rate for x in results[(kind, n)]) for n in names]
+        each_round = {n: [x.rate for x in results[(kind, n)]] for n in names}
+        charts.throughput(f"{kind}: wrk {SECONDS}s, {ROUNDS} rounds", each_round)
         failed = [sum(x.failed for x in results[(kind, n)]) for n in names]
         for name, rate, bad in zip(names, rates, failed, strict=True):
             print(

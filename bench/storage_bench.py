@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import charts
 from bench.timing import AsyncOp, interleaved_async_ms
 from cache.blobs import BlobStore
 from cache.blobs.files import FileBlobStore
@@ -60,7 +61,8 @@ async def _compare(
     being the baseline), op by op."""
     rows = []
     for op, by_backend in ops.items():
-        times = await interleaved_async_ms(list(by_backend.values()), runs)
+        record = charts.recorder(f"{kind}, {size}: {op}", *by_backend)
+        times = await interleaved_async_ms(list(by_backend.values()), runs, record=record)
         rows.append(Row(kind, size, op, dict(zip(by_backend, times, strict=True))))
     return rows
 

@@ -9,8 +9,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+# Takes a helper's samples, in seconds, one list per op in the order given (the
+# baseline's first): bench.charts.recorder makes one.
+Record = Callable[[Sequence[Sequence[float]]], object]
 
-def median_ms(op: Callable[[int], object], runs: int) -> float:
+
+def median_ms(op: Callable[[int], object], runs: int, record: Record | None = None) -> float:
     """Median milliseconds per call of op(i) for i in range(runs), after op(-1) warms up."""
     op(-1)
     samples = []
@@ -18,6 +22,8 @@ def median_ms(op: Callable[[int], object], runs: int) -> float:
         start = time.perf_counter()
         op(i)
         samples.append(time.perf_counter() - start)
+    if record is not None:
+        record([samples])
     return statistics.median(samples) * 1000
 
 
@@ -41,6 +47,7 @@ def interleaved_ms(
     runs: int,
     rounds: int = 3,
     spread_baseline: bool = False,
+    record: Record | None = None,
 ) -> list[float]:
     """Median ms per call of the baseline and of each other op, in that order, timed in
     alternating blocks of runs // rounds calls.
@@ -65,6 +72,8 @@ def interleaved_ms(
                     start = time.perf_counter()
                     op(i)
                     out.append(time.perf_counter() - start)
+    if record is not None:
+        record(samples)
     return [statistics.median(times) * 1000 for times in samples]
 
 
@@ -110,6 +119,7 @@ def core_matched(
     cores: ThreadCores,
     runs: int,
     rounds: int,
+    record: Record | None = None,
 ) -> tuple[float, float, float]:
     """(median of op's time over the baseline's on the CPU op's busiest thread ran on,
     in the same round; op's median ms; the baseline's median ms over all CPUs).
@@ -117,6 +127,7 @@ def core_matched(
     Where the CPUs drift apart (one 25% slower than the other for seconds), a
     service's render lands on either, and a baseline from both mixes the two speeds;
     each call compared with the baseline on its own CPU, just measured, does not.
+    record, if given, gets the baseline's samples over all CPUs, then op's.
     """
     cpus = sorted(os.sched_getaffinity(0))
     block = max(len(cpus), runs // rounds)
@@ -145,6 +156,8 @@ def core_matched(
             own.append(took)
             if ran_on in base:
                 ratios.append(took / base[ran_on])
+    if record is not None:
+        record([base_all, own])
     return (
         statistics.median(ratios),
         statistics.median(own) * 1000,
@@ -160,7 +173,9 @@ class AsyncOp:
     prepare: Callable[[int], Awaitable[object]] | None = None
 
 
-async def interleaved_async_ms(ops: Sequence[AsyncOp], runs: int, rounds: int = 3) -> list[float]:
+async def interleaved_async_ms(
+    ops: Sequence[AsyncOp], runs: int, rounds: int = 3, record: Record | None = None
+) -> list[float]:
     """Median ms per call of each op, timed in alternating blocks of runs // rounds calls
     (see interleaved_ms: blocks keep each side warm, alternation spreads the drift)."""
     samples: list[list[float]] = [[] for _ in ops]
@@ -174,4 +189,6 @@ async def interleaved_async_ms(ops: Sequence[AsyncOp], runs: int, rounds: int = 
                 await op.run(i)
                 if i >= 0:
                     out.append(time.perf_counter() - start)
+    if record is not None:
+        record(samples)
     return [statistics.median(times) * 1000 for times in samples]

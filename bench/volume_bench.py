@@ -38,6 +38,7 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
 
+from bench import charts
 from bench.timing import interleaved_ms
 from cache.metadata import FIELDS
 from cache.metadata.postgres import PostgresMetadataStore
@@ -50,7 +51,7 @@ STARTUP_SIZES = (0, 10_000, 100_000)
 READ_SIZES = (1_000, 100_000)
 SPAWNS = 12  # per backend and size, in rounds over the sizes
 READ_RUNS = 300
-Row = tuple[str | int, ...]
+Row = tuple[str | int | bytes, ...]
 
 
 def records(n: int) -> list[Row]:
@@ -70,6 +71,8 @@ def records(n: int) -> list[Row]:
             base + i,
             OWNER,
             image_pb2.VISIBILITY_PUBLIC,
+            "",  # no placeholders, like an image stored before they were made
+            b"",
         )
         for i in range(n)
     ]
@@ -187,6 +190,11 @@ def startup(stores: list[Store], root: Path) -> dict[tuple[str, int], tuple[floa
                 listening = c.listening - c.spawned
                 answered = first_answer(c, probe)
             times.setdefault((store.backend, store.images), []).append((listening, answered))
+    for (backend, images), samples in sorted(times.items()):  # the empty store first
+        charts.latencies(
+            f"{backend}, spawn to the first StatImage answered",
+            {f"{images:,} images": [stat * 1000 for _, stat in samples]},
+        )
     return {
         key: (
             statistics.median(t[0] for t in samples) * 1000,
@@ -224,7 +232,14 @@ def reads(small: Store, large: Store, root: Path) -> dict[str, tuple[float, floa
         out = {}
         for name, make in (("StatImage", stat), ("ListImages, first page", first_page)):
             at_small, at_large = interleaved_ms(
-                make(small_stub, small), make(large_stub, large), runs=READ_RUNS
+                make(small_stub, small),
+                make(large_stub, large),
+                runs=READ_RUNS,
+                record=charts.recorder(
+                    f"{small.backend}, {name}",
+                    f"{small.images:,} images",
+                    f"{large.images:,} images",
+                ),
             )
             out[name] = (at_small, at_large)
         return out
