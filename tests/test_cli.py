@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tomllib
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image as PILImage
 
+from common import ids
 from imagesvc import PARAMETERS, cli
 from tests.support import ROOT, ServiceProcess, free_port, png_bytes
 
@@ -264,3 +266,12 @@ def test_the_readme_says_the_exit_codes() -> None:
     for code in ("0 everything done", "1 something failed", "2 a usage error", "3 the gateway"):
         assert code in text
     assert (cli.OK, cli.FAILED, cli.USAGE, cli.UNREACHABLE, cli.INTERRUPTED) == (0, 1, 2, 3, 130)
+
+
+def test_a_new_image_id_never_looks_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1 id in 64 used to start with "-", which argparse took for an option.
+    draws = iter(["-" + "a" * 21, "-" + "b" * 21, "c" * 22])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(draws))
+    assert ids.new_image_id() == "c" * 22
+    monkeypatch.undo()
+    assert not any(ids.new_image_id().startswith("-") for _ in range(2000))
