@@ -797,12 +797,18 @@ def test_a_render_whose_caller_left_during_the_fetch_is_logged(
     # No originals held: every render waits for a 2 MB fetch first, a window in which
     # the caller hangs up; the render goes on, is stored, and must be logged.
     server = start_processor({"IMAGESVC_PROCESSOR_ORIGINALS_CACHE_BYTES": "0"})
-    requests = [process_request(big_id, Op(resize=ppb.Resize(width=70 + n))) for n in range(4)]
+    # Hang-ups from 2 ms to 0.4 s after asking: on a busy machine the earliest may come
+    # before the processor has the call, the latest after the render; the rest fall
+    # in between, and every render that did start must be stored and logged.
+    delays = (0.002, 0.01, 0.04, 0.15, 0.4)
+    requests = [
+        process_request(big_id, Op(resize=ppb.Resize(width=70 + n))) for n in range(len(delays))
+    ]
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
-        for n, request in enumerate(requests):
+        for delay, request in zip(delays, requests, strict=True):
             answer = pstub.ProcessWhole.future(whole_request(request), timeout=30)
-            time.sleep(0.002 * (n + 1))
+            time.sleep(delay)
             answer.cancel()  # type: ignore[no-untyped-call]
     assert server.terminate() == 0  # renders still running finish and are stored first
     keys = [
