@@ -1,10 +1,10 @@
 """Processor benchmarks, each against in-process Pillow measured in the same run.
 
-- single cold transform: a 4000x3000 JPEG to a 300x200 JPEG through ProcessWhole
-  (and, for comparison, the streamed Process; the variant cold, the original stored
-  in the cache service), against Pillow's open + draft + thumbnail + save on bytes
-  in memory: each call against Pillow timed on the core its render ran on (Linux:
-  read from /proc), and against Pillow spread over both cores;
+- single cold transform: a 4000x3000 JPEG to a 300x200 JPEG through Process (the
+  variant cold, the original stored in the cache service), against Pillow's open +
+  draft + thumbnail + save on bytes in memory: each call against Pillow timed on the
+  core its render ran on (Linux: read from /proc), and against Pillow spread over
+  both cores;
 - cold throughput: 200 distinct transforms (8 originals x 25 sizes) at concurrency 8,
   against a 2-process Pillow pool doing the same 200 with no network; and the
   service with 2 workers against itself with 1;
@@ -38,7 +38,6 @@ from tests.support import (
     collect,
     process_request,
     upload,
-    whole_request,
 )
 
 SIZES = [(300 + 4 * n, 200) for n in range(25)]
@@ -134,46 +133,37 @@ def main() -> None:
                     f"processor: 4000x3000 JPEG ({len(originals[0]) / 1e6:.1f} MB) -> 300x200 JPEG"
                 )
 
-                def cold(whole: bool, width: int = 0) -> Callable[[int], None]:
-                    tag = "cold-whole" if whole else "cold-stream"
-
+                def cold(width: int = 0) -> Callable[[int], None]:
                     def call(i: int) -> None:
                         # Every call a new key (i counts from the warm-ups' negatives); the
                         # box's width never binds, so each is the same 267x200 thumbnail.
                         n = i + COLD_ROUNDS
-                        box = resize(300 + n // 60 + (width or (0 if whole else 10)), 200)
+                        box = resize(300 + n // 60 + width, 200)
                         request = jpeg(process_request(ids[0], box), quality=20 + n % 60)
-                        metadata = (("x-request-id", f"{tag}-{i}"),)
-                        if whole:
-                            answer = pstub.ProcessWhole(whole_request(request), metadata=metadata)
-                            assert answer.WhichOneof("outcome") == "whole"
-                        else:
-                            collect(pstub.Process(request, metadata=metadata))
+                        metadata = (("x-request-id", f"cold-{width}-{i}"),)
+                        collect(pstub.Process(request, metadata=metadata))
 
                     return call
 
                 # In alternating blocks: the machine's speed drifts, and timing
                 # all of one and then all of the other would measure the drift.
                 # Pillow's blocks take each core in turn: the render runs on either.
-                base, whole, stream = interleaved_ms(
+                base, service = interleaved_ms(
                     lambda i: pillow_thumbnail(originals[0], (300, 200)),
-                    cold(whole=True),
-                    cold(whole=False),
+                    cold(),
                     runs=COLD_RUNS,
                     rounds=COLD_ROUNDS,
                     spread_baseline=True,
                     record=charts.recorder(
                         "single cold transform, Pillow on each core in turn",
                         "Pillow",
-                        "ProcessWhole",
-                        "Process (streamed)",
+                        "Process",
                     ),
                 )
                 inside = statistics.median(
                     float(str(e["ms"]))
                     for e in two.log_entries()
-                    if e.get("msg") == "rpc"
-                    and str(e.get("request_id", "")).startswith("cold-whole-")
+                    if e.get("msg") == "rpc" and str(e.get("request_id", "")).startswith("cold-0-")
                 )
                 # The judged figure: each call against Pillow on the core its render
                 # ran on, timed in the same round. The cores drift apart here (one 25%
@@ -181,36 +171,31 @@ def main() -> None:
                 # baseline spread over both mixes two speeds (reported too, as before).
                 matched, matched_ms, matched_base = core_matched(
                     lambda i: pillow_thumbnail(originals[0], (300, 200)),
-                    cold(whole=True, width=20),
+                    cold(width=20),
                     ThreadCores(two.pid),
                     runs=COLD_RUNS,
                     rounds=COLD_ROUNDS,
                     record=charts.recorder(
                         "single cold transform, Pillow pinned to each core per round",
                         "Pillow",
-                        "ProcessWhole",
+                        "Process",
                     ),
                 )
                 report(
                     "single cold transform, seen by a Python gRPC client",
-                    f"Pillow {matched_base:.1f} ms, service (ProcessWhole) {matched_ms:.1f} ms: "
+                    f"Pillow {matched_base:.1f} ms, service (Process) {matched_ms:.1f} ms: "
                     f"{matched:.2f}x (median of each call over Pillow on its render's core)",
                     "<= 1.10x",
                 )
                 report(
                     "the same against Pillow spread over both cores",
-                    f"Pillow {base:.1f} ms, service (ProcessWhole) {whole:.1f} ms: "
-                    f"{whole / base:.2f}x",
+                    f"Pillow {base:.1f} ms, service (Process) {service:.1f} ms: "
+                    f"{service / base:.2f}x",
                     "",
                 )
                 report(
                     "single cold transform, the processor's own time",
                     f"{inside:.1f} ms: {inside / base:.2f}x",
-                    "",
-                )
-                report(
-                    "single cold transform, streamed (Process)",
-                    f"{stream:.1f} ms: {stream / base:.2f}x",
                     "",
                 )
 

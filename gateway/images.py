@@ -9,7 +9,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -354,31 +354,20 @@ async def _variant(
         standing = await limiter_of(request).check(budget, who)
     processor = upstream_of(request).processor
     transformation = ppb.Transformation(operations=wanted.operations, output=wanted.output)
-    # Most variants fit one message: one unary call, which carries our deadline (the
-    # processor waits for another replica's render for half of it). A larger one is
-    # streamed by Process (made by then, not made again), with no deadline, so a slow
-    # client is not cut off mid-body.
+    # No gRPC deadline: it would also cut a slow client off mid-body. The processor is
+    # told how long we wait for the first message instead (it waits for another
+    # replica's render for half of that), and _first bounds that wait here too.
+    request_message = ppb.ProcessRequest(image_id=image_id, transformation=transformation)
+    request_message.render_timeout.FromTimedelta(timedelta(seconds=settings.timeout_seconds))
+    call = processor.Process(request_message, metadata=call_metadata())
     try:
-        answer = await processor.ProcessWhole(
-            ppb.ProcessWholeRequest(image_id=image_id, transformation=transformation),
-            timeout=settings.timeout_seconds,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError:
+        first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)
+    except (grpc.aio.AioRpcError, HTTPProblem):
         # A render that failed or ran out of time cost what a miss does: it spends too.
         if budget is not None:
             await limiter_of(request).spend(budget, who, refuse=False)
         raise
-    call = None
-    if answer.WhichOneof("outcome") == "whole":
-        variant, head, cache_hit = answer.whole.variant, answer.whole.data, answer.whole.cache_hit
-    else:
-        call = processor.Process(
-            ppb.ProcessRequest(image_id=image_id, transformation=transformation),
-            metadata=call_metadata(),
-        )
-        first = await _first(call, ppb.ProcessResponse, settings.timeout_seconds)
-        variant, head, cache_hit = first.variant, first.chunk, first.cache_hit
+    variant, head, cache_hit = first.variant, first.chunk, first.cache_hit
     served = "hit" if cache_hit else "miss"
     metrics_of(request).variants.labels(served).inc()
     if budget is not None and not cache_hit:

@@ -44,7 +44,7 @@ class Upstream:
         processor_channel = open_channel(
             target(settings.processor_addresses),
             PROCESSOR_SERVICE,
-            ["Process", "ProcessWhole"],
+            ["Process"],
             message,
             settings.tls,
         )

@@ -73,7 +73,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     async def Process(
         self, request: pb.ProcessRequest, context: Context
     ) -> AsyncIterator[pb.ProcessResponse]:
-        answer = await self.resolver.resolve(self._wanted(request), context.time_remaining())
+        answer = await self.resolver.resolve(self._wanted(request), _patience(request, context))
         if answer.more is not None:  # cached, larger than one message: as the cache sends it
             try:
                 yield pb.ProcessResponse(variant=answer.variant, chunk=answer.data, cache_hit=True)
@@ -88,19 +88,6 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         )
         for chunk in chunks[1:]:
             yield pb.ProcessResponse(chunk=chunk)
-
-    async def ProcessWhole(
-        self, request: pb.ProcessWholeRequest, context: Context
-    ) -> pb.ProcessWholeResponse:
-        answer = await self.resolver.resolve(self._wanted(request), context.time_remaining())
-        if answer.more is not None or len(answer.data) > self.settings.chunk_bytes:
-            if answer.more is not None:
-                answer.more.cancel()  # not read here: the caller streams it with Process
-            return pb.ProcessWholeResponse(too_large=answer.variant)
-        whole = pb.ProcessedVariant(
-            variant=answer.variant, data=answer.data, cache_hit=answer.cache_hit
-        )
-        return pb.ProcessWholeResponse(whole=whole)
 
     async def ProcessBytes(
         self, request_iterator: AsyncIterator[pb.ProcessBytesRequest], context: Context
@@ -129,7 +116,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         for chunk in chunks[1:]:
             yield pb.ProcessBytesResponse(chunk=chunk)
 
-    def _wanted(self, request: pb.ProcessRequest | pb.ProcessWholeRequest) -> Wanted:
+    def _wanted(self, request: pb.ProcessRequest) -> Wanted:
         try:
             image_id = parse_image_id(request.image_id)
         except ValueError:
@@ -148,3 +135,13 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     def _chunks(self, data: bytes) -> list[bytes]:
         step = self.settings.chunk_bytes
         return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _patience(request: pb.ProcessRequest, context: Context) -> float | None:
+    """How long the caller waits for its first message, in seconds (None: no bound of
+    its own): its render_timeout, else its deadline, whichever is shorter."""
+    remaining = context.time_remaining()
+    if not request.HasField("render_timeout"):
+        return remaining
+    timeout = request.render_timeout.ToTimedelta().total_seconds()
+    return timeout if remaining is None else min(timeout, remaining)

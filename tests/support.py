@@ -317,11 +317,6 @@ def transformation(*ops: ppb.Operation, **output: object) -> ppb.Transformation:
     )
 
 
-def whole_request(request: ppb.ProcessRequest) -> ppb.ProcessWholeRequest:
-    """The same request for ProcessWhole."""
-    return ppb.ProcessWholeRequest(image_id=request.image_id, transformation=request.transformation)
-
-
 def collect(responses: Iterable[Any]) -> tuple[image_pb2.VariantMetadata, bytes]:
     """The variant metadata and bytes from a Process or ProcessBytes stream."""
     meta = image_pb2.VariantMetadata()

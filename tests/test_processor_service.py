@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,7 @@ from tests.support import (
     open_image,
     png_bytes,
     process_request,
-    sha256,
     upload,
-    whole_request,
 )
 from tests.test_variants import get_variant
 
@@ -128,14 +127,21 @@ def test_a_hit_does_no_processing(
     assert len(processed_keys(processor_server)) == before
 
 
-def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
+@pytest.mark.parametrize("bound", ["deadline", "render_timeout"])
+def test_a_render_lease_whose_holder_died_costs_half_the_callers_time_not_the_call(
     stub: pb_grpc.CacheServiceStub,
     pstub: ppb_grpc.ProcessorServiceStub,
     processor_server: ServiceProcess,
+    bound: str,
 ) -> None:
     # An image this processor has never seen: no render of it starts before the lookup.
     image_id = upload(stub, png_bytes(300, 200, seed=61)).id
     request = process_request(image_id, Op(resize=ppb.Resize(width=61)))
+    # The caller's time: the call's deadline, or (a caller streaming on to a slow reader,
+    # as the gateway does) render_timeout on a call with no deadline.
+    timeout = 4.0 if bound == "deadline" else None
+    if bound == "render_timeout":
+        request.render_timeout.FromTimedelta(timedelta(seconds=4))
     key = spec.parse(
         request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
     ).key(image_id)
@@ -143,7 +149,7 @@ def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
     (held,) = stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key, claim=True))
     assert held.miss.claimed
     started = time.monotonic()
-    meta, data = collect(pstub.Process(request, timeout=4))
+    meta, data = collect(pstub.Process(request, timeout=timeout))
     took = time.monotonic() - started
     assert (meta.key, open_image(data).width) == (key, 61)
     assert 1.8 < took < 3.5  # waited half its time for the other render, then made it
@@ -210,9 +216,9 @@ def test_every_call_is_logged_once_after_it_ends(
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         ok = process_request(big_id, Op(resize=ppb.Resize(width=34)))
-        pstub.ProcessWhole(whole_request(ok), metadata=(("x-request-id", "log-ok"),))
-        bad = whole_request(process_request("not-an-id"))
-        failure(pstub.ProcessWhole, bad, metadata=(("x-request-id", "log-bad"),))
+        collect(pstub.Process(ok, metadata=(("x-request-id", "log-ok"),)))
+        bad = process_request("not-an-id")
+        failure(pstub.Process, bad, metadata=(("x-request-id", "log-bad"),))
         hang_up_mid_answer(pstub, big_png(big_id, 1700), "log-gone")
         # The hung-up call's line comes once the server has seen it go.
         deadline = time.monotonic() + 5
@@ -349,52 +355,18 @@ def test_cached_variants_come_whole_or_streamed_by_size(tmp_path: Path) -> None:
             server.kill()
 
 
-def test_process_whole_answers_a_small_variant_in_one_message(
-    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
+def test_render_timeout_bounds_the_wait_and_the_render_goes_on(
+    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
 ) -> None:
-    request = process_request(big_id, Op(resize=ppb.Resize(width=48)), quality=43)
-    made = pstub.ProcessWhole(whole_request(request))
-    assert made.WhichOneof("outcome") == "whole" and not made.whole.cache_hit
-    variant, data = made.whole.variant, made.whole.data
-    assert (variant.width, variant.media_type, variant.byte_size) == (48, "image/jpeg", len(data))
-    assert variant.sha256 == sha256(data)
-    # The same variant as Process gives, and the same again from the cache.
-    assert collect(pstub.Process(request)) == (variant, data)
-    again = pstub.ProcessWhole(whole_request(request))
-    assert again.whole.cache_hit and (again.whole.variant, again.whole.data) == (variant, data)
-
-
-def test_process_whole_sends_a_large_variant_to_process_without_making_it_twice(
-    start_processor: Callable[[dict[str, str]], ServiceProcess],
-    cache_server: ServiceProcess,
-    big_id: str,
-) -> None:
-    env = {"IMAGESVC_CHUNK_BYTES": "4KiB", "IMAGESVC_PROCESSOR_HOT_CACHE_BYTES": "0"}
-    maker, reader = start_processor(env), start_processor(env)
-    request = process_request(big_id, Op(resize=ppb.Resize(width=903)))
-    with channel(maker.address) as ch:
-        pstub = ppb_grpc.ProcessorServiceStub(ch)
-        told = pstub.ProcessWhole(whole_request(request))
-        assert told.WhichOneof("outcome") == "too_large"
-        variant = told.too_large
-        assert variant.byte_size > 4096 and variant.width == 903
-        # Streamed at once: the render in flight or stored, not made again.
-        meta, data = collect(pstub.Process(request))
-    assert meta == variant and sha256(data) == variant.sha256
-    assert processed_keys(maker).count(variant.key) == 1
-    # Cached: a processor holding nothing answers from the lookup, fetching no bytes.
-    with channel(reader.address) as ch:
-        pstub = ppb_grpc.ProcessorServiceStub(ch)
-        rid = (("x-request-id", "whole-large-cached"),)
-        deadline = time.monotonic() + 5
-        while (
-            told := pstub.ProcessWhole(whole_request(request), metadata=rid)
-        ).too_large != variant:
-            assert time.monotonic() < deadline, "the large variant was never stored"
-            time.sleep(0.02)
-    reads = [e for e in variant_reads(cache_server) if e.get("request_id") == "whole-large-cached"]
-    assert {str(e["method"]).rsplit("/", 1)[1] for e in reads} == {"GetVariant"}
-    assert processed_keys(reader) == []
+    request = process_request(big_id, Op(resize=ppb.Resize(width=1301)), quality=44)
+    request.render_timeout.FromTimedelta(timedelta(milliseconds=1))
+    late = failure(pstub.Process, request)
+    assert (late.code, late.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+    # The render went on and was kept: asked again with time to wait, it is not made again.
+    request.ClearField("render_timeout")
+    meta, data = collect(pstub.Process(request, timeout=30))
+    assert open_image(data).width == 1301
+    assert processed_keys(processor_server).count(meta.key) == 1
 
 
 def test_a_variant_another_processor_made_is_answered_from_the_cache(
@@ -406,35 +378,20 @@ def test_a_variant_another_processor_made_is_answered_from_the_cache(
     maker, other = start_processor({}), start_processor({})
     request = process_request(big_id, Op(resize=ppb.Resize(width=57)), quality=61)
     with channel(maker.address) as ch:
-        made = ppb_grpc.ProcessorServiceStub(ch).ProcessWhole(whole_request(request)).whole
+        made_meta, made_data = collect(ppb_grpc.ProcessorServiceStub(ch).Process(request))
     with channel(other.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         # The other processor holds the original (from its own variant) and has never
         # seen this key: still it asks the cache first, and renders nothing.
         collect(pstub.Process(process_request(big_id, Op(resize=ppb.Resize(width=58)))))
-        stored(pb_grpc.CacheServiceStub(cache_channel), big_id, made.variant.key)
+        stored(pb_grpc.CacheServiceStub(cache_channel), big_id, made_meta.key)
         rid = (("x-request-id", "made-elsewhere"),)
-        answer = pstub.ProcessWhole(whole_request(request), metadata=rid).whole
-    assert answer.cache_hit and (answer.variant, answer.data) == (made.variant, made.data)
+        (answer,) = pstub.Process(request, metadata=rid)
+    assert answer.cache_hit and (answer.variant, answer.chunk) == (made_meta, made_data)
     assert other.terminate() == 0
-    assert processed_keys(other).count(made.variant.key) == 0
+    assert processed_keys(other).count(made_meta.key) == 0
     lookups = cache_calls(cache_server, "GetVariant")
     assert [e.get("request_id") for e in lookups].count("made-elsewhere") == 1
-
-
-def test_process_whole_refuses_as_process_does(
-    pstub: ppb_grpc.ProcessorServiceStub, big_id: str
-) -> None:
-    cases = [
-        (process_request("not-an-id"), grpc.StatusCode.INVALID_ARGUMENT),
-        (process_request("Z" * 22), grpc.StatusCode.NOT_FOUND),
-        (process_request(big_id, Op(blur=ppb.Blur(sigma=1000))), grpc.StatusCode.INVALID_ARGUMENT),
-    ]
-    for request, code in cases:
-        whole = failure(pstub.ProcessWhole, whole_request(request))
-        streamed = failure(pstub.Process, request)
-        assert (whole.code, whole.reason) == (streamed.code, streamed.reason)
-        assert whole.code == code
 
 
 def test_a_caller_that_hangs_up_mid_answer_still_gets_the_render_stored(
@@ -807,7 +764,7 @@ def test_a_render_whose_caller_left_during_the_fetch_is_logged(
     with channel(server.address) as ch:
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         for delay, request in zip(delays, requests, strict=True):
-            answer = pstub.ProcessWhole.future(whole_request(request), timeout=30)
+            answer = pstub.Process(request, timeout=30)
             time.sleep(delay)
             answer.cancel()  # type: ignore[no-untyped-call]
     assert server.terminate() == 0  # renders still running finish and are stored first

@@ -116,7 +116,7 @@ def test_the_http_flow_works_through_the_gateway(services: Services) -> None:
             assert open_image(variant.content).size == (width, width * 3 // 4)
     for processor in (services.processor, services.processor_2):
         methods = {entry.get("method") for entry in processor.log_entries()}
-        assert "/imageservice.v1.ProcessorService/ProcessWhole" in methods
+        assert "/imageservice.v1.ProcessorService/Process" in methods
 
 
 def test_the_name_checked_can_be_another_than_the_address(services: Services, pki: Pki) -> None:

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -725,18 +726,28 @@ class ProcessRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     TRANSFORMATION_FIELD_NUMBER: _builtins.int
+    RENDER_TIMEOUT_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     @_builtins.property
     def transformation(self) -> Global___Transformation: ...
+    @_builtins.property
+    def render_timeout(self) -> _duration_pb2.Duration:
+        """How long the caller waits for the first message (the variant made or found). A
+        caller that streams the body on to a slow reader sets this instead of a deadline,
+        which would also cut the body off. Unset, the call's deadline counts. Either way
+        the processor's own processing timeout is the longest it waits.
+        """
+
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         transformation: Global___Transformation | None = ...,
+        render_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["render_timeout", b"render_timeout", "transformation", b"transformation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "transformation", b"transformation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "render_timeout", b"render_timeout", "transformation", b"transformation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,88 +783,6 @@ class ProcessResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessResponse: _TypeAlias = ProcessResponse  # noqa: Y015
-
-@_typing.final
-class ProcessWholeRequest(_message.Message):
-    """The same fields as ProcessRequest, with the same meanings."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IMAGE_ID_FIELD_NUMBER: _builtins.int
-    TRANSFORMATION_FIELD_NUMBER: _builtins.int
-    image_id: _builtins.str
-    @_builtins.property
-    def transformation(self) -> Global___Transformation: ...
-    def __init__(
-        self,
-        *,
-        image_id: _builtins.str = ...,
-        transformation: Global___Transformation | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transformation", b"transformation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "transformation", b"transformation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ProcessWholeRequest: _TypeAlias = ProcessWholeRequest  # noqa: Y015
-
-@_typing.final
-class ProcessWholeResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    WHOLE_FIELD_NUMBER: _builtins.int
-    TOO_LARGE_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def whole(self) -> Global___ProcessedVariant: ...
-    @_builtins.property
-    def too_large(self) -> _image_pb2.VariantMetadata:
-        """Too large for one message: stream it with Process."""
-
-    def __init__(
-        self,
-        *,
-        whole: Global___ProcessedVariant | None = ...,
-        too_large: _image_pb2.VariantMetadata | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "too_large", b"too_large", "whole", b"whole"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "too_large", b"too_large", "whole", b"whole"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["whole", "too_large"]  # noqa: Y015
-    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
-
-Global___ProcessWholeResponse: _TypeAlias = ProcessWholeResponse  # noqa: Y015
-
-@_typing.final
-class ProcessedVariant(_message.Message):
-    """A variant with all its bytes."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VARIANT_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    CACHE_HIT_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    cache_hit: _builtins.bool
-    """The variant came from the cache (no decoding happened)."""
-    @_builtins.property
-    def variant(self) -> _image_pb2.VariantMetadata: ...
-    def __init__(
-        self,
-        *,
-        variant: _image_pb2.VariantMetadata | None = ...,
-        data: _builtins.bytes = ...,
-        cache_hit: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["variant", b"variant"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "data", b"data", "variant", b"variant"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ProcessedVariant: _TypeAlias = ProcessedVariant  # noqa: Y015
 
 @_typing.final
 class ProcessBytesSpec(_message.Message):

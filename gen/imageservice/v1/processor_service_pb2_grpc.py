@@ -45,11 +45,6 @@ class ProcessorServiceStub:
                 request_serializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessRequest.SerializeToString,
                 response_deserializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessResponse.FromString,
                 _registered_method=True)
-        self.ProcessWhole = channel.unary_unary(
-                '/imageservice.v1.ProcessorService/ProcessWhole',
-                request_serializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeRequest.SerializeToString,
-                response_deserializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeResponse.FromString,
-                _registered_method=True)
         self.ProcessBytes = channel.stream_stream(
                 '/imageservice.v1.ProcessorService/ProcessBytes',
                 request_serializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessBytesRequest.SerializeToString,
@@ -68,19 +63,10 @@ class ProcessorServiceServicer:
 
     def Process(self, request, context):
         """Transforms a stored image; the result is cached in the cache service.
-        Streams back the variant's metadata and its bytes (see ProcessResponse).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ProcessWhole(self, request, context):
-        """As Process, answered in one message: the variant with all its bytes when they fit
-        one message (up to the chunk size, as most results do), otherwise its metadata
-        only (`too_large`), and the caller streams it with Process, which then finds it
-        made (cached, or being stored) instead of making it again. Being unary, the call
-        can carry the caller's deadline, which a stream to a slow reader cannot: the
-        processor waits for another replica's render for at most half of it.
+        Streams back the variant's metadata and its bytes (see ProcessResponse). The
+        processor waits for the render (or for another replica's render of the same
+        variant, at most half as long) by ProcessRequest.render_timeout, else the call's
+        deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,11 +87,6 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
                     servicer.Process,
                     request_deserializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessRequest.FromString,
                     response_serializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessResponse.SerializeToString,
-            ),
-            'ProcessWhole': grpc.unary_unary_rpc_method_handler(
-                    servicer.ProcessWhole,
-                    request_deserializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeRequest.FromString,
-                    response_serializer=imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeResponse.SerializeToString,
             ),
             'ProcessBytes': grpc.stream_stream_rpc_method_handler(
                     servicer.ProcessBytes,
@@ -146,33 +127,6 @@ class ProcessorService:
             '/imageservice.v1.ProcessorService/Process',
             imageservice_dot_v1_dot_processor__service__pb2.ProcessRequest.SerializeToString,
             imageservice_dot_v1_dot_processor__service__pb2.ProcessResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ProcessWhole(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/imageservice.v1.ProcessorService/ProcessWhole',
-            imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeRequest.SerializeToString,
-            imageservice_dot_v1_dot_processor__service__pb2.ProcessWholeResponse.FromString,
             options,
             channel_credentials,
             insecure,

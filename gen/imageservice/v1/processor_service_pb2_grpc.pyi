@@ -41,15 +41,10 @@ class ProcessorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProcessorServiceAsyncStub: ...
     Process: _grpc.UnaryStreamMultiCallable[_processor_service_pb2.ProcessRequest, _processor_service_pb2.ProcessResponse]
     """Transforms a stored image; the result is cached in the cache service.
-    Streams back the variant's metadata and its bytes (see ProcessResponse).
-    """
-    ProcessWhole: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessWholeRequest, _processor_service_pb2.ProcessWholeResponse]
-    """As Process, answered in one message: the variant with all its bytes when they fit
-    one message (up to the chunk size, as most results do), otherwise its metadata
-    only (`too_large`), and the caller streams it with Process, which then finds it
-    made (cached, or being stored) instead of making it again. Being unary, the call
-    can carry the caller's deadline, which a stream to a slow reader cannot: the
-    processor waits for another replica's render for at most half of it.
+    Streams back the variant's metadata and its bytes (see ProcessResponse). The
+    processor waits for the render (or for another replica's render of the same
+    variant, at most half as long) by ProcessRequest.render_timeout, else the call's
+    deadline.
     """
     ProcessBytes: _grpc.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -69,15 +64,10 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryStreamMultiCallable[_processor_service_pb2.ProcessRequest, _processor_service_pb2.ProcessResponse]  # type: ignore[assignment]
     """Transforms a stored image; the result is cached in the cache service.
-    Streams back the variant's metadata and its bytes (see ProcessResponse).
-    """
-    ProcessWhole: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessWholeRequest, _processor_service_pb2.ProcessWholeResponse]  # type: ignore[assignment]
-    """As Process, answered in one message: the variant with all its bytes when they fit
-    one message (up to the chunk size, as most results do), otherwise its metadata
-    only (`too_large`), and the caller streams it with Process, which then finds it
-    made (cached, or being stored) instead of making it again. Being unary, the call
-    can carry the caller's deadline, which a stream to a slow reader cannot: the
-    processor waits for another replica's render for at most half of it.
+    Streams back the variant's metadata and its bytes (see ProcessResponse). The
+    processor waits for the render (or for another replica's render of the same
+    variant, at most half as long) by ProcessRequest.render_timeout, else the call's
+    deadline.
     """
     ProcessBytes: _aio.StreamStreamMultiCallable[_processor_service_pb2.ProcessBytesRequest, _processor_service_pb2.ProcessBytesResponse]  # type: ignore[assignment]
     """Transforms bytes sent in the request (first message the spec, then the
@@ -100,21 +90,10 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.ProcessResponse], _abc.AsyncIterator[_processor_service_pb2.ProcessResponse]]:
         """Transforms a stored image; the result is cached in the cache service.
-        Streams back the variant's metadata and its bytes (see ProcessResponse).
-        """
-
-    @_abc_1.abstractmethod
-    def ProcessWhole(
-        self,
-        request: _processor_service_pb2.ProcessWholeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_processor_service_pb2.ProcessWholeResponse, _abc.Awaitable[_processor_service_pb2.ProcessWholeResponse]]:
-        """As Process, answered in one message: the variant with all its bytes when they fit
-        one message (up to the chunk size, as most results do), otherwise its metadata
-        only (`too_large`), and the caller streams it with Process, which then finds it
-        made (cached, or being stored) instead of making it again. Being unary, the call
-        can carry the caller's deadline, which a stream to a slow reader cannot: the
-        processor waits for another replica's render for at most half of it.
+        Streams back the variant's metadata and its bytes (see ProcessResponse). The
+        processor waits for the render (or for another replica's render of the same
+        variant, at most half as long) by ProcessRequest.render_timeout, else the call's
+        deadline.
         """
 
     @_abc_1.abstractmethod
