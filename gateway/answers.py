@@ -1,8 +1,11 @@
-"""What the gateway keeps of an answer to serve it again from memory."""
+"""What the gateway keeps of an answer to serve it again from memory, and how it serves it."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+from starlette.responses import Response
 
 from common.hotcache import HotCache
 
@@ -16,8 +19,43 @@ class Entry:
     headers: dict[str, str]
     owner: str
     visibility: int
+    # Any caller who presents no credential may be given it before routing
+    # (gateway/shared.py): it is public and draws no other image (a watermark's image
+    # is checked on every request, as it may have gone since).
+    shared: bool = False
 
 
 def answer_cache(budget: int) -> HotCache[Entry]:
     """Answers up to MAX_ENTRY_BYTES each, within budget bytes."""
     return HotCache(budget, lambda e: len(e.body) + 512, MAX_ENTRY_BYTES)
+
+
+def answer_key(query_string: bytes, accept: str) -> str:
+    """An answer's identity besides its image: the raw query, and Accept for variants
+    (cheap to build, so a hit is found before any parsing; a key that was valid once
+    is valid for good)."""
+    if not query_string:
+        return ""
+    query = query_string.decode("latin-1")
+    return f"{query}|{hashlib.sha256(accept.encode('latin-1')).hexdigest()}"
+
+
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header matches etag (a 304 is the answer)."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
+def from_memory(entry: Entry, method: str, if_none_match: str | None) -> Response:
+    """The held answer again: a 304, a HEAD answer, or the whole body."""
+    headers = dict(entry.headers)
+    if "X-Cache" in headers:
+        headers["X-Cache"] = "HIT"
+    if not_modified(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    if method == "HEAD":
+        headers["Content-Length"] = str(len(entry.body))
+        return Response(headers=headers, media_type=entry.media_type)
+    return Response(entry.body, headers=headers, media_type=entry.media_type)

@@ -26,6 +26,7 @@ from gateway.config import Settings
 from gateway.observability import Metrics, Observability
 from gateway.problems import HTTPProblem, from_grpc, problem_response
 from gateway.ratelimit import Limiter
+from gateway.shared import SharedAnswers
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -111,10 +112,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await watcher
             await upstream.close()
 
+    image_route = Route("/images/{image_id}", images.image, methods=["GET", "HEAD", "DELETE"])
     routes = [
         # One route per path, so a 405 lists every method the path has.
         Route("/images", images.images, methods=["GET", "POST"]),
-        Route("/images/{image_id}", images.image, methods=["GET", "HEAD", "DELETE"]),
+        image_route,
         Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
         Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
         Route("/presets", images.list_presets, methods=["GET"]),
@@ -148,6 +150,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    # Innermost, so what it answers is counted, logged and given CORS headers too.
+    middleware.append(
+        Middleware(SharedAnswers, settings=settings, route=image_route, metrics=registry)
+    )
     app = Starlette(
         routes=routes,
         middleware=middleware,

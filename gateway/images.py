@@ -24,7 +24,7 @@ from common.grpcclient import call_metadata
 from common.hotcache import HotCache
 from common.ids import ImageId, parse_image_id
 from gateway import params, signing
-from gateway.answers import MAX_ENTRY_BYTES, Entry
+from gateway.answers import MAX_ENTRY_BYTES, Entry, answer_key, from_memory, not_modified
 from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
 from gateway.observability import Metrics
@@ -101,14 +101,6 @@ def image_json(image: image_pb2.ImageMetadata) -> dict[str, Any]:
 def _cache_control(image_visibility: int) -> str:
     scope = "public" if image_visibility == image_pb2.VISIBILITY_PUBLIC else "private"
     return f"{scope}, {IMMUTABLE}"
-
-
-def _not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
 
 
 def _scoped(image: image_pb2.ImageMetadata, caller: Caller) -> image_pb2.ImageMetadata:
@@ -203,7 +195,7 @@ def _answer(
     head: bytes,
 ) -> Response:
     """304, a HEAD answer or the streamed body, with the same validators on each."""
-    if _not_modified(request, headers["ETag"]):
+    if not_modified(request.headers.get("if-none-match"), headers["ETag"]):
         _hang_up(call)
         return Response(status_code=304, headers=headers)
     headers["Content-Length"] = str(size)
@@ -214,29 +206,6 @@ def _answer(
     return StreamingResponse(_body(call, idle, head), headers=headers, media_type=media_type)
 
 
-def _from_memory(request: Request, entry: Entry) -> Response:
-    headers = dict(entry.headers)
-    if "X-Cache" in headers:
-        headers["X-Cache"] = "HIT"
-    if _not_modified(request, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(len(entry.body))
-        return Response(headers=headers, media_type=entry.media_type)
-    return Response(entry.body, headers=headers, media_type=entry.media_type)
-
-
-def _hot_key(request: Request) -> str:
-    """The answer's identity besides the image: the raw query, and Accept for variants
-    (cheap to build, so a hit is found before any parsing; a key that was valid once
-    is valid for good)."""
-    query = request.scope["query_string"].decode("latin-1")
-    if not query:
-        return ""
-    accept = hashlib.sha256(request.headers.get("accept", "").encode("latin-1")).hexdigest()
-    return f"{query}|{accept}"
-
-
 async def _answer_and_keep(
     request: Request,
     call: Any | None,
@@ -245,18 +214,20 @@ async def _answer_and_keep(
     size: int,
     keep: tuple[str, str, str, int] | None,
     head: bytes = b"",
+    shared: bool = False,
 ) -> Response:
-    """Like _answer; small bodies are read whole and kept in the hot cache."""
+    """Like _answer; small bodies are read whole and kept in the hot cache (shared: for
+    any caller who presents no credential, see Entry.shared)."""
     hot = hot_of(request)
     if keep is None or size > MAX_ENTRY_BYTES or not hot.enabled or request.method != "GET":
         return _answer(request, call, headers, media_type, size, head)
-    if _not_modified(request, headers["ETag"]):
+    if not_modified(request.headers.get("if-none-match"), headers["ETag"]):
         _hang_up(call)
         return Response(status_code=304, headers=headers)
     idle = settings_of(request).timeout_seconds
     body = b"".join([chunk async for chunk in _body(call, idle, head)])
     image_id, key, owner, visibility = keep
-    entry = Entry(body, media_type, dict(headers), owner, visibility)
+    entry = Entry(body, media_type, dict(headers), owner, visibility, shared)
     hot.put(image_id, key, entry, request.state.hot_generation)
     return Response(body, headers=headers, media_type=media_type)
 
@@ -272,7 +243,7 @@ async def get_image(request: Request) -> Response:
     # held under the image's owner, and the watermark may be gone since it was made.
     named = params_of(request).images(presets.expand(asked))
     private = await readable(request, named, caller) if named else False
-    key = _hot_key(request)
+    key = answer_key(request.scope["query_string"], request.headers.get("accept", ""))
     hot = hot_of(request)
     request.state.hot_generation = hot.generation  # a put after a watch gap is refused
     entry = hot.get(image_id, key)
@@ -281,11 +252,11 @@ async def get_image(request: Request) -> Response:
     if entry is not None and can_read(entry.owner, entry.visibility, caller):
         if key:
             metrics_of(request).variants.labels("gateway").inc()
-        return _from_memory(request, entry)
+        return from_memory(entry, request.method, request.headers.get("if-none-match"))
     wanted = presets.parse(asked, params_of(request), request.headers.get("accept", ""))
     if wanted is None:
         return await _original(request, image_id, caller, key)
-    return await _variant(request, image_id, caller, wanted, key, private)
+    return await _variant(request, image_id, caller, wanted, key, private, draws=bool(named))
 
 
 async def get_blurred(request: Request) -> Response:
@@ -323,7 +294,10 @@ async def _original(request: Request, image_id: str, caller: Caller, key: str) -
         raise
     headers = {"ETag": f'"{image.sha256}"', "Cache-Control": _cache_control(image.visibility)}
     keep = (image_id, key, image.owner, int(image.visibility))
-    return await _answer_and_keep(request, call, headers, image.media_type, image.byte_size, keep)
+    shared = image.visibility == image_pb2.VISIBILITY_PUBLIC
+    return await _answer_and_keep(
+        request, call, headers, image.media_type, image.byte_size, keep, shared=shared
+    )
 
 
 async def _variant(
@@ -333,9 +307,10 @@ async def _variant(
     wanted: params.Transformation,
     key: str | None,
     private: bool = False,
+    draws: bool = False,
 ) -> Response:
-    """A variant; private: it draws a private image (a watermark), so it is cached as
-    private as the image itself is (in shared caches and in memory)."""
+    """A variant; draws: it draws another image (a watermark), private: a private one,
+    so it is cached as private as the image itself is (in shared caches and in memory)."""
     settings = settings_of(request)
     visibility: int = image_pb2.VISIBILITY_PUBLIC
     owner = ""
@@ -380,8 +355,9 @@ async def _variant(
     if wanted.negotiated:
         headers["Vary"] = "Accept"
     keep = None if key is None else (image_id, key, owner, visibility)
+    shared = visibility == image_pb2.VISIBILITY_PUBLIC and not draws
     response = await _answer_and_keep(
-        request, call, headers, variant.media_type, variant.byte_size, keep, head
+        request, call, headers, variant.media_type, variant.byte_size, keep, head, shared
     )
     return _with_standing(response, standing)
 
@@ -410,7 +386,7 @@ async def get_info(request: Request) -> Response:
         "ETag": f'"info-{hashlib.sha256(body).hexdigest()[:32]}"',
         "Cache-Control": "private, no-cache",
     }
-    if _not_modified(request, headers["ETag"]):
+    if not_modified(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
 

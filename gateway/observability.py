@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.jsonlog import request_id
+from common.jsonlog import HotLog, request_id
 
 log = logging.getLogger("gateway.access")
+access = HotLog("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -55,6 +56,11 @@ class Observability:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.bytes_in = metrics.bytes.labels("in")
+        self.bytes_out = metrics.bytes.labels("out")
+        # Each (route, method, status)'s counter and histogram, looked up once: a label
+        # lookup costs more than the count itself, on every request.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,10 +70,11 @@ class Observability:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
-        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         token = request_id.set(rid)
         start = time.perf_counter()
         status = 500
+        started = False
         sent = 0
         received = 0
 
@@ -78,23 +85,17 @@ class Observability:
             return message
 
         async def tagged_send(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 
-        started = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await tagged_send(message)
-
         try:
-            await self.app(scope, counting_receive, watched_send)
+            await self.app(scope, counting_receive, tagged_send)
         except Exception:
             # Answered here, inside the request id's scope, as a problem document; the
             # traceback goes to the log only.
@@ -116,13 +117,15 @@ class Observability:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route, method).observe(elapsed)
-            self.metrics.bytes.labels("in").inc(received)
-            self.metrics.bytes.labels("out").inc(sent)
-            log.info(
+            requests, latency = self._of(route, method, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if received:
+                self.bytes_in.inc(received)
+            self.bytes_out.inc(sent)
+            access.info(
                 "request",
-                extra={
+                {
                     "method": method,
                     "path": scope["path"],
                     "route": route,
@@ -132,3 +135,14 @@ class Observability:
                 },
             )
             request_id.reset(token)
+
+    def _of(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram for these labels."""
+        series = self._series.get((route, method, status))
+        if series is None:
+            # Bounded: routes are the app's, methods and statuses few (an unknown
+            # method is answered 405 under "unmatched" or its route).
+            requests = self.metrics.requests.labels(route, method, str(status))
+            series = (requests, self.metrics.latency.labels(route, method))
+            self._series[(route, method, status)] = series
+        return series
