@@ -34,7 +34,7 @@ class Metrics:
         if os.environ.get(MULTIPROCESS_VARIABLE):
             # prometheus_client chose file-backed values at import, from the variable.
             self.exposed = CollectorRegistry()
-            MultiProcessCollector(self.exposed)
+            MultiProcessCollector(self.exposed)  # type: ignore[no-untyped-call]
         else:
             # One worker: its process is the gateway's. (Several: each worker is its own
             # process, and the multiprocess mode does not add up process metrics.)
