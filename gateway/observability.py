@@ -72,6 +72,21 @@ class Observability:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Each (route, method, status)'s series, resolved once: labels() on every
+        # request cost more than the increments (more still in multiprocess mode).
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._bytes_in = metrics.bytes.labels("in")
+        self._bytes_out = metrics.bytes.labels("out")
+
+    def _count(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = (
+                self.metrics.requests.labels(route, method, str(status)),
+                self.metrics.latency.labels(route, method),
+            )
+            self._series[(route, method, status)] = series
+        return series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,10 +148,13 @@ class Observability:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route, method).observe(elapsed)
-            self.metrics.bytes.labels("in").inc(received)
-            self.metrics.bytes.labels("out").inc(sent)
+            requests, latency = self._count(route, method, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if received:
+                self._bytes_in.inc(received)
+            if sent:
+                self._bytes_out.inc(sent)
             log.info(
                 "request",
                 extra={
