@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.env import ConfigError, Env
 from common.imaging import SOURCE_FORMATS
+from common.metrics import metrics_port
 from common.tls import Tls
 
 MiB = 1024 * 1024
@@ -44,6 +45,7 @@ class Settings:
     shutdown_grace_seconds: float
     log_level: str
     tls: Tls | None  # mutual TLS on every gRPC connection, when set
+    metrics_port: int | None  # None: no metrics port; 0: one the system picks
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -77,4 +79,5 @@ class Settings:
             shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("LOG_LEVEL", "INFO"),
             tls=Tls.from_env(env),
+            metrics_port=metrics_port(env, "CACHE_METRICS_PORT"),
         )

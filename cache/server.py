@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
 from imageservice.v1 import cache_service_pb2, cache_service_pb2_grpc
 
 from cache.backends import open_blob_store, open_metadata_store, open_variant_cache
+from cache.blobs import BlobStore
 from cache.config import Settings
+from cache.metadata import MetadataStore
+from cache.metrics import CacheMetrics, Timed
 from cache.service import CacheService
 from cache.storage import StorageUnavailable
-from common import jsonlog
+from cache.variants import VariantCache
+from common import jsonlog, metrics
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -41,13 +46,33 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
-    server, health = create_server(settings.chunk_bytes)
-    # The port first: a cache that cannot serve must not recover someone else's data.
+    series = CacheMetrics()
+    server, health = create_server(settings.chunk_bytes, metrics=series)
+    # The ports first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)
+    exposed = None
+    if settings.metrics_port is not None:
+        try:
+            exposed = metrics.serve(
+                series.registry,
+                settings.listen,
+                settings.metrics_port,
+                "IMAGESVC_CACHE_METRICS_PORT",
+            )
+        except Exception:
+            await server.stop(None)
+            raise
     blobs = open_blob_store(settings.blob_url, settings.data_dir / "staging")
     metadata = await open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)
-    service = CacheService(settings, blobs, metadata, variants)
+    series.watch_tiers(variants)
+    service = CacheService(
+        settings,
+        cast(BlobStore, Timed(blobs, "blobs", series)),
+        cast(MetadataStore, Timed(metadata, "metadata", series)),
+        cast(VariantCache, Timed(variants, "variants", series)),
+        series,
+    )
     # In the background: start-up never waits for recovery, whatever the data's size.
     tasks = [
         asyncio.create_task(service.follow_deletions()),
@@ -56,7 +81,14 @@ async def serve(settings: Settings) -> None:
     cache_service_pb2_grpc.add_CacheServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     await server.start()
-    jsonlog.lifecycle.info("listening", extra={"address": settings.listen, "port": port})
+    jsonlog.lifecycle.info(
+        "listening",
+        extra={
+            "address": settings.listen,
+            "port": port,
+            "metrics_port": exposed and exposed.server_port,
+        },
+    )
     try:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
     finally:
@@ -68,3 +100,4 @@ async def serve(settings: Settings) -> None:
         await variants.close()
         await metadata.close()
         await blobs.close()
+        metrics.stop(exposed)

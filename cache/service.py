@@ -29,6 +29,7 @@ from cache.metadata import (
     InvalidPageToken,
     MetadataStore,
 )
+from cache.metrics import CacheMetrics
 from cache.placeholders import Placeholders, placeholders
 from cache.storage import StorageUnavailable
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
@@ -173,8 +174,10 @@ class CacheService(pb_grpc.CacheServiceServicer):
         blobs: BlobStore,
         metadata: MetadataStore,
         variants: VariantCache,
+        metrics: CacheMetrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.blobs = blobs
         self.metadata = metadata
         self.variants = variants
@@ -468,7 +471,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
         # A miss is an expected answer, not an error (errors cost far more to build and
         # to read). It also says the image exists, so a processor may reuse an original
         # it holds.
-        return await self.variants.get(image_id, request.key)
+        variant = await self.variants.get(image_id, request.key)
+        (self.metrics.variant_misses if variant is None else self.metrics.variant_hits).inc()
+        return variant
 
     async def GetVariant(
         self, request: pb.GetVariantRequest, context: Context

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from common.errors import ServiceError
 from common.grpcclient import message_limit
 from common.jsonlog import lifecycle, request_id
+from common.metrics import MethodMetrics, ServiceMetrics
 from common.ports import AddressUnavailable, check
 from common.tls import Tls
 
@@ -52,9 +53,11 @@ def _incoming_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> 
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Per call: binds the request id, turns ServiceError into a rich status, logs one line."""
+    """Per call: binds the request id, turns ServiceError into a rich status, logs one
+    line and, with metrics, counts the call by its status and times it."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+        self._metrics = metrics
         # Per method, the handler grpc found and our wrapping of it: wrapped once, not
         # on every call (what runs before a handler starts is on every call's path).
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -73,12 +76,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = _wrap(handler, method)
+        series = None if self._metrics is None else self._metrics.method(method)
+        wrapped = _wrap(handler, method, series)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 
-def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap(
+    handler: Any, method: str, series: MethodMetrics | None
+) -> grpc.RpcMethodHandler[Any, Any]:
     """handler with each call run inside a _Call."""
     behavior = (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
@@ -86,9 +92,9 @@ def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
     # Streaming handlers are either async generators or coroutines that call
     # context.write() (as the health service's Watch does); wrap each as it is.
     if inspect.isasyncgenfunction(behavior):
-        wrapped: Any = _wrap_stream(behavior, method)
+        wrapped: Any = _wrap_stream(behavior, method, series)
     else:
-        wrapped = _wrap_unary(behavior, method)
+        wrapped = _wrap_unary(behavior, method, series)
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -101,8 +107,13 @@ def _wrap(handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
 class _Call:
     """Binds the request id for the life of one call and logs how it ended."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]):
-        self.method, self.context = method, context
+    def __init__(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        series: MethodMetrics | None,
+    ):
+        self.method, self.context, self.series = method, context, series
         self.rid = _incoming_request_id(context.invocation_metadata())
         self.code = grpc.StatusCode.OK
         self.error = ""
@@ -150,15 +161,17 @@ class _Call:
         if ms is None:  # the call ended with its handler still running: the caller left
             code = grpc.StatusCode.CANCELLED
             ms = round((time.perf_counter() - self.start) * 1000, 2)
+        if self.series is not None:
+            self.series.ended(code, ms / 1000)
         extra = {"method": self.method, "code": code.name, "reason": self.error, "ms": ms}
         log.info("rpc", extra=extra)
 
 
 def _wrap_unary(
-    behavior: Callable[[Any, Any], Awaitable[Any]], method: str
+    behavior: Callable[[Any, Any], Awaitable[Any]], method: str, series: MethodMetrics | None
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, context) as call:
+        with _Call(method, context, series) as call:
             try:
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -170,10 +183,10 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[[Any, Any], AsyncIterator[Any]], method: str
+    behavior: Callable[[Any, Any], AsyncIterator[Any]], method: str, series: MethodMetrics | None
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with _Call(method, context) as call:
+        with _Call(method, context, series) as call:
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -189,8 +202,10 @@ def create_server(
     chunk_bytes: int,
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
     max_connection_age_grace_seconds: float | None = MAX_CONNECTION_AGE_GRACE_SECONDS,
+    metrics: ServiceMetrics | None = None,
 ) -> tuple[grpc.aio.Server, Any]:
-    """A grpc.aio server with the call interceptor and the standard health service,
+    """A grpc.aio server with the call interceptor (counting into metrics, when given)
+    and the standard health service,
     taking messages of a chunk and its envelope, and asking clients to reconnect once a
     connection is max_connection_age_seconds old (its open calls given the grace, None
     for as long as they take)."""
@@ -208,7 +223,7 @@ def create_server(
         ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
-    server = grpc.aio.server(interceptors=[CallInterceptor()], options=options)
+    server = grpc.aio.server(interceptors=[CallInterceptor(metrics)], options=options)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

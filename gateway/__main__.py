@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -11,6 +14,7 @@ from uvicorn.supervisors import Multiprocess
 from common import jsonlog, ports
 from common.env import ConfigError
 from gateway.config import Settings
+from gateway.observability import MULTIPROCESS_VARIABLE
 from gateway.protocol import ProblemHttpToolsProtocol
 
 
@@ -50,7 +54,16 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
     if settings.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        # Every worker counts into files of this folder (the workers are spawned, so
+        # they read the variable as they import prometheus_client), and each one's
+        # /metrics answers for all of them. A folder of this run's own: files left by
+        # an earlier run would be counted again.
+        folder = tempfile.mkdtemp(prefix="imagesvc-gateway-metrics-")
+        os.environ[MULTIPROCESS_VARIABLE] = folder
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     else:
         server.run(sockets=[sock])
 

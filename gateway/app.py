@@ -61,7 +61,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    registry = images.metrics_of(request).registry
+    registry = images.metrics_of(request).exposed
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

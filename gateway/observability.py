@@ -7,7 +7,8 @@ import os
 import re
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.jsonlog import HotLog, request_id
@@ -18,11 +19,26 @@ access = HotLog("gateway.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# Set by `python -m gateway` for several workers (gateway/__main__.py): each worker
+# writes its series to files there, and /metrics adds up every worker's.
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Metrics:
-    """The gateway's Prometheus metrics, in a registry of their own."""
+    """The gateway's Prometheus metrics, in a registry of their own; `exposed` is what
+    /metrics serves: these, or with several workers every worker's together."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.exposed = self.registry
+        if os.environ.get(MULTIPROCESS_VARIABLE):
+            # prometheus_client chose file-backed values at import, from the variable.
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)  # type: ignore[no-untyped-call]
+        else:
+            # One worker: its process is the gateway's. (Several: each worker is its own
+            # process, and the multiprocess mode does not add up process metrics.)
+            ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "imagesvc_http_requests_total",
             "HTTP requests by route, method and status.",
@@ -122,7 +138,8 @@ class Observability:
             latency.observe(elapsed)
             if received:
                 self.bytes_in.inc(received)
-            self.bytes_out.inc(sent)
+            if sent:
+                self.bytes_out.inc(sent)
             access.info(
                 "request",
                 {

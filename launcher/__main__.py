@@ -179,6 +179,8 @@ class Launcher:
             self.tls = Tls.from_env()
             for r in replicas:
                 ports.check(r.listen, r.variable, r.host_variable)
+                if r.metrics is not None:
+                    ports.check(r.metrics, r.metrics_variable)
         except ConfigError as exc:
             print(f"imageservice: bad configuration: {exc}", flush=True)
             return 1

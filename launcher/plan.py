@@ -28,6 +28,12 @@ LISTEN_VARIABLES = {
     "processor": "IMAGESVC_PROCESSOR_LISTEN",
     "gateway": "IMAGESVC_GATEWAY_PORT",
 }
+# The gRPC services' Prometheus ports (unset: none). A fixed port counts up by the
+# same stride as the listen port, replica by replica; 0 gives each one a port of its own.
+METRICS_VARIABLES = {
+    "cache": "IMAGESVC_CACHE_METRICS_PORT",
+    "processor": "IMAGESVC_PROCESSOR_METRICS_PORT",
+}
 # Where the other services find each service, unless the environment says otherwise.
 ADDRESS_VARIABLES = {
     "cache": "IMAGESVC_CACHE_ADDRESS",
@@ -45,6 +51,8 @@ class Replica:
     variable: str  # what sets listen, as a user would read it: "IMAGESVC_CACHE_LISTEN + 10"
     host_variable: str | None
     env: dict[str, str]
+    metrics: str | None = None  # where its metrics port listens, when fixed
+    metrics_variable: str = ""
 
     @property
     def reachable(self) -> str:
@@ -135,7 +143,17 @@ def plan(environ: dict[str, str], counts: dict[str, int]) -> list[Replica]:
                     raise ConfigError(f"{taken[parts[1]]} and {variable} both give port {parts[1]}")
                 taken[parts[1]] = variable
             name = service if count == 1 else f"{service}-{i + 1}"
-            replicas.append(Replica(service, name, listen, variable, host_variable, {}))
+            metrics, metrics_variable = _metrics(service, Env(common), listen, i)
+            if metrics is not None:
+                port = int(metrics.rpartition(":")[2])
+                if port in taken:
+                    raise ConfigError(f"{taken[port]} and {metrics_variable} both give port {port}")
+                taken[port] = metrics_variable
+            replicas.append(
+                Replica(
+                    service, name, listen, variable, host_variable, {}, metrics, metrics_variable
+                )
+            )
     # The services find each other where they listen, unless told otherwise: moving
     # IMAGESVC_CACHE_LISTEN alone must not leave the others calling the old port.
     for service, variable in ADDRESS_VARIABLES.items():
@@ -147,8 +165,30 @@ def plan(environ: dict[str, str], counts: dict[str, int]) -> list[Replica]:
     return planned
 
 
+def _metrics(service: str, env: Env, listen: str, index: int) -> tuple[str | None, str]:
+    """Where replica `index` of service serves its metrics, when on a fixed port, and the
+    words that say where that comes from."""
+    variable = METRICS_VARIABLES.get(service)
+    if variable is None:
+        return None, ""
+    settings = (
+        CacheSettings.from_env(env) if service == "cache" else ProcessorSettings.from_env(env)
+    )
+    if not settings.metrics_port:  # none, or each its own (0)
+        return None, variable
+    port = settings.metrics_port + PORT_STRIDE * index
+    if port > 65535:
+        raise ConfigError(f"{variable} + {PORT_STRIDE * index} passes port 65535")
+    parts = ports.split(listen)
+    host = "127.0.0.1" if parts is None else parts[0]
+    shown = variable if index == 0 else f"{variable} + {PORT_STRIDE * index}"
+    return f"{host}:{port}", shown
+
+
 def _with_env(replica: Replica, common: dict[str, str], count: int, base: Path) -> Replica:
     env = dict(common)
+    if replica.metrics is not None:
+        env[METRICS_VARIABLES[replica.service]] = replica.metrics.rpartition(":")[2]
     if replica.service == "gateway":
         env["IMAGESVC_GATEWAY_PORT"] = replica.listen.rpartition(":")[2]
     else:
@@ -157,7 +197,14 @@ def _with_env(replica: Replica, common: dict[str, str], count: int, base: Path) 
         # Its own folder for what is its own (the variant cache's disk tier).
         env["IMAGESVC_DATA_DIR"] = str(base / replica.name)
     return Replica(
-        replica.service, replica.name, replica.listen, replica.variable, replica.host_variable, env
+        replica.service,
+        replica.name,
+        replica.listen,
+        replica.variable,
+        replica.host_variable,
+        env,
+        replica.metrics,
+        replica.metrics_variable,
     )
 
 

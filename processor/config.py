@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
+from common.metrics import metrics_port
 from common.tls import Tls
 from processor.output import AUTO_CHOICES, DEFAULT_AUTO_FORMATS
 
@@ -21,6 +22,7 @@ class Settings:
     cache_addresses: tuple[str, ...]
     workers: int
     queue_size: int
+    max_abandoned: int  # renders past their callers' deadlines that may still run
     max_output_dimension: int
     max_blur_sigma: float
     auto_formats: tuple[str, ...]  # format=auto's choices, best first
@@ -35,6 +37,7 @@ class Settings:
     shutdown_grace_seconds: float
     log_level: str
     tls: Tls | None  # mutual TLS on every gRPC connection, when set
+    metrics_port: int | None  # None: no metrics port; 0: one the system picks
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -46,6 +49,7 @@ class Settings:
             cache_addresses=addresses(env, "CACHE_ADDRESS", "127.0.0.1:50051"),
             workers=workers,
             queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
+            max_abandoned=env.integer("PROCESSOR_MAX_ABANDONED", workers, minimum=1),
             max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
             max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
             auto_formats=_auto_formats(env.items("AUTO_FORMATS", DEFAULT_AUTO_FORMATS)),
@@ -60,6 +64,7 @@ class Settings:
             shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("LOG_LEVEL", "INFO"),
             tls=Tls.from_env(env),
+            metrics_port=metrics_port(env, "PROCESSOR_METRICS_PORT"),
         )
 
 

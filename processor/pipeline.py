@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
@@ -90,12 +91,17 @@ class Rendered:
 
 
 def render(
-    source: IO[bytes], spec: Spec, limits: Limits, images: Mapping[str, bytes] | None = None
+    source: IO[bytes],
+    spec: Spec,
+    limits: Limits,
+    images: Mapping[str, bytes] | None = None,
+    steps: dict[str, float] | None = None,
 ) -> Rendered:
     """Turn the image in source into the bytes spec asks for, or raise ServiceError.
 
     images holds the bytes of the other stored images spec's steps draw (Spec.images:
-    a watermark's), by id.
+    a watermark's), by id. steps, when given, is filled with each operation's seconds
+    (every frame's together), by operation name.
     """
     with (
         decoding_errors(source, limits.max_pixels),
@@ -115,7 +121,7 @@ def render(
         # Read first: getexif() is one cached object, and _metadata works on a copy.
         orientation = _orientation(image)
         metadata = _metadata(image) if spec.output.keep_metadata else {}
-        frames, durations = _frames(image, spec, fmt, orientation, limits, images or {})
+        frames, durations = _frames(image, spec, fmt, orientation, limits, images or {}, steps)
         # None: play once (no loop extension); 0 would mean forever.
         loop = image.info.get("loop")
         return _encode(frames, durations, loop, fmt, spec.output, metadata)
@@ -165,6 +171,7 @@ def _frames(
     orientation: int,
     limits: Limits,
     images: Mapping[str, bytes],
+    steps: dict[str, float] | None,
 ) -> tuple[list[Image.Image], list[int]]:
     animated = _moving(image, spec) and fmt in ANIMATED_OUTPUTS
     if image.format == "JPEG":
@@ -194,7 +201,7 @@ def _frames(
     if not animated:
         fast_decode(image)
         image.load()
-        return [_transform(image, spec, orientation, memo, limits)], [0]
+        return [_transform(image, spec, orientation, memo, limits, steps)], [0]
     frames: list[Image.Image] = []
     durations: list[int] = []
     held = 0
@@ -203,7 +210,7 @@ def _frames(
         # first also matters: WebP sets a frame's duration when it loads.)
         pixels = frame.copy()
         durations.append(int(frame.info.get("duration", 0)))
-        frames.append(_transform(pixels, spec, orientation, memo, limits))
+        frames.append(_transform(pixels, spec, orientation, memo, limits, steps))
         # A backstop for a file whose frames differ from its header (a GIF frame can
         # grow the canvas): every frame is held until the encode.
         held += frames[-1].width * frames[-1].height
@@ -347,7 +354,12 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
 
 
 def _transform(
-    image: Image.Image, spec: Spec, orientation: int, memo: Memo, limits: Limits
+    image: Image.Image,
+    spec: Spec,
+    orientation: int,
+    memo: Memo,
+    limits: Limits,
+    steps: dict[str, float] | None,
 ) -> Image.Image:
     """One frame through spec's operations (their sizes already judged by plan; after a
     step whose size depends on its pixels, such as trim, the rest judged again)."""
@@ -355,7 +367,11 @@ def _transform(
     # The source's allowance on a side, as plan judged it (orientation applied).
     longest = max(limits.max_output_dimension, *image.size)
     for n, op in enumerate(spec.ops):
+        start = time.perf_counter()
         image = op.apply(image, memo)
+        if steps is not None:
+            name = type(op).__name__.lower()
+            steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
         if getattr(op, "SIZED_BY_PIXELS", False):
             # Planned on its input's size, an upper bound: a smaller image can come out
             # larger (fit=outside with enlarge on a thin strip), so judge the rest again.

@@ -35,6 +35,7 @@ from common.hotcache import HotCache
 from common.lru import ByteLRU
 from processor import pipeline, spec
 from processor.flights import Flights
+from processor.metrics import ProcessorMetrics
 from processor.stores import Stores
 from processor.workers import Workers
 
@@ -90,8 +91,10 @@ class Resolver:
         render_limits: pipeline.Limits,
         hot_cache_bytes: int,
         originals_cache_bytes: int,
+        metrics: ProcessorMetrics,
     ) -> None:
         self.cache = cache
+        self.metrics = metrics
         self.workers = workers
         self.stores = stores
         self.render_limits = render_limits
@@ -121,7 +124,11 @@ class Resolver:
 
     def from_memory(self, wanted: Wanted) -> Answer | None:
         held = self.hot.get(wanted.image_id, wanted.key)
-        return None if held is None else Answer(held[0], held[1], cache_hit=True)
+        if held is None:
+            self.metrics.hot_misses.inc()
+            return None
+        self.metrics.hot_hits.inc()
+        return Answer(held[0], held[1], cache_hit=True)
 
     async def from_cache(
         self, wanted: Wanted, deadline: float | None, generation: int
@@ -155,6 +162,8 @@ class Resolver:
             flight = self.renders.start(
                 wanted.key, lambda: self._make(wanted), lambda made: self._store(wanted, made)
             )
+        else:
+            self.metrics.flight_joins.inc()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         made, data = await self.workers.wait(flight, remaining, "rendering")
         self.hot.put(wanted.image_id, wanted.key, (made, data), generation)
@@ -223,8 +232,8 @@ class Resolver:
         images = await self.images(wanted.spec)
 
         def work() -> Held:
-            rendered = pipeline.render(
-                io.BytesIO(original), wanted.spec, self.render_limits, images
+            rendered = timed_render(
+                self.metrics, io.BytesIO(original), wanted.spec, self.render_limits, images
             )
             # The answer's metadata is made on the thread, not on the event loop.
             return variant_metadata(wanted.image_id, wanted.key, rendered), rendered.data
@@ -292,6 +301,21 @@ async def _end(messages: AsyncIterator[cache_pb.GetVariantResponse]) -> None:
     """Read a stream to its end (its status), expecting nothing more."""
     async for _ in messages:
         raise ServiceError(Reason.INTERNAL, "the cache service sent more than expected")
+
+
+def timed_render(
+    metrics: ProcessorMetrics,
+    source: io.BytesIO,
+    wanted: spec.Spec,
+    limits: pipeline.Limits,
+    images: dict[str, bytes],
+) -> pipeline.Rendered:
+    """pipeline.render, its time and each operation's recorded (on the worker thread)."""
+    steps: dict[str, float] = {}
+    start = time.perf_counter()
+    rendered = pipeline.render(source, wanted, limits, images, steps)
+    metrics.rendered(rendered.media_type, time.perf_counter() - start, steps)
+    return rendered
 
 
 def variant_metadata(

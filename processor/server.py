@@ -12,10 +12,11 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common import jsonlog
+from common import jsonlog, metrics
 from common.grpcclient import message_limit, open_channel, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from processor.config import Settings
+from processor.metrics import ProcessorMetrics
 from processor.service import ProcessorService
 
 SERVICE_NAME = processor_service_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
@@ -26,8 +27,21 @@ async def serve(settings: Settings) -> None:
     """Run the processor until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
-    server, health = create_server(settings.chunk_bytes)
+    series = ProcessorMetrics()
+    server, health = create_server(settings.chunk_bytes, metrics=series)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN", settings.tls)
+    exposed = None
+    if settings.metrics_port is not None:
+        try:
+            exposed = metrics.serve(
+                series.registry,
+                settings.listen,
+                settings.metrics_port,
+                "IMAGESVC_PROCESSOR_METRICS_PORT",
+            )
+        except Exception:
+            await server.stop(None)
+            raise
     channel = open_channel(
         target(settings.cache_addresses),
         CACHE_SERVICE,
@@ -35,7 +49,7 @@ async def serve(settings: Settings) -> None:
         max_message=message_limit(settings.chunk_bytes),
         tls=settings.tls,
     )
-    service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
+    service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel), series)
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     # A deleted image's original goes from memory too, not only its variants.
@@ -43,7 +57,12 @@ async def serve(settings: Settings) -> None:
     await server.start()
     jsonlog.lifecycle.info(
         "listening",
-        extra={"address": settings.listen, "port": port, "workers": settings.workers},
+        extra={
+            "address": settings.listen,
+            "port": port,
+            "workers": settings.workers,
+            "metrics_port": exposed and exposed.server_port,
+        },
     )
     try:
         await serve_until_signalled(server, health, [SERVICE_NAME], settings.shutdown_grace_seconds)
@@ -53,3 +72,4 @@ async def serve(settings: Settings) -> None:
             await watcher
         await service.close()
         await channel.close(None)
+        metrics.stop(exposed)

@@ -20,7 +20,15 @@ from common.imaging import Limits as SourceLimits
 from common.streams import receive
 from processor import pipeline, spec
 from processor.config import Settings
-from processor.resolver import CACHE_DEADLINE_SECONDS, Held, Resolver, Wanted, variant_metadata
+from processor.metrics import ProcessorMetrics
+from processor.resolver import (
+    CACHE_DEADLINE_SECONDS,
+    Held,
+    Resolver,
+    Wanted,
+    timed_render,
+    variant_metadata,
+)
 from processor.stores import Stores
 from processor.workers import Workers
 
@@ -32,7 +40,12 @@ STORE_QUEUE = 256
 class ProcessorService(pb_grpc.ProcessorServiceServicer):
     """Transforms images; stored ones are looked up in and saved to the variant cache."""
 
-    def __init__(self, settings: Settings, cache: cache_grpc.CacheServiceAsyncStub) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: cache_grpc.CacheServiceAsyncStub,
+        metrics: ProcessorMetrics,
+    ) -> None:
         self.settings = settings
         self.cache = cache
         self.spec_limits = spec.Limits(
@@ -51,7 +64,11 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             settings.max_total_pixels,
         )
         self.workers = Workers(
-            settings.workers, settings.queue_size, settings.processing_timeout_seconds
+            settings.workers,
+            settings.queue_size,
+            settings.processing_timeout_seconds,
+            settings.max_abandoned,
+            metrics,
         )
         self.resolver = Resolver(
             cache,
@@ -60,6 +77,7 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
             self.render_limits,
             settings.hot_cache_bytes,
             settings.originals_cache_bytes,
+            metrics,
         )
         # Watched by the server: a deleted image's variants and original leave memory.
         self.hot = self.resolver.hot
@@ -105,7 +123,9 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
         def work() -> Held:
             # Bytes from a caller were never validated: decode them fully first.
             inspect(io.BytesIO(data), self.source_limits)
-            rendered = pipeline.render(io.BytesIO(data), wanted, self.render_limits, images)
+            rendered = timed_render(
+                self.workers.metrics, io.BytesIO(data), wanted, self.render_limits, images
+            )
             return variant_metadata("", "", rendered), rendered.data
 
         variant, output = await self.workers.wait(

@@ -25,6 +25,7 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import image_pb2
 from imageservice.v1 import processor_service_pb2 as ppb
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.env import Env
 from common.errors import RemoteError, remote_error
@@ -78,6 +79,7 @@ class ServiceProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}-{module}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.metrics_port = 0  # a gRPC service's, when its METRICS_PORT variable is set
 
     @property
     def address(self) -> str:
@@ -86,6 +88,14 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where its Prometheus metrics are: a gateway's /metrics, or a gRPC service's
+        metrics port."""
+        port = self.port if self.module == "gateway" else self.metrics_port
+        assert port, f"{self.module} serves no metrics (set its METRICS_PORT variable)"
+        return f"http://127.0.0.1:{port}/metrics"
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         env = {
@@ -116,6 +126,7 @@ class ServiceProcess:
                         entry = json.loads(line)
                         if entry.get("msg") == "listening":
                             self.port = int(entry["port"])
+                            self.metrics_port = int(entry.get("metrics_port") or 0)
                             return self
             time.sleep(0.05)
         self.kill()
@@ -171,12 +182,15 @@ class ServiceProcess:
 
 
 def start_all(
-    root: Path, cache_env: dict[str, str] | None = None, gateway_env: dict[str, str] | None = None
+    root: Path,
+    cache_env: dict[str, str] | None = None,
+    gateway_env: dict[str, str] | None = None,
+    processor_env: dict[str, str] | None = None,
 ) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
     """A cache, a processor and a gateway of their own, their data under root."""
     cache = ServiceProcess("cache", root / "c", cache_env).start()
     processor = ServiceProcess(
-        "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
+        "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address, **(processor_env or {})}
     ).start()
     upstreams = {
         "IMAGESVC_CACHE_ADDRESS": cache.address,
@@ -348,6 +362,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: ServiceProcess) -> Samples:
+    """Every sample server's metrics endpoint exposes, by name and labels."""
+    text = httpx.get(server.metrics_url, timeout=10).raise_for_status().text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when it is not exposed (a series not yet touched)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def is_problem(response: httpx.Response, status: int) -> dict[str, object]:

@@ -37,3 +37,19 @@ def test_a_second_service_on_a_port_in_use_fails_at_start(
     assert "address in use" in out
     assert variable in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("module", "variable"),
+    [("cache", "IMAGESVC_CACHE_METRICS_PORT"), ("processor", "IMAGESVC_PROCESSOR_METRICS_PORT")],
+)
+def test_a_metrics_port_in_use_stops_the_service_saying_which(
+    module: str, variable: str, gateway_server: ServiceProcess, tmp_path: Path
+) -> None:
+    taken = str(gateway_server.port)  # the session gateway's
+    server = ServiceProcess(module, tmp_path / "data", {variable: taken})
+    with pytest.raises(RuntimeError, match="exited early"):
+        server.start()
+    out = server.log_text()
+    assert f"cannot listen on 127.0.0.1:{taken} ({variable}): address in use" in out
+    assert "Traceback" not in out

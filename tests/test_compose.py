@@ -124,8 +124,9 @@ def merged() -> dict[str, Any]:
 
 def variables_read_by_the_code() -> set[str]:
     names: set[str] = set()
-    # env.text("NAME", ...) and the like, and grpcclient's addresses(env, "NAME", ...).
-    pattern = re.compile(r'(?:env\.\w+\(|addresses\(env,)\s*"([A-Z_]+)"')
+    # env.text("NAME", ...) and the like, grpcclient's addresses(env, "NAME", ...) and
+    # metrics' metrics_port(env, "NAME").
+    pattern = re.compile(r'(?:env\.\w+\(|(?:addresses|metrics_port)\(env,)\s*"([A-Z_]+)"')
     # Each service's config.py, and the readers they share in common/ (TLS).
     for config in [*ROOT.glob("*/config.py"), *ROOT.glob("common/*.py")]:
         names |= {f"IMAGESVC_{m}" for m in pattern.findall(config.read_text())}
@@ -144,6 +145,7 @@ def test_compose_file_is_valid_against_the_specification() -> None:
 def test_every_command_variable_and_port_exists_in_the_code() -> None:
     known = variables_read_by_the_code()
     assert {"IMAGESVC_CACHE_LISTEN", "IMAGESVC_GATEWAY_PORT"} <= known
+    assert {"IMAGESVC_CACHE_METRICS_PORT", "IMAGESVC_PROCESSOR_METRICS_PORT"} <= known
     services = compose()["services"]
     assert set(services) == {"cache", "processor", "gateway"}
     for name, service in services.items():

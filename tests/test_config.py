@@ -43,11 +43,23 @@ def test_sizes_take_units() -> None:
         ("CHUNK_BYTES", "10MiB"),
         ("ALLOWED_FORMATS", "PNG,PSD"),
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
+        ("CACHE_METRICS_PORT", "http"),
+        ("CACHE_METRICS_PORT", "70000"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"IMAGESVC_{name}"):
         Settings.from_env(Env({f"IMAGESVC_{name}": value}))
+
+
+def test_metrics_ports_are_off_unless_set() -> None:
+    assert Settings.from_env(Env({})).metrics_port is None
+    assert Settings.from_env(Env({"IMAGESVC_CACHE_METRICS_PORT": ""})).metrics_port is None
+    assert Settings.from_env(Env({"IMAGESVC_CACHE_METRICS_PORT": "0"})).metrics_port == 0
+    processor = ProcessorSettings.from_env(
+        Env({"IMAGESVC_PROCESSOR_METRICS_PORT": "9102", "IMAGESVC_PROCESSOR_WORKERS": "3"})
+    )
+    assert (processor.metrics_port, processor.max_abandoned) == (9102, 3)
 
 
 def test_bad_backend_url_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from common import ports
-from launcher.plan import PORT_STRIDE
+from launcher.plan import PORT_STRIDE, plan
 from tests.support import ROOT, free_port, png_bytes
 
 
@@ -433,6 +433,26 @@ def test_a_replicas_port_in_use_stops_the_launcher_before_it_starts_anything(
         code, said = refused(env, "--processor", "2")
     assert said == [
         f"imageservice: cannot listen on 127.0.0.1:{port} (IMAGESVC_PROCESSOR_LISTEN + 10): "
+        "address in use"
+    ]
+    assert code == 1
+
+
+def test_metrics_ports_count_up_by_replica_and_are_checked_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    env = replicas_env(tmp_path / "data", 2)
+    first = free_replica_port(2)
+    env["IMAGESVC_PROCESSOR_METRICS_PORT"] = str(first)
+    planned = plan(env, {"cache": 1, "processor": 2, "gateway": 1})
+    given = [r.env["IMAGESVC_PROCESSOR_METRICS_PORT"] for r in planned if r.service == "processor"]
+    assert given == [str(first), str(first + PORT_STRIDE)]
+    assert "IMAGESVC_CACHE_METRICS_PORT" not in planned[0].env  # unset: no metrics port
+    with another_program() as port:
+        env["IMAGESVC_CACHE_METRICS_PORT"] = str(port)
+        code, said = refused(env)
+    assert said == [
+        f"imageservice: cannot listen on 127.0.0.1:{port} (IMAGESVC_CACHE_METRICS_PORT): "
         "address in use"
     ]
     assert code == 1

@@ -25,7 +25,12 @@ class MemoryLRU:
     """Least-recently-used variants in memory, within a byte budget."""
 
     def __init__(self, budget: int) -> None:
-        self._lru: ImageLRU[Variant] = ImageLRU(budget, lambda v: len(v.data))
+        self.budget = budget
+        self.evictions = 0  # read by the metrics (cache/metrics.py)
+        self._lru: ImageLRU[Variant] = ImageLRU(budget, lambda v: len(v.data), self._evicted)
+
+    def _evicted(self, image_id: str, key: str) -> None:
+        self.evictions += 1
 
     @property
     def used(self) -> int:
@@ -74,9 +79,10 @@ class DiskLRU:
     def __init__(self, root: Path, budget: int) -> None:
         self.root = root
         self.budget = budget
+        self.evictions = 0  # to stay within the budget; read by the metrics
         self.path = root / "variants.db"
         # Values are row sizes; evicted entries are deleted from the file.
-        self._lru: ImageLRU[int] = ImageLRU(budget, lambda size: size, self._evicted)
+        self._lru: ImageLRU[int] = ImageLRU(budget, lambda size: size, self._over_budget)
         # Variants not yet known to be written, with their write; pruned as puts come,
         # not by a callback per write (each would wake the event loop).
         self._queued: dict[tuple[str, str], tuple[Variant, Future[None]]] = {}
@@ -129,6 +135,10 @@ class DiskLRU:
                 raise
 
         return self._writer.submit(run)
+
+    def _over_budget(self, image_id: str, key: str) -> None:
+        self.evictions += 1
+        self._evicted(image_id, key)
 
     def _evicted(self, image_id: str, key: str) -> None:
         self._queued.pop((image_id, key), None)
