@@ -59,7 +59,7 @@ lint: $(STAMP)  ## ruff, mypy, buf lint, and the lock made from this pyproject.t
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	cd protos && ../$(BIN)/buf lint
+	$(BIN)/buf lint protos
 	$(BIN)/python requirements/lock.py --check
 
 fmt: $(STAMP)  ## format and autofix
