@@ -4,15 +4,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 IMAGESVC_DATA_DIR=/data
 WORKDIR /app
 
-# Dependencies first, so code changes reuse this layer.
+# The runtime dependencies first, at the locked versions (`make lock`), so code changes
+# reuse this layer.
+COPY requirements/runtime.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
+
 COPY pyproject.toml README.md ./
 COPY gen ./gen
-RUN mkdir -p cache common processor gateway launcher \
-    && touch cache/__init__.py common/__init__.py processor/__init__.py \
-       gateway/__init__.py launcher/__init__.py \
-    && pip install --no-cache-dir . \
-    && pip uninstall -y imageservice
-
 COPY protos ./protos
 COPY common ./common
 COPY cache ./cache

@@ -6,27 +6,37 @@ BIN := $(VENV)/bin
 # What running needs, then the developer's tools on top: `make run` waits for the first only.
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
+# The locks both come from (`make lock`): every machine installs the same versions.
+RUNTIME_LOCK := requirements/runtime.txt
+DEV_LOCK := requirements/dev.txt
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install engines examples protos check-protos docs lint fmt test bench run dev stop clean
+.PHONY: help install lock hooks engines examples protos check-protos docs lint fmt test bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(RUNTIME): pyproject.toml
+$(RUNTIME): pyproject.toml $(RUNTIME_LOCK)
 	@echo "installing the runtime dependencies into $(VENV) (first run only, about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --require-hashes -r $(RUNTIME_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(STAMP): $(RUNTIME)
+$(STAMP): $(RUNTIME) $(DEV_LOCK)
 	@echo "installing the development tools into $(VENV) (first time only, about a minute)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
 	touch $@
 
-install: $(STAMP)  ## create .venv and install the project with its dev tools
+install: $(STAMP)  ## create .venv and install the project with its dev tools, at the locked versions
+
+lock: $(STAMP)  ## re-resolve requirements/*.txt from pyproject.toml (PyPI; keeps every pin that still fits)
+	$(BIN)/python requirements/lock.py
+
+hooks: $(STAMP)  ## install the commit hooks (.pre-commit-config.yaml: ruff, mypy, buf lint, fresh gen/ and lock)
+	$(BIN)/pre-commit install
 
 protos: $(STAMP)  ## regenerate gen/ from protos/ (never edit gen/ by hand)
 	rm -rf gen/imageservice
@@ -37,18 +47,20 @@ protos: $(STAMP)  ## regenerate gen/ from protos/ (never edit gen/ by hand)
 		$(PROTO_FILES)
 	touch gen/imageservice/__init__.py gen/imageservice/v1/__init__.py gen/imageservice/py.typed
 
+# Compared with git's index, not the last commit, so the commit hook can run it too.
 check-protos: protos  ## fail when the committed gen/ differs from what `make protos` makes
 	git diff --exit-code --stat -- gen
-	test -z "$$(git status --porcelain -- gen)"
+	test -z "$$(git ls-files --others --exclude-standard -- gen)"
 
 docs: $(RUNTIME)  ## rewrite docs/http.md's table of transformation parameters from the operations' declarations
 	$(BIN)/python -m processor.parameters docs/http.md
 
-lint: $(STAMP)  ## ruff, mypy and buf lint
+lint: $(STAMP)  ## ruff, mypy, buf lint, and the lock made from this pyproject.toml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cache common processor gateway launcher tests bench imagesvc
-	cd protos && ../$(BIN)/buf lint
+	$(BIN)/mypy
+	$(BIN)/buf lint protos
+	$(BIN)/python requirements/lock.py --check
 
 fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format .

@@ -29,18 +29,25 @@ def position(commands: list[str], text: str) -> int:
     return found[0]
 
 
+RUNTIME_LOCK = "pip install --quiet --require-hashes -r requirements/runtime.txt"
+PROJECT = "pip install --quiet --no-deps -e ."
+DEV_LOCK = "pip install --quiet --require-hashes -r requirements/dev.txt"
+
+
 def test_make_run_installs_the_runtime_dependencies_only_and_says_so(tmp_path: Path) -> None:
     commands = planned("run", tmp_path / "venv")
     installs = [c for c in commands if "pip install" in c and "--upgrade pip" not in c]
-    assert installs and all(c.endswith("install --quiet -e .") for c in installs), installs
+    # The locked runtime set, then the project itself and nothing it would pull in.
+    assert [c.split("/bin/", 1)[1] for c in installs] == [RUNTIME_LOCK, PROJECT], installs
     said = position(commands, "installing the runtime dependencies")
     assert said < commands.index(installs[0])  # before the slow step, not after
 
 
-@pytest.mark.parametrize("target", ["test", "lint", "protos", "bench", "install"])
+@pytest.mark.parametrize("target", ["test", "lint", "protos", "bench", "install", "lock", "hooks"])
 def test_the_developer_targets_add_the_dev_tools(target: str, tmp_path: Path) -> None:
     commands = planned(target, tmp_path / "venv")
-    runtime = position(commands, "pip install --quiet -e .")
+    runtime = position(commands, RUNTIME_LOCK)
+    project = position(commands, PROJECT)
     said = position(commands, "installing the development tools")
-    dev = position(commands, "pip install --quiet -e '.[dev]'")
-    assert runtime < said < dev
+    dev = position(commands, DEV_LOCK)
+    assert runtime < project < said < dev

@@ -19,7 +19,7 @@ from tests.test_compose import variables_read_by_the_code
 HTTP = ROOT / "docs" / "http.md"
 GRPC = ROOT / "docs" / "grpc.md"
 OPERATORS = ROOT / "docs" / "operators.md"
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def section(page: Path, title: str) -> str:
