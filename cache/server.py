@@ -12,7 +12,7 @@ from cache.backends import open_blob_store, open_metadata_store, open_variant_ca
 from cache.config import Settings
 from cache.service import CacheService
 from cache.storage import StorageUnavailable
-from common import jsonlog
+from common import jsonlog, tracing
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -41,6 +41,7 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
+    tracing.configure("cache")  # before the server and channels, which it instruments
     server, health = create_server(settings.chunk_bytes)
     # The port first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from common import tracing
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 # Attributes every LogRecord has; anything else was passed via `extra=` and is logged.
@@ -22,7 +24,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, service, pid, logger, message, request id,
-    extras."""
+    trace and span ids (within a span), extras."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -42,6 +44,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             entry["request_id"] = rid
+        ids = tracing.current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STANDARD:
                 entry[key] = value

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from opentelemetry import trace
+
 from common.errors import Reason, ServiceError
 
 log = logging.getLogger("processor")
+tracer = trace.get_tracer("imagesvc.processor")
 
 T = TypeVar("T")
 
@@ -40,11 +44,19 @@ class Workers:
 
     def submit(self, work: Callable[[], T], label: str) -> asyncio.Future[T]:
         """Start work on a thread, or refuse at once when the queue is full; a
-        "processed" line (label, milliseconds) is logged when it succeeds."""
+        "processed" line (label, milliseconds) is logged when it succeeds. The work runs
+        in its caller's context (request id, trace), in a span of its own, "render"."""
         self.admit()
         self.pending += 1
         start = time.perf_counter()
-        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+        def traced() -> T:
+            with tracer.start_as_current_span("render", attributes={"imagesvc.work": label}):
+                return work()
+
+        # An executor's thread does not inherit the caller's context by itself.
+        run = contextvars.copy_context().run
+        future = asyncio.get_running_loop().run_in_executor(self._pool, run, traced)
 
         def finished(done: asyncio.Future[T]) -> None:
             self.pending -= 1
