@@ -17,7 +17,7 @@ from cache.metrics import CacheMetrics, Timed
 from cache.service import CacheService
 from cache.storage import StorageUnavailable
 from cache.variants import VariantCache
-from common import jsonlog, metrics
+from common import jsonlog, metrics, tracing
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -46,6 +46,7 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
+    tracing.configure("cache")  # before the server and channels, which it instruments
     series = CacheMetrics()
     server, health = create_server(settings.chunk_bytes, metrics=series)
     # The ports first: a cache that cannot serve must not recover someone else's data.

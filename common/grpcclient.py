@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from common import tracing
 from common.env import ConfigError, Env
 from common.errors import Reason, ServiceError, remote_error
 from common.jsonlog import request_id
@@ -116,7 +117,8 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An aio channel with the service config, message limits for chunked streams, and a
     quick reconnect when a service comes back (instead of gRPC's 2-minute backoff cap);
-    over mutual TLS when tls is set, else in plaintext."""
+    over mutual TLS when tls is set, else in plaintext; each call a span, when tracing
+    is on."""
     options: list[tuple[str, str | int]] = [
         ("grpc.service_config", service_config(service, idempotent)),
         ("grpc.enable_retries", 1),
@@ -127,9 +129,12 @@ def open_channel(
         ("grpc.max_reconnect_backoff_ms", 2000),
         *_tls_options(target, tls),
     ]
+    interceptors = tracing.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=options, interceptors=interceptors
+    )
 
 
 def blocking_channel(address: str, tls: Tls | None) -> grpc.Channel:

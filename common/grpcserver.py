@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common import tracing
 from common.errors import ServiceError
 from common.grpcclient import message_limit
 from common.jsonlog import lifecycle, request_id
@@ -204,9 +205,9 @@ def create_server(
     max_connection_age_grace_seconds: float | None = MAX_CONNECTION_AGE_GRACE_SECONDS,
     metrics: ServiceMetrics | None = None,
 ) -> tuple[grpc.aio.Server, Any]:
-    """A grpc.aio server with the call interceptor (counting into metrics, when given)
-    and the standard health service,
-    taking messages of a chunk and its envelope, and asking clients to reconnect once a
+    """A grpc.aio server with the call interceptor (counting into metrics, when given;
+    inside the tracing one, when tracing is on) and the standard health service, taking
+    messages of a chunk and its envelope, and asking clients to reconnect once a
     connection is max_connection_age_seconds old (its open calls given the grace, None
     for as long as they take)."""
     grace_ms = (
@@ -223,7 +224,9 @@ def create_server(
         ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
-    server = grpc.aio.server(interceptors=[CallInterceptor(metrics)], options=options)
+    # The span outermost: the call's log line, written within it, carries its trace id.
+    interceptors = [*tracing.server_interceptors(), CallInterceptor(metrics)]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

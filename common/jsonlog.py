@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from common import tracing
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 # Attributes every LogRecord has; anything else was passed via `extra=` and is logged.
@@ -23,7 +25,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, service, pid, logger, message, request id,
-    extras."""
+    trace and span ids (within a span), extras."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -60,6 +62,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             entry["request_id"] = rid
+        ids = tracing.current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         entry.update(extras)
         return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 

@@ -11,7 +11,7 @@ import tempfile
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from common import jsonlog, ports
+from common import jsonlog, ports, tracing
 from common.env import ConfigError
 from gateway.config import Settings
 from gateway.observability import MULTIPROCESS_VARIABLE
@@ -24,6 +24,10 @@ def main() -> None:
     except ConfigError as exc:
         sys.exit(f"gateway: bad configuration: {exc}")
     jsonlog.configure("gateway", settings.log_level)
+    try:
+        tracing.configure("gateway")  # checked here, where a bad value can stop it plainly
+    except ConfigError as exc:
+        sys.exit(f"gateway: bad configuration: {exc}")
     # Bind here, so port 0 works and the chosen port can be announced before serving.
     try:
         sock = ports.bind(settings.host, settings.port)

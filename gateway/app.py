@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common import jsonlog
+from common import jsonlog, tracing
 from gateway import images, openapi, pages, params, signed_urls
 from gateway.answers import answer_cache
 from gateway.config import Settings
-from gateway.observability import Metrics, Observability
+from gateway.observability import Metrics, Observability, tracing_middleware
 from gateway.problems import HTTPProblem, from_grpc, problem_response
 from gateway.ratelimit import Limiter
 from gateway.shared import SharedAnswers
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The gateway app; settings from the environment unless given."""
     settings = settings or Settings.from_env()
     jsonlog.configure("gateway", settings.log_level)  # in every worker process
+    tracing.configure("gateway")
     registry = Metrics()
 
     @asynccontextmanager
@@ -131,7 +132,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes.append(
             Route("/images/{image_id}/signed-urls", signed_urls.post_signed_url, methods=["POST"])
         )
-    middleware = [Middleware(Observability, metrics=registry)]
+    # Tracing outside Observability, so a request's log line carries its trace id.
+    middleware = [*tracing_middleware(), Middleware(Observability, metrics=registry)]
     if settings.cors_origins:
         # Inside Observability, so preflights are counted, logged and carry a request id.
         middleware.append(

@@ -1,4 +1,5 @@
-"""Request ids, JSON access logs and Prometheus metrics, as one pure ASGI middleware."""
+"""Request ids, JSON access logs and Prometheus metrics, as one pure ASGI middleware;
+and, when tracing is on, OpenTelemetry's around it."""
 
 from __future__ import annotations
 
@@ -6,17 +7,53 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import tracing
 from common.jsonlog import HotLog, request_id
 
 log = logging.getLogger("gateway.access")
 access = HotLog("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Not traced unless OTEL_PYTHON_ASGI_EXCLUDED_URLS or OTEL_PYTHON_EXCLUDED_URLS say
+# otherwise: probes and scrapes, every few seconds, would bury the requests.
+UNTRACED_URLS = "/healthz$,/health$,/readyz$,/metrics$"
+
+
+def tracing_middleware() -> list[Middleware]:
+    """OpenTelemetry's ASGI middleware, when tracing is on: a server span per request
+    (child of the caller's `traceparent`, if any), named by its method until
+    Observability knows its route. Body reads and writes are no spans of their own: an
+    image is sent in many."""
+    if not tracing.on():
+        return []
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.util.http import get_excluded_urls, parse_excluded_urls
+
+    variables = ("OTEL_PYTHON_ASGI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS")
+    if any(name in os.environ for name in variables):
+        excluded = get_excluded_urls("ASGI")
+    else:
+        excluded = parse_excluded_urls(UNTRACED_URLS)
+
+    def named(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return scope.get("method", "HTTP"), {}
+
+    return [
+        Middleware(
+            OpenTelemetryMiddleware,
+            excluded_urls=excluded,
+            default_span_details=named,
+            exclude_spans=["receive", "send"],
+        )
+    ]
 
 
 # Set by `python -m gateway` for several workers (gateway/__main__.py): each worker
@@ -66,12 +103,23 @@ class Metrics:
         )
 
 
+def _name_span(scope: Scope) -> None:
+    """Name the request's span by its route, once routed: one name for every image's
+    requests, not one per path."""
+    span = trace.get_current_span()
+    route = getattr(scope.get("route"), "path", None)
+    if route is not None and span.is_recording():
+        span.update_name(f"{scope['method']} {route}")
+        span.set_attribute("http.route", route)
+
+
 class Observability:
     """Binds a request id (X-Request-ID in, or a new one), times, counts and logs."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.traced = tracing.on()
         self.bytes_in = metrics.bytes.labels("in")
         self.bytes_out = metrics.bytes.labels("out")
         # Each (route, method, status)'s counter and histogram, looked up once: a label
@@ -105,6 +153,8 @@ class Observability:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
+                if self.traced:
+                    _name_span(scope)  # before the answer is sent, which ends the span
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))

@@ -12,7 +12,7 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common import jsonlog, metrics
+from common import jsonlog, metrics, tracing
 from common.grpcclient import message_limit, open_channel, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from processor.config import Settings
@@ -27,6 +27,7 @@ async def serve(settings: Settings) -> None:
     """Run the processor until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
+    tracing.configure("processor")  # before the server and channels, which it instruments
     series = ProcessorMetrics()
     server, health = create_server(settings.chunk_bytes, metrics=series)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN", settings.tls)

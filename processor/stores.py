@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from imageservice.v1 import cache_service_pb2 as cache_pb
+from opentelemetry import context as otel
 
 from common.jsonlog import request_id
 
@@ -23,11 +24,14 @@ log = logging.getLogger("processor")
 
 @dataclass
 class Store:
-    """One variant to store, with the request id of the call that made it (its trace)."""
+    """One variant to store, with the request id and the trace context of the call that
+    made it: its PutVariant is a child of that call's span (drawn past its end, since
+    the answer went first), so a miss's trace shows its store too."""
 
     header: cache_pb.PutVariantHeader
     data: bytes
     request_id: str
+    trace: otel.Context
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -55,7 +59,7 @@ class Stores:
 
     def put(self, header: cache_pb.PutVariantHeader, data: bytes) -> asyncio.Future[None]:
         """Queue a variant; the future is done once it is stored or given up on."""
-        store = Store(header, data, request_id.get())
+        store = Store(header, data, request_id.get(), otel.get_current())
         if self._closed:
             self._give_up(store, "the processor is stopping")
             return store.done
@@ -83,6 +87,7 @@ class Stores:
     async def _work(self) -> None:
         while True:
             store = await self._queue.get()
+            token = otel.attach(store.trace)
             try:
                 request_id.set(store.request_id)  # the store is traced to its request
                 await self._send(self._messages(store))
@@ -90,6 +95,7 @@ class Stores:
                 # The caller has its bytes already; a variant not cached is a later miss.
                 self._give_up(store, _why(exc))
             finally:
+                otel.detach(token)
                 if not store.done.done():
                     store.done.set_result(None)
                 self._queue.task_done()

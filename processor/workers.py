@@ -4,6 +4,7 @@ renders that go on after their callers have gone."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -11,10 +12,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
 from common.errors import Reason, ServiceError
 from processor.metrics import ProcessorMetrics
 
 log = logging.getLogger("processor")
+tracer = trace.get_tracer("imagesvc.processor")
 
 T = TypeVar("T")
 
@@ -78,7 +82,8 @@ class Workers:
 
     def submit(self, work: Callable[[], T], label: str) -> asyncio.Future[T]:
         """Start work on a thread, or refuse at once when the queue is full; a
-        "processed" line (label, milliseconds) is logged when it succeeds."""
+        "processed" line (label, milliseconds) is logged when it succeeds. The work runs
+        in its caller's context (request id, trace), in a span of its own, "render"."""
         self.admit()
         self.pending += 1
         start = time.perf_counter()
@@ -87,12 +92,15 @@ class Workers:
             with self._lock:
                 self.running += 1
             try:
-                return work()
+                with tracer.start_as_current_span("render", attributes={"imagesvc.work": label}):
+                    return work()
             finally:
                 with self._lock:
                     self.running -= 1
 
-        future = asyncio.get_running_loop().run_in_executor(self._pool, run)
+        # An executor's thread does not inherit the caller's context by itself.
+        context = contextvars.copy_context()
+        future = asyncio.get_running_loop().run_in_executor(self._pool, context.run, run)
 
         def finished(done: asyncio.Future[T]) -> None:
             self.pending -= 1
