@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +27,6 @@ from gateway.problems import HTTPProblem, from_grpc, problem_response
 from gateway.ratelimit import Limiter
 from gateway.upstream import Upstream
 
-log = logging.getLogger("gateway")
 # What a script on another origin may read of an answer besides the CORS-safelisted
 # headers (Content-Type, Cache-Control...).
 CORS_EXPOSED = [
@@ -84,11 +82,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
     problem = HTTPProblem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {}))
     return problem_response(problem, request.url.path)
-
-
-async def on_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc)
-    return problem_response(HTTPProblem(500, "Internal error"), request.url.path)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -155,7 +148,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPProblem: on_problem,
             grpc.aio.AioRpcError: on_grpc_error,
             HTTPException: on_http_error,
-            Exception: on_error,
+            # No handler for Exception: Observability answers whatever else is raised.
         },
         lifespan=lifespan,
     )
