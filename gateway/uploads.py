@@ -204,7 +204,6 @@ async def upload(
         )
     header = pb.PutImageHeader(
         original_filename=filename,
-        claimed_media_type=kind,
         owner=caller.owner,
         visibility=visibility,
     )
