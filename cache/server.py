@@ -14,6 +14,7 @@ from cache.service import CacheService
 from cache.storage import StorageUnavailable
 from common import jsonlog
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
+from common.imaging import configure_pillow
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 RECOVERY_INTERVAL_SECONDS = 60.0
@@ -48,6 +49,7 @@ async def serve(settings: Settings) -> None:
     metadata = await open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)
     service = CacheService(settings, blobs, metadata, variants)
+    configure_pillow(service.limits)  # before the first upload starts a decoding thread
     # In the background: start-up never waits for recovery, whatever the data's size.
     tasks = [
         asyncio.create_task(service.follow_deletions()),

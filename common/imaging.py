@@ -23,15 +23,9 @@ from common.errors import Reason, ServiceError
 Image.init()
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
-# Decoding is how corruption is found, so a truncated file must fail, never be padded.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Pillow's default turns every GIF frame after the first into RGB at the whole canvas's
-# size: a 7000x7000 GIF then holds some 440 MB and converts the canvas once per frame,
-# however small its frames. Kept in palette mode (RGB only when a frame brings its own
-# palette), the canvas is one byte a pixel and a frame costs its own pixels: validating
-# such a GIF went from 1.1 s and 373 MB to 0.1 s and the one canvas. Validation and
-# rendering read GIFs the same way.
-GifImagePlugin.LOADING_STRATEGY = GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
+# Where Pillow's warnings come from: what it warns of (damaged EXIF, an image past
+# MAX_IMAGE_PIXELS but under twice it) is read anyway or refused with our own words.
+_PILLOW_MODULES = r"(PIL|pillow_heif|pillow_jxl|thash)(\.|$)"
 
 # Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
 SOURCE_FORMATS = (
@@ -66,6 +60,31 @@ MEDIA_TYPES = {
 HEIF_MEDIA_TYPES = frozenset(
     {"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
 )
+
+
+def configure_pillow(limits: Limits) -> None:
+    """Set Pillow's process-wide settings; each service that decodes calls it once, at
+    start, before any worker thread exists (they are module globals every thread reads)."""
+    # Pillow raises DecompressionBombError above twice this: the backstop behind
+    # open_checked's exact check, for sizes learnt mid-decode (a GIF frame that grows
+    # the canvas).
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    # Decoding is how corruption is found, so a truncated file must fail, never be padded.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Pillow's default turns every GIF frame after the first into RGB at the whole
+    # canvas's size: a 7000x7000 GIF then holds some 440 MB and converts the canvas once
+    # per frame, however small its frames. Kept in palette mode (RGB only when a frame
+    # brings its own palette), the canvas is one byte a pixel and a frame costs its own
+    # pixels: validating such a GIF went from 1.1 s and 373 MB to 0.1 s and the one
+    # canvas. Validation and rendering read GIFs the same way.
+    GifImagePlugin.LOADING_STRATEGY = (
+        GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
+    )
+    # A line on stderr per upload would be noise (and reach the log, see jsonlog). A
+    # filter set once, not warnings.catch_warnings() around each decode: that swaps the
+    # process's filters, which threads decoding at the same time would race on.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", module=_PILLOW_MODULES)
 
 
 def media_type(image: Image.Image) -> str:
@@ -112,40 +131,38 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
     max_pixels is the limit open_checked was given: Pillow's own refusal names its
     threshold (twice ours), and a caller must read the limit we configured.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        except ServiceError:
+    try:
+        yield
+    except ServiceError:
+        raise
+    except Image.DecompressionBombError:
+        raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        if _is_iso_media(fp):
+            raise ServiceError(
+                Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
+            ) from None
+        raise corrupt("the data is not a decodable image") from None
+    except ValueError as exc:
+        if "too large" in str(exc):
+            # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
+            raise too_large(f"the image holds too much compressed data: {exc}") from None
+        raise corrupt(f"the image data is corrupt: {exc}") from None
+    except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
+        # Pillow reports damaged data through all of these; the text helps the caller.
+        raise corrupt(f"the image data is corrupt: {exc}") from None
+    except MemoryError:
+        raise too_large("the image needs too much memory to decode") from None
+    except RuntimeError as exc:
+        # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
+        # labelled HEIC) this build does not carry. Anything else is our bug.
+        if not _from_plugin(fp):
             raise
-        except Image.DecompressionBombError:
-            raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
-        except UnidentifiedImageError:
-            if _is_iso_media(fp):
-                raise ServiceError(
-                    Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
-                ) from None
-            raise corrupt("the data is not a decodable image") from None
-        except ValueError as exc:
-            if "too large" in str(exc):
-                # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
-                raise too_large(f"the image holds too much compressed data: {exc}") from None
-            raise corrupt(f"the image data is corrupt: {exc}") from None
-        except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
-            # Pillow reports damaged data through all of these; the text helps the caller.
-            raise corrupt(f"the image data is corrupt: {exc}") from None
-        except MemoryError:
-            raise too_large("the image needs too much memory to decode") from None
-        except RuntimeError as exc:
-            # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
-            # labelled HEIC) this build does not carry. Anything else is our bug.
-            if not _from_plugin(fp):
-                raise
-            if "has not been built in" in str(exc):
-                raise ServiceError(
-                    Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
-                ) from None
-            raise corrupt(f"the image data is corrupt: {exc}") from None
+        if "has not been built in" in str(exc):
+            raise ServiceError(
+                Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
+            ) from None
+        raise corrupt(f"the image data is corrupt: {exc}") from None
 
 
 # Pillow feeds decoders 64 KiB at a time; every call gives the GIL back and has to win it
@@ -185,13 +202,11 @@ def open_checked(
 ) -> Image.Image:
     """Image.open plus the checks that must come before any pixel is decoded.
 
-    Call inside decoding_errors(fp, max_pixels). Pillow raises DecompressionBombError
-    above twice MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check
-    as the backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    Call inside decoding_errors(fp, max_pixels). The exact pixel limit is checked here;
+    Pillow's own check (configure_pillow) is the backstop for sizes learnt mid-decode.
     An animation whose header tells its frame count is held to max_total_pixels here;
     others are held to it frame by frame as they are decoded.
     """
-    Image.MAX_IMAGE_PIXELS = max_pixels
     fp.seek(0)
     head = fp.read(12)
     fp.seek(0)

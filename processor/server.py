@@ -15,6 +15,7 @@ from imageservice.v1 import (
 from common import jsonlog
 from common.grpcclient import message_limit, open_channel, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
+from common.imaging import configure_pillow
 from processor.config import Settings
 from processor.service import ProcessorService
 
@@ -36,6 +37,7 @@ async def serve(settings: Settings) -> None:
         tls=settings.tls,
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
+    configure_pillow(service.source_limits)  # before the first render starts a worker
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     # A deleted image's original goes from memory too, not only its variants.

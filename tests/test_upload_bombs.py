@@ -100,6 +100,25 @@ def test_a_png_bomb_is_refused_quoting_our_pixel_limit(
     assert str(2 * DEFAULT_MAX_PIXELS) not in error.message
 
 
+def test_pillows_warnings_stay_out_of_the_log(
+    stub: pb_grpc.CacheServiceStub,
+    pstub: ppb_grpc.ProcessorServiceStub,
+    cache_server: ServiceProcess,
+    processor_server: ServiceProcess,
+) -> None:
+    # Over our limit but under twice it, Pillow opens the image with a warning and we
+    # refuse it; the warning is silenced once per process (configure_pillow), not
+    # printed to stderr, which the log would carry.
+    data = png_claiming(8000, 8000)
+    assert DEFAULT_MAX_PIXELS < 8000 * 8000 < 2 * DEFAULT_MAX_PIXELS
+    assert failure(stub.PutImage, upload_requests(data)).reason == Reason.IMAGE_TOO_LARGE
+    error = failure(pstub.ProcessBytes, bytes_requests(data, format=ppb.OUTPUT_FORMAT_PNG))
+    assert error.reason == Reason.IMAGE_TOO_LARGE
+    for server in (cache_server, processor_server):
+        server.log_entries()  # waits until the calls above are logged
+        assert "Warning" not in server.log_path.read_text(errors="replace")
+
+
 def test_a_gif_cost_bomb_is_refused_once_its_frames_pass_the_total(
     stub: pb_grpc.CacheServiceStub,
 ) -> None:
