@@ -42,7 +42,8 @@ SOURCE_FORMATS = (
     "JXL",
 )
 
-MEDIA_TYPES = {
+# A stored original's media type, by Pillow format (processor.pipeline has a render's).
+SOURCE_MEDIA_TYPES = {
     "JPEG": "image/jpeg",
     "MPO": "image/jpeg",
     "PNG": "image/png",
@@ -62,7 +63,7 @@ HEIF_MEDIA_TYPES = frozenset(
 )
 
 
-def configure_pillow(limits: Limits) -> None:
+def configure_pillow(limits: SourceLimits) -> None:
     """Set Pillow's process-wide settings; each service that decodes calls it once, at
     start, before any worker thread exists (they are module globals every thread reads)."""
     # Pillow raises DecompressionBombError above twice this: the backstop behind
@@ -92,11 +93,11 @@ def media_type(image: Image.Image) -> str:
     fmt = image.format or ""
     if fmt == "HEIF":
         told = image.get_format_mimetype() if isinstance(image, ImageFile.ImageFile) else None
-        return told if told in HEIF_MEDIA_TYPES else MEDIA_TYPES[fmt]
-    return MEDIA_TYPES[fmt]
+        return told if told in HEIF_MEDIA_TYPES else SOURCE_MEDIA_TYPES[fmt]
+    return SOURCE_MEDIA_TYPES[fmt]
 
 
-def too_large(message: str) -> ServiceError:
+def image_too_large(message: str) -> ServiceError:
     return ServiceError(Reason.IMAGE_TOO_LARGE, message)
 
 
@@ -136,7 +137,7 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
     except ServiceError:
         raise
     except Image.DecompressionBombError:
-        raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
+        raise image_too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
     except UnidentifiedImageError:
         if _is_iso_media(fp):
             raise ServiceError(
@@ -146,13 +147,13 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
     except ValueError as exc:
         if "too large" in str(exc):
             # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
-            raise too_large(f"the image holds too much compressed data: {exc}") from None
+            raise image_too_large(f"the image holds too much compressed data: {exc}") from None
         raise corrupt(f"the image data is corrupt: {exc}") from None
     except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
         # Pillow reports damaged data through all of these; the text helps the caller.
         raise corrupt(f"the image data is corrupt: {exc}") from None
     except MemoryError:
-        raise too_large("the image needs too much memory to decode") from None
+        raise image_too_large("the image needs too much memory to decode") from None
     except RuntimeError as exc:
         # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
         # labelled HEIC) this build does not carry. Anything else is our bug.
@@ -194,7 +195,7 @@ def declared_pixels(image: Image.Image) -> int:
 
 
 def too_many_pixels(max_total_pixels: int) -> ServiceError:
-    return too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
+    return image_too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
 
 
 def open_checked(
@@ -228,7 +229,7 @@ def open_checked(
         raise corrupt("the image has no pixels")
     if width * height > max_pixels:
         image.close()
-        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise image_too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
     if declared_pixels(image) > max_total_pixels:
         image.close()
         raise too_many_pixels(max_total_pixels)
@@ -236,7 +237,9 @@ def open_checked(
 
 
 @dataclass(frozen=True)
-class Limits:
+class SourceLimits:
+    """What an image may hold to be stored (the cache) or decoded (the processor)."""
+
     allowed_formats: frozenset[str]
     max_pixels: int  # of the image, and of each frame
     max_frames: int
@@ -258,7 +261,7 @@ class OverBudget(Exception):
 
 def inspect(
     fp: IO[bytes],
-    limits: Limits,
+    limits: SourceLimits,
     budget: int | None = None,
     first_frame: Callable[[Image.Image], None] | None = None,
 ) -> ImageInfo:
@@ -287,7 +290,7 @@ def inspect(
             return _decode_all(image, _Frames(limits, budget), first_frame)
 
 
-def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
+def _open(fp: IO[bytes], limits: SourceLimits) -> Image.Image:
     return open_checked(fp, limits.allowed_formats, limits.max_pixels, limits.max_total_pixels)
 
 
@@ -300,7 +303,7 @@ class _Frames:
     renderer composites it.
     """
 
-    def __init__(self, limits: Limits, budget: int | None) -> None:
+    def __init__(self, limits: SourceLimits, budget: int | None) -> None:
         self.limits = limits
         self.budget = budget
         self.count = 0
@@ -310,9 +313,9 @@ class _Frames:
         limits = self.limits
         self.count += 1
         if self.count > limits.max_frames:
-            raise too_large(f"more than {limits.max_frames} frames")
+            raise image_too_large(f"more than {limits.max_frames} frames")
         if canvas[0] * canvas[1] > limits.max_pixels:
-            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+            raise image_too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
         self.pixels += canvas[0] * canvas[1]
         if self.pixels > limits.max_total_pixels:
             raise too_many_pixels(limits.max_total_pixels)
@@ -371,7 +374,7 @@ def _check_jxl(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) 
         raise corrupt("the JPEG XL header is damaged or missing")
     width, height = size
     if width * height > max_pixels:
-        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise image_too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
 
 
 def jxl_size(head: bytes) -> tuple[int, int] | None:

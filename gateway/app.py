@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.metrics = registry
     app.state.params = params.Parameters(
-        params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
+        params.RequestLimits(settings.max_output_dimension, settings.max_blur_sigma)
     )
     app.state.openapi = openapi.document(
         app.state.params.table, settings.presets, settings.signing.enabled

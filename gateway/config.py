@@ -83,7 +83,7 @@ class Settings:
         keys = _api_keys(env.items("API_KEYS", ()))
         max_output_dimension = env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1)
         max_blur_sigma = env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1)
-        limits = params.Limits(max_output_dimension, max_blur_sigma)
+        limits = params.RequestLimits(max_output_dimension, max_blur_sigma)
         settings = cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
@@ -169,7 +169,7 @@ def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _presets(path: str, only: bool, limits: params.Limits) -> Presets:
+def _presets(path: str, only: bool, limits: params.RequestLimits) -> Presets:
     """The presets file's, checked under the limits requests are (none without a file)."""
     if not path:
         if only:

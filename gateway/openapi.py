@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from common.ids import IMAGE_ID_PATTERN
 from gateway.params import CURSOR, SHA256, Param
 from gateway.presets import QUERY_NAME, Presets
 from gateway.signed_urls import MAX_EXPIRES_IN
@@ -15,7 +16,7 @@ ID = {
     "name": "image_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+    "schema": {"type": "string", "pattern": IMAGE_ID_PATTERN},
     "description": "The image's id, as the upload answered it.",
 }
 IMAGE_BYTES = {

@@ -87,7 +87,7 @@ class Resolver:
         cache: cache_grpc.CacheServiceAsyncStub,
         workers: Workers,
         stores: Stores,
-        render_limits: pipeline.Limits,
+        render_limits: pipeline.RenderLimits,
         hot_cache_bytes: int,
         originals_cache_bytes: int,
     ) -> None:

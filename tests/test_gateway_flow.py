@@ -161,9 +161,9 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         "/docs",
     }
     documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
-    from gateway.params import Limits, Parameters
+    from gateway.params import Parameters, RequestLimits
 
-    assert {p.name for p in Parameters(Limits(8192, 50)).table} | {"image_id"} == documented
+    assert {p.name for p in Parameters(RequestLimits(8192, 50)).table} | {"image_id"} == documented
 
 
 def processed(server: ServiceProcess) -> int:

@@ -109,7 +109,9 @@ def test_variant_keys_stay_the_same_across_releases() -> None:
         quality=70,
     )
     wanted = spec.parse(
-        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+        request.transformation.operations,
+        request.transformation.output,
+        spec.RequestLimits(8192, 100),
     )
     assert spec.PIPELINE_VERSION == "5"  # bumped on purpose: update the key below too
     key = "8288e54dd2edfb8f8fca58103a0ab6df00dfee02e3f1b4ef20a29fa6e86b9131"
@@ -137,7 +139,9 @@ def test_a_render_lease_whose_holder_died_costs_half_the_deadline_not_the_call(
     image_id = upload(stub, png_bytes(300, 200, seed=61)).id
     request = process_request(image_id, Op(resize=ppb.Resize(width=61)))
     key = spec.parse(
-        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+        request.transformation.operations,
+        request.transformation.output,
+        spec.RequestLimits(8192, 100),
     ).key(image_id)
     # Another processor claims the render, then dies: its lease outlives the call.
     (held,) = stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key, claim=True))
@@ -813,7 +817,7 @@ def test_a_render_whose_caller_left_during_the_fetch_is_logged(
     assert server.terminate() == 0  # renders still running finish and are stored first
     keys = [
         spec.parse(
-            r.transformation.operations, r.transformation.output, spec.Limits(8192, 100)
+            r.transformation.operations, r.transformation.output, spec.RequestLimits(8192, 100)
         ).key(big_id)
         for r in requests
     ]

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from tests.support import ROOT, ServiceProcess, open_image, png_bytes
 from tests.test_compose import variables_read_by_the_code
 
@@ -41,7 +41,7 @@ def test_every_transformation_parameter_is_documented() -> None:
     documented: set[str] = set()
     for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cell))
-    assert {p.name for p in Parameters(Limits(8192, 50)).table} <= documented
+    assert {p.name for p in Parameters(RequestLimits(8192, 50)).table} <= documented
 
 
 def test_every_route_is_in_the_api_table() -> None:

@@ -20,7 +20,7 @@ from common.caller import ANONYMOUS, OWN_SCOPES, READ, Caller
 from common.env import ConfigError, Env
 from gateway import openapi
 from gateway.config import Settings
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from gateway.problems import HTTPProblem
 from gateway.signing import (
     URL_HOLDER,
@@ -194,7 +194,7 @@ def test_required_mode_exempts_writers_presets_and_originals() -> None:
 
 
 def test_openapi_describes_signing_where_it_is_on() -> None:
-    table = Parameters(Limits(8192, 50)).table
+    table = Parameters(RequestLimits(8192, 50)).table
     on, off = openapi.document(table, signing=True), openapi.document(table, signing=False)
     for doc, signing in ((on, True), (off, False)):
         for path in ("/images/{image_id}", "/blurred-images/{image_id}"):

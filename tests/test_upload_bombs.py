@@ -21,7 +21,7 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image, ImageDraw, ImageSequence
 
 from common.errors import Reason, ServiceError
-from common.imaging import Limits, inspect
+from common.imaging import SourceLimits, inspect
 from tests.support import (
     CORPUS,
     ServiceProcess,
@@ -248,7 +248,7 @@ def test_gif_validation_accepts_what_pillow_reads_cut_anywhere() -> None:
     out = io.BytesIO()
     frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], disposal=2, loop=0)
     data = out.getvalue()
-    limits = Limits(frozenset({"GIF"}), DEFAULT_MAX_PIXELS, 1000, DEFAULT_MAX_TOTAL_PIXELS)
+    limits = SourceLimits(frozenset({"GIF"}), DEFAULT_MAX_PIXELS, 1000, DEFAULT_MAX_TOTAL_PIXELS)
     for end in range(len(data) + 1):
         try:
             accepted = inspect(io.BytesIO(data[:end]), limits).frames > 0
