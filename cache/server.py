@@ -42,7 +42,7 @@ async def serve(settings: Settings) -> None:
     """Run the cache service until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("cache", settings.log_level)
-    server, health = create_server(settings.chunk_bytes)
+    server, health = create_server()
     # The port first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)
     blobs = open_blob_store(settings.blob_url, settings.data_dir / "staging")

@@ -13,7 +13,7 @@ from imageservice.v1 import (
 )
 
 from common import jsonlog
-from common.grpcclient import message_limit, open_channel, target
+from common.grpcclient import open_channel, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
 from common.imaging import configure_pillow
 from processor.config import Settings
@@ -27,13 +27,12 @@ async def serve(settings: Settings) -> None:
     """Run the processor until SIGTERM or SIGINT."""
     jsonlog.capture_native_output()
     jsonlog.configure("processor", settings.log_level)
-    server, health = create_server(settings.chunk_bytes)
+    server, health = create_server()
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN", settings.tls)
     channel = open_channel(
         target(settings.cache_addresses),
         CACHE_SERVICE,
         idempotent=["GetImage", "StatImage", "GetVariant", "ListImages"],
-        max_message=message_limit(settings.chunk_bytes),
         tls=settings.tls,
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel))
