@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
+from common.env import Env
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.params import Parameters, RequestLimits
@@ -45,6 +46,24 @@ def test_every_transformation_parameter_is_documented() -> None:
     assert {p.name for p in Parameters(RequestLimits(8192, 50)).table} <= documented
 
 
+def methods_of(route: Route) -> set[str]:
+    """What the route's endpoint answers besides HEAD (which goes to its get)."""
+    return {
+        m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if hasattr(route.endpoint, m.lower())
+    }
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    signing = {"IMAGESVC_URL_SIGNING_KEYS": "k1:" + "s" * 32}  # every route there is
+    app = create_app(Settings.from_env(Env(signing)))
+    routes = [route for route in app.routes if isinstance(route, Route)]  # not the files
+    paths = app.state.openapi["paths"]
+    assert {route.path for route in routes} == set(paths)
+    for route in routes:
+        documented = {method.upper() for method in paths[route.path]} - {"HEAD"}
+        assert documented == methods_of(route), route.path
+
+
 def test_every_route_is_in_the_api_table() -> None:
     table = section(HTTP, "## Routes")
     app = create_app(Settings.from_env())
@@ -52,13 +71,7 @@ def test_every_route_is_in_the_api_table() -> None:
         if not isinstance(route, Route):
             continue  # the page's files
         path = route.path
-        # Each route's endpoint dispatches on the method (HEAD goes to get).
-        methods = {
-            m
-            for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if hasattr(route.endpoint, m.lower())
-        }
-        for method in methods:
+        for method in methods_of(route):
             documented = path.replace("{image_id}", "{id}")
             assert f"`{method} {documented}`" in table, (method, path)
 
