@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import settings as shared
 from common.env import ConfigError, Env
 from common.imaging import SOURCE_FORMATS
 from common.metrics import metrics_port
@@ -65,19 +66,19 @@ class Settings:
             variant_key_prefix=env.text("VARIANT_KEY_PREFIX", "imagesvc:"),
             variant_memory_bytes=env.size("VARIANT_MEMORY_BYTES", 256 * MiB),
             variant_disk_bytes=env.size("VARIANT_DISK_BYTES", 2048 * MiB),
-            max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
+            max_upload_bytes=shared.max_upload_bytes(env),
             max_variant_bytes=env.size("MAX_VARIANT_BYTES", 50 * MiB, minimum=1),
-            max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
-            max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
-            max_total_pixels=env.integer("MAX_TOTAL_PIXELS", 500_000_000, minimum=1),
+            max_pixels=shared.max_pixels(env),
+            max_frames=shared.max_frames(env),
+            max_total_pixels=shared.max_total_pixels(env),
             allowed_formats=formats,
-            chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
+            chunk_bytes=shared.chunk_bytes(env),
             render_lease_seconds=env.number("RENDER_LEASE_SECONDS", 10.0, minimum=0.1),
             validation_workers=env.integer(
                 "VALIDATION_WORKERS", os.cpu_count() or 2, minimum=1, maximum=256
             ),
-            shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
-            log_level=env.text("LOG_LEVEL", "INFO"),
+            shutdown_grace_seconds=shared.shutdown_grace_seconds(env),
+            log_level=shared.log_level(env),
             tls=Tls.from_env(env),
             metrics_port=metrics_port(env, "CACHE_METRICS_PORT"),
         )

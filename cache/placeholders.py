@@ -22,7 +22,6 @@ here); a CMYK image with a large ICC profile spends some 50 ms building the tran
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import blurhash
@@ -70,14 +69,13 @@ class Placeholders:
 def placeholders(frame: Image.Image) -> Placeholders:
     """The placeholders of a decoded frame (its EXIF orientation applied); never raises."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rgba = upright_thumbnail(frame, THUMBHASH_BOX)
-            # The pixels, not the image: thash's own Pillow path would apply the EXIF
-            # orientation a second time.
-            pixels = numpy.asarray(rgba).reshape(-1)
-            thumb = bytes(thash.rgba_to_thumb_hash(rgba.width, rgba.height, pixels))
-            return Placeholders(blurhash=_blurhash(rgba), thumbhash=thumb)
+        # Pillow's warnings are silenced once, at start (common.imaging.configure_pillow).
+        rgba = upright_thumbnail(frame, THUMBHASH_BOX)
+        # The pixels, not the image: thash's own Pillow path would apply the EXIF
+        # orientation a second time.
+        pixels = numpy.asarray(rgba).reshape(-1)
+        thumb = bytes(thash.rgba_to_thumb_hash(rgba.width, rgba.height, pixels))
+        return Placeholders(blurhash=_blurhash(rgba), thumbhash=thumb)
     except Exception as exc:
         return Placeholders(error=f"{type(exc).__name__}: {exc}")
 

@@ -19,6 +19,7 @@ from cache.storage import StorageUnavailable
 from cache.variants import VariantCache
 from common import jsonlog, metrics, tracing
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
+from common.imaging import configure_pillow
 
 SERVICE_NAME = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 RECOVERY_INTERVAL_SECONDS = 60.0
@@ -48,7 +49,7 @@ async def serve(settings: Settings) -> None:
     jsonlog.configure("cache", settings.log_level)
     tracing.configure("cache")  # before the server and channels, which it instruments
     series = CacheMetrics()
-    server, health = create_server(settings.chunk_bytes, metrics=series)
+    server, health = create_server(metrics=series)
     # The ports first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)
     exposed = None
@@ -74,6 +75,7 @@ async def serve(settings: Settings) -> None:
         cast(VariantCache, Timed(variants, "variants", series)),
         series,
     )
+    configure_pillow(service.limits)  # before the first upload starts a decoding thread
     # In the background: start-up never waits for recovery, whatever the data's size.
     tasks = [
         asyncio.create_task(service.follow_deletions()),

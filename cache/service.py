@@ -36,8 +36,8 @@ from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.caller import caller_from, can_read
 from common.errors import Reason, ServiceError, invalid_argument
 from common.ids import ImageId, new_image_id, parse_image_id
-from common.imaging import ImageInfo, Limits, OverBudget, inspect
-from common.streams import receive, too_large
+from common.imaging import ImageInfo, OverBudget, SourceLimits, inspect
+from common.streams import payload_too_large, receive
 
 log = logging.getLogger("cache")
 
@@ -142,7 +142,9 @@ def _check_header(header: pb.PutImageHeader) -> int:
     return int(header.visibility)
 
 
-def _inspect_file(path: Path, limits: Limits, budget: int | None) -> tuple[ImageInfo, Placeholders]:
+def _inspect_file(
+    path: Path, limits: SourceLimits, budget: int | None
+) -> tuple[ImageInfo, Placeholders]:
     """The image's info and its placeholders, made from the first frame as validation
     decodes it (no second decode); placeholders that cannot be made are left empty."""
     made: list[Placeholders] = []
@@ -181,7 +183,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self.blobs = blobs
         self.metadata = metadata
         self.variants = variants
-        self.limits = Limits(
+        self.limits = SourceLimits(
             settings.allowed_formats,
             settings.max_pixels,
             settings.max_frames,
@@ -231,7 +233,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                     raise invalid_argument("header", "only the first message may be a header")
                 size += len(message.chunk)
                 if size > limit:
-                    raise too_large(limit, "upload")
+                    raise payload_too_large(limit, "upload")
                 digest.update(message.chunk)
                 assert out is not None
                 out.write(message.chunk)

@@ -12,13 +12,8 @@ from common import tracing
 from common.env import ConfigError, Env
 from common.errors import Reason, ServiceError, remote_error
 from common.jsonlog import request_id
+from common.settings import MAX_MESSAGE_BYTES
 from common.tls import Tls
-
-
-def message_limit(chunk_bytes: int) -> int:
-    """The largest gRPC message a service sends or takes: a chunk, with headroom for its
-    envelope, and never below gRPC's own 4 MB."""
-    return max(chunk_bytes + 64 * 1024, 4 * 1024 * 1024)
 
 
 def _family(address: str) -> str | None:
@@ -113,17 +108,17 @@ def _tls_options(target: str, tls: Tls | None) -> list[tuple[str, str | int]]:
 
 
 def open_channel(
-    target: str, service: str, idempotent: Sequence[str], max_message: int, tls: Tls | None
+    target: str, service: str, idempotent: Sequence[str], tls: Tls | None
 ) -> grpc.aio.Channel:
-    """An aio channel with the service config, message limits for chunked streams, and a
+    """An aio channel with the service config, the message limit for chunked streams, and a
     quick reconnect when a service comes back (instead of gRPC's 2-minute backoff cap);
     over mutual TLS when tls is set, else in plaintext; each call a span, when tracing
     is on."""
     options: list[tuple[str, str | int]] = [
         ("grpc.service_config", service_config(service, idempotent)),
         ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.max_send_message_length", max_message),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),

@@ -19,10 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from common import tracing
 from common.errors import ServiceError
-from common.grpcclient import message_limit
 from common.jsonlog import lifecycle, request_id
 from common.metrics import MethodMetrics, ServiceMetrics
 from common.ports import AddressUnavailable, check
+from common.settings import MAX_MESSAGE_BYTES
 from common.tls import Tls
 
 log = logging.getLogger("grpc")
@@ -200,16 +200,15 @@ def _wrap_stream(
 
 
 def create_server(
-    chunk_bytes: int,
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
     max_connection_age_grace_seconds: float | None = MAX_CONNECTION_AGE_GRACE_SECONDS,
     metrics: ServiceMetrics | None = None,
 ) -> tuple[grpc.aio.Server, Any]:
     """A grpc.aio server with the call interceptor (counting into metrics, when given;
     inside the tracing one, when tracing is on) and the standard health service, taking
-    messages of a chunk and its envelope, and asking clients to reconnect once a
-    connection is max_connection_age_seconds old (its open calls given the grace, None
-    for as long as they take)."""
+    messages up to MAX_MESSAGE_BYTES (a chunk and its envelope), and asking clients to
+    reconnect once a connection is max_connection_age_seconds old (its open calls given
+    the grace, None for as long as they take)."""
     grace_ms = (
         UNLIMITED_MS
         if max_connection_age_grace_seconds is None
@@ -219,8 +218,8 @@ def create_server(
         # gRPC sets SO_REUSEPORT by default on Linux: a second server on a port in use
         # then starts and takes half the calls (to another data directory, for a cache).
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", message_limit(chunk_bytes)),
-        ("grpc.max_send_message_length", message_limit(chunk_bytes)),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", grace_ms),
     ]

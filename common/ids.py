@@ -8,8 +8,10 @@ from typing import NewType
 
 ImageId = NewType("ImageId", str)
 
-# 16 random bytes in unpadded URL-safe base64 are exactly 22 characters.
-_IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+# 16 random bytes in unpadded URL-safe base64 are exactly 22 characters. The one
+# spelling of an id's shape: parameters that name an image and OpenAPI use it too.
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{22}$"
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 
 
 def new_image_id() -> ImageId:

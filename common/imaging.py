@@ -23,15 +23,9 @@ from common.errors import Reason, ServiceError
 Image.init()
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
-# Decoding is how corruption is found, so a truncated file must fail, never be padded.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Pillow's default turns every GIF frame after the first into RGB at the whole canvas's
-# size: a 7000x7000 GIF then holds some 440 MB and converts the canvas once per frame,
-# however small its frames. Kept in palette mode (RGB only when a frame brings its own
-# palette), the canvas is one byte a pixel and a frame costs its own pixels: validating
-# such a GIF went from 1.1 s and 373 MB to 0.1 s and the one canvas. Validation and
-# rendering read GIFs the same way.
-GifImagePlugin.LOADING_STRATEGY = GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
+# Where Pillow's warnings come from: what it warns of (damaged EXIF, an image past
+# MAX_IMAGE_PIXELS but under twice it) is read anyway or refused with our own words.
+_PILLOW_MODULES = r"(PIL|pillow_heif|pillow_jxl|thash)(\.|$)"
 
 # Pillow format names accepted for originals; MPO is the multi-picture JPEG cameras write.
 SOURCE_FORMATS = (
@@ -48,7 +42,8 @@ SOURCE_FORMATS = (
     "JXL",
 )
 
-MEDIA_TYPES = {
+# A stored original's media type, by Pillow format (processor.pipeline has a render's).
+SOURCE_MEDIA_TYPES = {
     "JPEG": "image/jpeg",
     "MPO": "image/jpeg",
     "PNG": "image/png",
@@ -68,16 +63,41 @@ HEIF_MEDIA_TYPES = frozenset(
 )
 
 
+def configure_pillow(limits: SourceLimits) -> None:
+    """Set Pillow's process-wide settings; each service that decodes calls it once, at
+    start, before any worker thread exists (they are module globals every thread reads)."""
+    # Pillow raises DecompressionBombError above twice this: the backstop behind
+    # open_checked's exact check, for sizes learnt mid-decode (a GIF frame that grows
+    # the canvas).
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    # Decoding is how corruption is found, so a truncated file must fail, never be padded.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Pillow's default turns every GIF frame after the first into RGB at the whole
+    # canvas's size: a 7000x7000 GIF then holds some 440 MB and converts the canvas once
+    # per frame, however small its frames. Kept in palette mode (RGB only when a frame
+    # brings its own palette), the canvas is one byte a pixel and a frame costs its own
+    # pixels: validating such a GIF went from 1.1 s and 373 MB to 0.1 s and the one
+    # canvas. Validation and rendering read GIFs the same way.
+    GifImagePlugin.LOADING_STRATEGY = (
+        GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
+    )
+    # A line on stderr per upload would be noise (and reach the log, see jsonlog). A
+    # filter set once, not warnings.catch_warnings() around each decode: that swaps the
+    # process's filters, which threads decoding at the same time would race on.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", module=_PILLOW_MODULES)
+
+
 def media_type(image: Image.Image) -> str:
     """The media type of an opened source: by format, and for HEIF by its brand."""
     fmt = image.format or ""
     if fmt == "HEIF":
         told = image.get_format_mimetype() if isinstance(image, ImageFile.ImageFile) else None
-        return told if told in HEIF_MEDIA_TYPES else MEDIA_TYPES[fmt]
-    return MEDIA_TYPES[fmt]
+        return told if told in HEIF_MEDIA_TYPES else SOURCE_MEDIA_TYPES[fmt]
+    return SOURCE_MEDIA_TYPES[fmt]
 
 
-def too_large(message: str) -> ServiceError:
+def image_too_large(message: str) -> ServiceError:
     return ServiceError(Reason.IMAGE_TOO_LARGE, message)
 
 
@@ -112,40 +132,38 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
     max_pixels is the limit open_checked was given: Pillow's own refusal names its
     threshold (twice ours), and a caller must read the limit we configured.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        except ServiceError:
+    try:
+        yield
+    except ServiceError:
+        raise
+    except Image.DecompressionBombError:
+        raise image_too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        if _is_iso_media(fp):
+            raise ServiceError(
+                Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
+            ) from None
+        raise corrupt("the data is not a decodable image") from None
+    except ValueError as exc:
+        if "too large" in str(exc):
+            # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
+            raise image_too_large(f"the image holds too much compressed data: {exc}") from None
+        raise corrupt(f"the image data is corrupt: {exc}") from None
+    except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
+        # Pillow reports damaged data through all of these; the text helps the caller.
+        raise corrupt(f"the image data is corrupt: {exc}") from None
+    except MemoryError:
+        raise image_too_large("the image needs too much memory to decode") from None
+    except RuntimeError as exc:
+        # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
+        # labelled HEIC) this build does not carry. Anything else is our bug.
+        if not _from_plugin(fp):
             raise
-        except Image.DecompressionBombError:
-            raise too_large(f"the image exceeds the limit of {max_pixels} pixels") from None
-        except UnidentifiedImageError:
-            if _is_iso_media(fp):
-                raise ServiceError(
-                    Reason.UNSUPPORTED_MEDIA_TYPE, "this image format is not supported"
-                ) from None
-            raise corrupt("the data is not a decodable image") from None
-        except ValueError as exc:
-            if "too large" in str(exc):
-                # Pillow's guard against zlib bombs in PNG text chunks (MAX_TEXT_CHUNK).
-                raise too_large(f"the image holds too much compressed data: {exc}") from None
-            raise corrupt(f"the image data is corrupt: {exc}") from None
-        except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
-            # Pillow reports damaged data through all of these; the text helps the caller.
-            raise corrupt(f"the image data is corrupt: {exc}") from None
-        except MemoryError:
-            raise too_large("the image needs too much memory to decode") from None
-        except RuntimeError as exc:
-            # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
-            # labelled HEIC) this build does not carry. Anything else is our bug.
-            if not _from_plugin(fp):
-                raise
-            if "has not been built in" in str(exc):
-                raise ServiceError(
-                    Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
-                ) from None
-            raise corrupt(f"the image data is corrupt: {exc}") from None
+        if "has not been built in" in str(exc):
+            raise ServiceError(
+                Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
+            ) from None
+        raise corrupt(f"the image data is corrupt: {exc}") from None
 
 
 # Pillow feeds decoders 64 KiB at a time; every call gives the GIL back and has to win it
@@ -177,7 +195,7 @@ def declared_pixels(image: Image.Image) -> int:
 
 
 def too_many_pixels(max_total_pixels: int) -> ServiceError:
-    return too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
+    return image_too_large(f"the frames together exceed the limit of {max_total_pixels} pixels")
 
 
 def open_checked(
@@ -185,13 +203,11 @@ def open_checked(
 ) -> Image.Image:
     """Image.open plus the checks that must come before any pixel is decoded.
 
-    Call inside decoding_errors(fp, max_pixels). Pillow raises DecompressionBombError
-    above twice MAX_IMAGE_PIXELS; we check the exact limit here and keep Pillow's check
-    as the backstop for sizes learnt mid-decode (a GIF frame that grows the canvas).
+    Call inside decoding_errors(fp, max_pixels). The exact pixel limit is checked here;
+    Pillow's own check (configure_pillow) is the backstop for sizes learnt mid-decode.
     An animation whose header tells its frame count is held to max_total_pixels here;
     others are held to it frame by frame as they are decoded.
     """
-    Image.MAX_IMAGE_PIXELS = max_pixels
     fp.seek(0)
     head = fp.read(12)
     fp.seek(0)
@@ -213,7 +229,7 @@ def open_checked(
         raise corrupt("the image has no pixels")
     if width * height > max_pixels:
         image.close()
-        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise image_too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
     if declared_pixels(image) > max_total_pixels:
         image.close()
         raise too_many_pixels(max_total_pixels)
@@ -221,7 +237,9 @@ def open_checked(
 
 
 @dataclass(frozen=True)
-class Limits:
+class SourceLimits:
+    """What an image may hold to be stored (the cache) or decoded (the processor)."""
+
     allowed_formats: frozenset[str]
     max_pixels: int  # of the image, and of each frame
     max_frames: int
@@ -243,7 +261,7 @@ class OverBudget(Exception):
 
 def inspect(
     fp: IO[bytes],
-    limits: Limits,
+    limits: SourceLimits,
     budget: int | None = None,
     first_frame: Callable[[Image.Image], None] | None = None,
 ) -> ImageInfo:
@@ -272,7 +290,7 @@ def inspect(
             return _decode_all(image, _Frames(limits, budget), first_frame)
 
 
-def _open(fp: IO[bytes], limits: Limits) -> Image.Image:
+def _open(fp: IO[bytes], limits: SourceLimits) -> Image.Image:
     return open_checked(fp, limits.allowed_formats, limits.max_pixels, limits.max_total_pixels)
 
 
@@ -285,7 +303,7 @@ class _Frames:
     renderer composites it.
     """
 
-    def __init__(self, limits: Limits, budget: int | None) -> None:
+    def __init__(self, limits: SourceLimits, budget: int | None) -> None:
         self.limits = limits
         self.budget = budget
         self.count = 0
@@ -295,9 +313,9 @@ class _Frames:
         limits = self.limits
         self.count += 1
         if self.count > limits.max_frames:
-            raise too_large(f"more than {limits.max_frames} frames")
+            raise image_too_large(f"more than {limits.max_frames} frames")
         if canvas[0] * canvas[1] > limits.max_pixels:
-            raise too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
+            raise image_too_large(f"a frame exceeds the limit of {limits.max_pixels} pixels")
         self.pixels += canvas[0] * canvas[1]
         if self.pixels > limits.max_total_pixels:
             raise too_many_pixels(limits.max_total_pixels)
@@ -356,7 +374,7 @@ def _check_jxl(fp: IO[bytes], allowed_formats: frozenset[str], max_pixels: int) 
         raise corrupt("the JPEG XL header is damaged or missing")
     width, height = size
     if width * height > max_pixels:
-        raise too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise image_too_large(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
 
 
 def jxl_size(head: bytes) -> tuple[int, int] | None:

@@ -90,9 +90,6 @@ class ImageLRU(Generic[V]):
         self._by_image.setdefault(image_id, set()).add(key)
         return True
 
-    def keys_of(self, image_id: str) -> set[str]:
-        return set(self._by_image.get(image_id, ()))
-
     def images(self) -> set[str]:
         return set(self._by_image)
 

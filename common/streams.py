@@ -10,7 +10,7 @@ from common.errors import Reason, ServiceError, invalid_argument
 H = TypeVar("H")
 
 
-def too_large(limit: int, what: str) -> ServiceError:
+def payload_too_large(limit: int, what: str) -> ServiceError:
     return ServiceError(
         Reason.PAYLOAD_TOO_LARGE,
         f"the {what} is larger than the limit of {limit} bytes",
@@ -45,7 +45,7 @@ async def receive(
         if kind != "chunk":
             raise invalid_argument(head, f"only the first message may be the {head}")
         if len(data) + len(message.chunk) > limit:
-            raise too_large(limit, what)
+            raise payload_too_large(limit, what)
         data += message.chunk
     if not seen:
         raise invalid_argument(head, f"the stream carried no {head}")

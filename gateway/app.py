@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -29,7 +29,6 @@ from gateway.ratelimit import Limiter
 from gateway.shared import SharedAnswers
 from gateway.upstream import Upstream
 
-log = logging.getLogger("gateway")
 # What a script on another origin may read of an answer besides the CORS-safelisted
 # headers (Content-Type, Cache-Control...).
 CORS_EXPOSED = [
@@ -44,29 +43,79 @@ CORS_EXPOSED = [
 ]
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+class Liveness(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {"get": {"summary": "Liveness", "responses": {"200": openapi.STATUS_OK}}}
 
 
-async def readyz(request: Request) -> Response:
-    settings = images.settings_of(request)
-    states = await images.upstream_of(request).ready(min(2.0, settings.timeout_seconds))
-    if all(state == "SERVING" for state in states.values()):
-        return JSONResponse({"status": "ok", "services": states})
-    return JSONResponse(
-        {"status": "unavailable", "services": states},
-        status_code=503,
-        headers={"Retry-After": str(settings.retry_after_seconds)},
-    )
+class OriginalLiveness(Liveness):
+    """/health: the original service's name for /healthz."""
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": "Liveness, as /healthz (the original service's route)",
+                "responses": {"200": openapi.STATUS_OK},
+            }
+        }
 
 
-async def metrics(request: Request) -> Response:
-    registry = images.metrics_of(request).exposed
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+class Readiness(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        settings = images.settings_of(request)
+        states = await images.upstream_of(request).ready(min(2.0, settings.timeout_seconds))
+        if all(state == "SERVING" for state in states.values()):
+            return JSONResponse({"status": "ok", "services": states})
+        return JSONResponse(
+            {"status": "unavailable", "services": states},
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": "Readiness: both gRPC services answer SERVING",
+                "responses": {"200": openapi.STATUS_OK, **openapi.errors(503)},
+            }
+        }
 
 
-async def openapi_json(request: Request) -> Response:
-    return JSONResponse(request.app.state.openapi)
+class MetricsText(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        registry = images.metrics_of(request).exposed
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        return {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text exposition format.", "content": text}},
+            }
+        }
+
+
+class OpenAPIDocument(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return JSONResponse(request.app.state.openapi)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        json = {"application/json": {"schema": {"type": "object"}}}
+        return {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1.", "content": json}},
+            }
+        }
 
 
 async def on_problem(request: Request, exc: Exception) -> Response:
@@ -85,11 +134,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
     problem = HTTPProblem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {}))
     return problem_response(problem, request.url.path)
-
-
-async def on_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc)
-    return problem_response(HTTPProblem(500, "Internal error"), request.url.path)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -113,25 +157,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await watcher
             await upstream.close()
 
-    image_route = Route("/images/{image_id}", images.image, methods=["GET", "HEAD", "DELETE"])
+    # One endpoint per path: it answers 405 listing every method the path has.
+    image_route = Route("/images/{image_id}", images.Image)
     routes = [
-        # One route per path, so a 405 lists every method the path has.
-        Route("/images", images.images, methods=["GET", "POST"]),
+        Route("/images", images.Images),
         image_route,
-        Route("/images/{image_id}/info", images.get_info, methods=["GET"]),
-        Route("/blurred-images/{image_id}", images.get_blurred, methods=["GET", "HEAD"]),
-        Route("/presets", images.list_presets, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/health", healthz, methods=["GET"]),  # the original service's name for it
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/images/{image_id}/info", images.ImageInfo),
+        Route("/blurred-images/{image_id}", images.BlurredImage),
+        Route("/presets", images.PresetList),
+        Route("/healthz", Liveness),
+        Route("/health", OriginalLiveness),
+        Route("/readyz", Readiness),
+        Route("/metrics", MetricsText),
+        Route("/openapi.json", OpenAPIDocument),
         *pages.routes(),  # the web page at / and the API docs at /docs
     ]
     if settings.signing.enabled:
-        routes.append(
-            Route("/images/{image_id}/signed-urls", signed_urls.post_signed_url, methods=["POST"])
-        )
+        routes.append(Route("/images/{image_id}/signed-urls", signed_urls.SignedUrls))
     # Tracing outside Observability, so a request's log line carries its trace id.
     middleware = [*tracing_middleware(), Middleware(Observability, metrics=registry)]
     if settings.cors_origins:
@@ -163,7 +205,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPProblem: on_problem,
             grpc.aio.AioRpcError: on_grpc_error,
             HTTPException: on_http_error,
-            Exception: on_error,
+            # No handler for Exception: Observability answers whatever else is raised.
         },
         lifespan=lifespan,
     )
@@ -173,9 +215,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.metrics = registry
     app.state.params = params.Parameters(
-        params.Limits(settings.max_output_dimension, settings.max_blur_sigma)
+        params.RequestLimits(settings.max_output_dimension, settings.max_blur_sigma)
     )
     app.state.openapi = openapi.document(
-        app.state.params.table, settings.presets, settings.signing.enabled
+        app.routes,
+        openapi.Context(app.state.params.table, settings.presets, settings.signing.enabled),
     )
     return app

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
 
+from common import settings as shared
 from common.caller import OWN_SCOPES, SCOPES
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
@@ -47,7 +48,6 @@ class Settings:
     # Empty: no auth, every caller is the anonymous owner "".
     api_keys: dict[str, ApiKey]
     tokens: Tokens | None  # None: no JWT
-    chunk_bytes: int
     hot_cache_bytes: int
     log_level: str
     presets: Presets
@@ -81,16 +81,16 @@ class Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
         env = env or Env()
         keys = _api_keys(env.items("API_KEYS", ()))
-        max_output_dimension = env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1)
-        max_blur_sigma = env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1)
-        limits = params.Limits(max_output_dimension, max_blur_sigma)
+        max_output_dimension = shared.max_output_dimension(env)
+        max_blur_sigma = shared.max_blur_sigma(env)
+        limits = params.RequestLimits(max_output_dimension, max_blur_sigma)
         settings = cls(
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8080, maximum=65535),
             workers=env.integer("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
             cache_addresses=addresses(env, "CACHE_ADDRESS", "127.0.0.1:50051"),
             processor_addresses=addresses(env, "PROCESSOR_ADDRESSES", "127.0.0.1:50052"),
-            max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
+            max_upload_bytes=shared.max_upload_bytes(env),
             # The processor's limits, read here too so a bad parameter is refused with
             # the same words, and OpenAPI states them.
             max_output_dimension=max_output_dimension,
@@ -100,9 +100,8 @@ class Settings:
             retry_after_seconds=env.integer("RETRY_AFTER_SECONDS", 2, minimum=1),
             api_keys=keys,
             tokens=_tokens(env),
-            chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
             hot_cache_bytes=env.size("GATEWAY_CACHE_BYTES", 64 * MiB),
-            log_level=env.text("LOG_LEVEL", "INFO"),
+            log_level=shared.log_level(env),
             presets=_presets(env.text("PRESETS", ""), env.flag("PRESETS_ONLY", False), limits),
             tls=Tls.from_env(env),
             signing=parse_signing(
@@ -169,7 +168,7 @@ def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _presets(path: str, only: bool, limits: params.Limits) -> Presets:
+def _presets(path: str, only: bool, limits: params.RequestLimits) -> Presets:
     """The presets file's, checked under the limits requests are (none without a file)."""
     if not path:
         if only:

@@ -16,6 +16,7 @@ import grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import image_pb2
 from imageservice.v1 import processor_service_pb2 as ppb
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -23,7 +24,7 @@ from common.caller import DELETE, READ, Caller, can_read
 from common.grpcclient import call_metadata
 from common.hotcache import HotCache
 from common.ids import ImageId, parse_image_id
-from gateway import params, signing
+from gateway import openapi, params, signing
 from gateway.answers import MAX_ENTRY_BYTES, Entry, answer_key, from_memory, not_modified
 from gateway.auth import forbidden, identify, require, require_writer
 from gateway.config import Settings
@@ -482,15 +483,213 @@ async def delete_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def images(request: Request) -> Response:
-    """/images: list (GET) or upload (POST)."""
-    if request.method == "POST":
+# The endpoints: Starlette dispatches on the method, answering 405 with Allow itself
+# (HEAD goes to get). Each describes its path for openapi.document.
+
+
+class Images(HTTPEndpoint):
+    """/images: the caller's images (GET), an upload (POST)."""
+
+    async def get(self, request: Request) -> Response:
+        return await list_images(request)
+
+    async def post(self, request: Request) -> Response:
         return await post_image(request)
-    return await list_images(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": "Upload an image",
+                "description": "multipart/form-data with a `file` field, or the raw bytes "
+                "with an image/* Content-Type. Streamed; refused with 413 as soon as the "
+                "byte limit is passed.",
+                "parameters": [
+                    {
+                        "name": "visibility",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["public", "private"]},
+                        "description": "Default: private where auth is configured, else public.",
+                    },
+                    {
+                        "name": "filename",
+                        "in": "query",
+                        "schema": {"type": "string", "maxLength": MAX_FILENAME},
+                        "description": "Original filename for raw uploads.",
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "file": {"type": "string", "format": "binary", "minLength": 1}
+                                },
+                                "required": ["file"],
+                            }
+                        },
+                        "image/*": {
+                            "schema": {"type": "string", "format": "binary", "minLength": 1}
+                        },
+                    },
+                },
+                "responses": {
+                    "201": {
+                        **openapi.IMAGE_JSON,
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    **openapi.errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504),
+                },
+            },
+            "get": {
+                "summary": "The caller's images, newest first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": f"^{params.CURSOR}$"},
+                        "description": "Where the page starts: an opaque value, the previous "
+                        "page's next_cursor (also in its Link header). Any value of this shape "
+                        "is a position in the caller's own list.",
+                    },
+                    {
+                        "name": "sha256",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": f"^{params.SHA256}$"},
+                        "description": "Only the caller's images whose original has this "
+                        "SHA-256 (lower-case hex, as `sha256` in the metadata): a lookup by "
+                        "content, e.g. to skip an upload already stored. Others' images are "
+                        "never found.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page of images.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "images": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Image"},
+                                        },
+                                        "next_cursor": {"type": ["string", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **openapi.errors(400, 401, 403, 503, 504),
+                },
+            },
+        }
 
 
-async def image(request: Request) -> Response:
-    """/images/{id}: read (GET, HEAD) or delete (DELETE)."""
-    if request.method == "DELETE":
+class Image(HTTPEndpoint):
+    """/images/{image_id}: the original or a variant (GET, HEAD), deletion (DELETE)."""
+
+    async def get(self, request: Request) -> Response:
+        return await get_image(request)
+
+    async def delete(self, request: Request) -> Response:
         return await delete_image(request)
-    return await get_image(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        get = {
+            "summary": "The original, or with transformation parameters a variant",
+            "parameters": [openapi.ID, *context.transform(), *context.signature()],
+            "responses": {
+                "200": openapi.IMAGE_BYTES,
+                "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+                **openapi.errors(400, 401, 403, 404, 413, 422, 429, 503, 504),
+            },
+        }
+        return {
+            "get": get,
+            "head": {**get, "summary": "Headers of GET /images/{image_id}"},
+            "delete": {
+                "summary": "Delete the image and all its variants",
+                "parameters": [openapi.ID],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **openapi.errors(401, 403, 404, 503, 504),
+                },
+            },
+        }
+
+
+class ImageInfo(HTTPEndpoint):
+    """/images/{image_id}/info: the image's metadata."""
+
+    async def get(self, request: Request) -> Response:
+        return await get_info(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": "Metadata",
+                "parameters": [openapi.ID],
+                "responses": {
+                    "200": openapi.IMAGE_JSON,
+                    **openapi.errors(401, 403, 404, 503, 504),
+                },
+            }
+        }
+
+
+class BlurredImage(HTTPEndpoint):
+    """/blurred-images/{image_id}: the original service's blur endpoint."""
+
+    async def get(self, request: Request) -> Response:
+        return await get_blurred(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": "The image blurred (sigma 10), as the original service had it",
+                "parameters": [openapi.ID, *context.signature()],
+                "responses": {
+                    "200": openapi.IMAGE_BYTES,
+                    **openapi.errors(400, 401, 403, 404, 429, 503, 504),
+                },
+            }
+        }
+
+
+class PresetList(HTTPEndpoint):
+    """/presets: the configured presets."""
+
+    async def get(self, request: Request) -> Response:
+        return await list_presets(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        values = {"type": "object", "properties": context.values(), "additionalProperties": False}
+        return {
+            "get": {
+                "summary": "The presets: each one's name and transformation parameters",
+                "responses": {
+                    "200": {
+                        "description": "Preset name to its parameters (empty when none are "
+                        "configured).",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "additionalProperties": values}
+                            }
+                        },
+                    },
+                    **openapi.errors(400),
+                },
+            }
+        }

@@ -3,6 +3,7 @@ and, when tracing is on, OpenTelemetry's around it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import tracing
 from common.jsonlog import HotLog, request_id
+from gateway.problems import PROBLEM_JSON, HTTPProblem, problem_body
 
 log = logging.getLogger("gateway.access")
 access = HotLog("gateway.access")
@@ -167,13 +169,18 @@ class Observability:
             # traceback goes to the log only.
             log.exception("unhandled error")
             if not started:
-                body = b'{"type":"about:blank","title":"Internal error","status":500}'
+                body = json.dumps(
+                    problem_body(
+                        HTTPProblem(500, "Internal error", "the gateway failed; see its log"),
+                        scope["path"],
+                    )
+                ).encode()
                 await tagged_send(
                     {
                         "type": "http.response.start",
                         "status": 500,
                         "headers": [
-                            (b"content-type", b"application/problem+json"),
+                            (b"content-type", PROBLEM_JSON.encode()),
                             (b"content-length", str(len(body)).encode()),
                         ],
                     }

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import openapi
 
 WEB = Path(__file__).parent / "web"
 # Scripts, styles, fetches and frames from this origin only; no inline script, no eval.
@@ -57,18 +61,43 @@ def swagger_ui_dir() -> Path:
     return Path(str(importlib.import_module("swagger_ui_bundle").swagger_ui_path))
 
 
-async def index(request: Request) -> Response:
-    return FileResponse(WEB / "index.html", headers=_headers(PAGE_POLICY))
+def _html(summary: str) -> dict[str, Any]:
+    """A page's OpenAPI: static HTML that loads its scripts from /ui or /docs/assets."""
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {
+                "200": {
+                    "description": "An HTML page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
 
 
-async def docs(request: Request) -> Response:
-    return FileResponse(WEB / "docs.html", headers=_headers(DOCS_POLICY))
+class Index(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return FileResponse(WEB / "index.html", headers=_headers(PAGE_POLICY))
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return _html("The web page (upload, browse, transform)")
+
+
+class Docs(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return FileResponse(WEB / "docs.html", headers=_headers(DOCS_POLICY))
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return _html("These docs, in Swagger UI")
 
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/", index, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
+        Route("/", Index),
+        Route("/docs", Docs),
         # Only GET and HEAD; a missing file is the usual 404 problem (HTTPException).
         Mount("/ui", _WithHeaders(StaticFiles(directory=WEB), _headers(PAGE_POLICY))),
         Mount(

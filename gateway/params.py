@@ -19,9 +19,18 @@ from imageservice.v1 import processor_service_pb2 as ppb
 
 from gateway.problems import HTTPProblem
 from processor import output, parameters
-from processor.operations.base import IMAGE_ID, Limits, Param
+from processor.operations.base import IMAGE_ID, Param, RequestLimits
 
-__all__ = ["CURSOR", "SHA256", "Limits", "Param", "Parameters", "Transformation", "bad", "only"]
+__all__ = [
+    "CURSOR",
+    "SHA256",
+    "Param",
+    "Parameters",
+    "RequestLimits",
+    "Transformation",
+    "bad",
+    "only",
+]
 
 CURSOR = "[A-Za-z0-9_-]{32}"  # the shape of the cache service's page tokens (for listing)
 SHA256 = "[0-9a-f]{64}"  # GET /images?sha256=: a lookup by content, as metadata spells it
@@ -51,7 +60,7 @@ class Transformation:
 class Parameters:
     """The transformation parameters under the service's limits: parser and docs."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: RequestLimits) -> None:
         self.limits = limits
         self.table = parameters.table(limits)
         self._by_name = {p.name: p for p in self.table}

@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 from imageservice.v1 import cache_service_pb2 as pb
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from common.caller import WRITE
 from common.grpcclient import call_metadata
-from gateway import images, params, signing
+from gateway import images, openapi, params, signing
 from gateway.auth import require_writer
 from gateway.problems import HTTPProblem
 
@@ -112,3 +113,64 @@ async def post_signed_url(request: Request) -> Response:
     return JSONResponse(
         {"url": f"{path}?{signed}", "expires": expires}, headers={"Cache-Control": "no-store"}
     )
+
+
+class SignedUrls(HTTPEndpoint):
+    """/images/{image_id}/signed-urls, which exists where signing is on."""
+
+    async def post(self, request: Request) -> Response:
+        return await post_signed_url(request)
+
+    @staticmethod
+    def openapi(context: openapi.Context) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": "A signed URL of the image (its owner with images:write, or an admin)",
+                "parameters": [openapi.ID],
+                "requestBody": {
+                    "required": False,  # none: the original, for an hour
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "params": {
+                                        "type": "object",
+                                        "description": "Transformation parameters, as in the "
+                                        "query of GET /images/{image_id}; a flag is true.",
+                                        "properties": context.values(),
+                                        "additionalProperties": False,
+                                    },
+                                    "expires_in": {
+                                        "type": "integer",
+                                        "minimum": 1,
+                                        "maximum": MAX_EXPIRES_IN,
+                                        "default": DEFAULT_EXPIRES_IN,
+                                    },
+                                },
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The URL (path and query) and when it expires.",
+                        "headers": {"Cache-Control": {"schema": {"type": "string"}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "url": {"type": "string"},
+                                        "expires": {"type": "integer"},
+                                    },
+                                    "required": ["url", "expires"],
+                                }
+                            }
+                        },
+                    },
+                    **openapi.errors(400, 401, 403, 404, 413, 503, 504),
+                },
+            }
+        }

@@ -32,7 +32,7 @@ MAX_BOUNDARY = 70  # RFC 2046
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
-def too_large(limit: int) -> HTTPProblem:
+def upload_too_large(limit: int) -> HTTPProblem:
     return HTTPProblem(
         413,
         "Content too large",
@@ -147,7 +147,7 @@ async def _body(request: Request, state: _Upload) -> AsyncIterator[bytes]:
         state.received += len(chunk)
         if state.received > state.body_limit:
             state.over = True
-            raise too_large(state.limit)
+            raise upload_too_large(state.limit)
         if chunk:
             yield chunk
 
@@ -173,7 +173,7 @@ async def upload(
     multipart = kind == "multipart/form-data"
     slack = MULTIPART_SLACK if multipart else 0
     if declared and re.fullmatch(r"[0-9]{1,19}", declared) and int(declared) > limit + slack:
-        raise too_large(limit)
+        raise upload_too_large(limit)
     state = _Upload(limit, limit + slack, idle_seconds, total_seconds)
     body = _body(request, state)
     filename = request.query_params.get("filename", "")
@@ -204,7 +204,6 @@ async def upload(
         )
     header = pb.PutImageHeader(
         original_filename=filename,
-        claimed_media_type=kind,
         owner=caller.owner,
         visibility=visibility,
     )
@@ -221,7 +220,7 @@ async def upload(
         if state.error is not None:
             raise state.error from None
         if state.over:
-            raise too_large(limit) from None
+            raise upload_too_large(limit) from None
         raise
     return response.image
 

@@ -13,7 +13,7 @@ from imageservice.v1 import (
     processor_service_pb2_grpc,
 )
 
-from common.grpcclient import message_limit, open_channel, target
+from common.grpcclient import open_channel, target
 from gateway.config import Settings
 
 CACHE_SERVICE = cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
@@ -33,19 +33,16 @@ class Upstream:
 
     @classmethod
     def connect(cls, settings: Settings) -> Upstream:
-        message = message_limit(settings.chunk_bytes)
         cache_channel = open_channel(
             target(settings.cache_addresses),
             CACHE_SERVICE,
             ["GetImage", "StatImage", "ListImages", "GetVariant"],
-            message,
             settings.tls,
         )
         processor_channel = open_channel(
             target(settings.processor_addresses),
             PROCESSOR_SERVICE,
             ["Process"],
-            message,
             settings.tls,
         )
         return cls(

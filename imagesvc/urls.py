@@ -15,7 +15,7 @@ from urllib.parse import quote as _urlquote
 
 from imagesvc.errors import InvalidParameter
 from processor import parameters
-from processor.operations.base import Flag, Integer, Limits, Param
+from processor.operations.base import Flag, Integer, Param, RequestLimits
 
 # A value as Python spells it: True for a flag, numbers, strings, and (left, top, width,
 # height) or (top, right, bottom, left) for crop and pad.
@@ -24,7 +24,7 @@ Params = Mapping[str, ParamValue]
 
 PRESET = "preset"  # a named transformation (GET /presets), not an operation's parameter
 # The declarations under bounds no configuration reaches: what a client can check.
-_UNBOUNDED = Limits(max_output_dimension=999_999_999, max_blur_sigma=1e9)
+_UNBOUNDED = RequestLimits(max_output_dimension=999_999_999, max_blur_sigma=1e9)
 PARAMETERS: Mapping[str, Param] = {param.name: param for param in parameters.table(_UNBOUNDED)}
 
 

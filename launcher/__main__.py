@@ -8,8 +8,8 @@ otherwise), waits until every replica answers healthy, prints the gateways' URLs
 Ctrl-C or SIGTERM stops them in order (gateways, processors, caches), each gracefully. A
 replica that exits is started again (the others keep serving; gRPC reconnects), unless
 it keeps crashing. With --reload, a change to a service's code (or to common/) restarts
-that service's replicas. Where replicas listen, and what several caches need, is in
-launcher/plan.py.
+that service's replicas (launcher/reload.py, on watchfiles). Where replicas listen, and
+what several caches need, is in launcher/plan.py.
 
 The launcher's pid is in $IMAGESVC_DATA_DIR/launcher.pid while it runs: `stop` (what
 `make stop` calls) finds it there, so it needs the same IMAGESVC_DATA_DIR, if any.
@@ -31,6 +31,7 @@ from common.env import ConfigError, Env
 from common.healthcheck import grpc_healthy, http_healthy
 from common.tls import Tls
 from launcher.plan import MAX_REPLICAS, SERVICES, Replica, plan
+from launcher.reload import CodeWatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 60
@@ -43,11 +44,6 @@ CRASH_WINDOW_SECONDS = 60.0
 # The services stop one after the other (a service's replicas together), each given
 # 20 s at most.
 STOP_SECONDS = 90
-
-
-def _sources(service: str) -> dict[Path, float]:
-    files = [*(ROOT / service).rglob("*.py"), *(ROOT / "common").rglob("*.py")]
-    return {f: f.stat().st_mtime for f in files}
 
 
 def _pidfile(env: Env) -> Path:
@@ -192,12 +188,12 @@ class Launcher:
         urls = ", ".join(r.url for r in replicas if r.service == "gateway")
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(os.getpid()))
+        watcher = CodeWatcher(ROOT, SERVICES) if self.reload else None
         try:
             for name in self.replicas:
                 self.start(name)
             up = False
             deadline = time.monotonic() + STARTUP_SECONDS
-            mtimes = {s: _sources(s) for s in SERVICES} if self.reload else {}
             while not self.stopping:
                 if not self._restart_crashed():
                     return 1
@@ -208,18 +204,18 @@ class Launcher:
                     elif time.monotonic() > deadline:
                         print(f"not healthy after {STARTUP_SECONDS}s", flush=True)
                         return 1
-                for service in mtimes:
-                    now = _sources(service)
-                    if now != mtimes[service]:
-                        mtimes[service] = now
-                        print(f"{service}: code changed, restarting", flush=True)
-                        for replica in replicas:
-                            if replica.service == service:
-                                self.stop(replica.name)
-                                self.start(replica.name)
+                changed = watcher.changed() if watcher else set()
+                for service in [s for s in SERVICES if s in changed]:
+                    print(f"{service}: code changed, restarting", flush=True)
+                    for replica in replicas:
+                        if replica.service == service:
+                            self.stop(replica.name)
+                            self.start(replica.name)
                 time.sleep(0.5 if up else 0.2)
             return 0
         finally:
+            if watcher:
+                watcher.close()
             for service in reversed(SERVICES):
                 self.stop(*(r.name for r in self.replicas.values() if r.service == service))
             pidfile.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from common import settings as shared
 from common.env import ConfigError, Env
 from common.grpcclient import addresses
 from common.metrics import metrics_port
@@ -50,19 +51,19 @@ class Settings:
             workers=workers,
             queue_size=env.integer("PROCESSOR_QUEUE", 32, minimum=0),
             max_abandoned=env.integer("PROCESSOR_MAX_ABANDONED", workers, minimum=1),
-            max_output_dimension=env.integer("MAX_OUTPUT_DIMENSION", 8192, minimum=1),
-            max_blur_sigma=env.number("MAX_BLUR_SIGMA", 50.0, minimum=0.1),
+            max_output_dimension=shared.max_output_dimension(env),
+            max_blur_sigma=shared.max_blur_sigma(env),
             auto_formats=_auto_formats(env.items("AUTO_FORMATS", DEFAULT_AUTO_FORMATS)),
             processing_timeout_seconds=env.number("PROCESSING_TIMEOUT_SECONDS", 30.0, minimum=0.1),
-            max_upload_bytes=env.size("MAX_UPLOAD_BYTES", 50 * MiB, minimum=1),
-            max_pixels=env.integer("MAX_PIXELS", 50_000_000, minimum=1),
-            max_frames=env.integer("MAX_FRAMES", 1000, minimum=1),
-            max_total_pixels=env.integer("MAX_TOTAL_PIXELS", 500_000_000, minimum=1),
+            max_upload_bytes=shared.max_upload_bytes(env),
+            max_pixels=shared.max_pixels(env),
+            max_frames=shared.max_frames(env),
+            max_total_pixels=shared.max_total_pixels(env),
             originals_cache_bytes=env.size("PROCESSOR_ORIGINALS_CACHE_BYTES", 128 * MiB),
             hot_cache_bytes=env.size("PROCESSOR_HOT_CACHE_BYTES", 64 * MiB),
-            chunk_bytes=env.size("CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=3 * MiB),
-            shutdown_grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
-            log_level=env.text("LOG_LEVEL", "INFO"),
+            chunk_bytes=shared.chunk_bytes(env),
+            shutdown_grace_seconds=shared.shutdown_grace_seconds(env),
+            log_level=shared.log_level(env),
             tls=Tls.from_env(env),
             metrics_port=metrics_port(env, "PROCESSOR_METRICS_PORT"),
         )

@@ -20,9 +20,9 @@ from processor.operations.base import (
     Choice,
     Flag,
     Integer,
-    Limits,
     Param,
     Refusal,
+    RequestLimits,
     Values,
     color,
 )
@@ -88,7 +88,7 @@ class Output:
     frames: str  # all | first | all_or_first (see Frames in the contract)
 
 
-def params(limits: Limits) -> tuple[Param, ...]:
+def params(limits: RequestLimits) -> tuple[Param, ...]:
     """The output's query parameters."""
     return (
         Param(
@@ -133,7 +133,7 @@ def params(limits: Limits) -> tuple[Param, ...]:
     )
 
 
-def conflict(values: Values, limits: Limits) -> Refusal | None:
+def conflict(values: Values, limits: RequestLimits) -> Refusal | None:
     """What is wrong with the output's parameters together (OpenAPI cannot say it)."""
     fmt = values.get("format", pb.OUTPUT_FORMAT_AUTO)
     chosen = fmt != pb.OUTPUT_FORMAT_AUTO
@@ -209,7 +209,7 @@ def negotiate(accept: Sequence[str], preference: Sequence[str]) -> tuple[str, st
     return still, animation
 
 
-def parse(message: pb.OutputOptions, limits: Limits) -> Output:
+def parse(message: pb.OutputOptions, limits: RequestLimits) -> Output:
     """Validate and canonicalise; raise ServiceError(INVALID_ARGUMENT) naming the field."""
     if message.format not in CANONICAL_FORMATS:
         raise invalid_argument("output.format", "unknown format")

@@ -14,16 +14,16 @@ from imageservice.v1 import processor_service_pb2 as pb
 
 from processor import output
 from processor.operations import OPERATIONS
-from processor.operations.base import Limits, Param, Refusal, Values
+from processor.operations.base import Param, Refusal, RequestLimits, Values
 
 
-def table(limits: Limits) -> tuple[Param, ...]:
+def table(limits: RequestLimits) -> tuple[Param, ...]:
     """Every parameter, operations first in pipeline order, then the output's."""
     declared = [param for operation in OPERATIONS for param in operation.params(limits)]
     return (*declared, *output.params(limits))
 
 
-def conflict(values: Values, limits: Limits) -> Refusal | None:
+def conflict(values: Values, limits: RequestLimits) -> Refusal | None:
     """The first thing wrong with the values together, operation by operation."""
     for operation in OPERATIONS:
         refusal = operation.conflict(values, limits)
@@ -46,7 +46,7 @@ def query_names() -> dict[str, str]:
     """The query parameter(s) each request field the processor may blame stands for."""
     names: dict[str, list[str]] = defaultdict(list)
     # Names and fields do not depend on the limits.
-    for param in table(Limits(max_output_dimension=1, max_blur_sigma=1.0)):
+    for param in table(RequestLimits(max_output_dimension=1, max_blur_sigma=1.0)):
         if param.field:
             names[param.field].append(param.name)
     return {
@@ -60,7 +60,7 @@ TABLE_START = "<!-- parameters: made by `make docs` from the declarations -->"
 TABLE_END = "<!-- parameters end -->"
 
 
-def markdown(limits: Limits) -> str:
+def markdown(limits: RequestLimits) -> str:
     """The table of parameters docs/http.md shows."""
     lines = ["| parameter | values | meaning |", "|---|---|---|"]
     for param in table(limits):
@@ -71,7 +71,7 @@ def markdown(limits: Limits) -> str:
     return "\n".join(lines)
 
 
-def docs_section(limits: Limits) -> str:
+def docs_section(limits: RequestLimits) -> str:
     """The table between its markers, as docs/http.md holds it."""
     return f"{TABLE_START}\n{markdown(limits)}\n{TABLE_END}"
 
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     from processor.config import Settings
 
     settings = Settings.from_env(Env({}))  # the defaults, not this shell's settings
-    limits = Limits(settings.max_output_dimension, settings.max_blur_sigma)
+    limits = RequestLimits(settings.max_output_dimension, settings.max_blur_sigma)
     path = Path(argv[1])
     text = path.read_text()
     start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)

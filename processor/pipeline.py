@@ -22,8 +22,8 @@ from common.imaging import (
     SOURCE_FORMATS,
     decoding_errors,
     fast_decode,
+    image_too_large,
     open_checked,
-    too_large,
     too_many_pixels,
 )
 from processor.operations.base import RGBA, Memo, Step, Stored, grey
@@ -33,7 +33,8 @@ from processor.operations.trim import Trim
 from processor.output import DEFAULT_QUALITY, Output
 from processor.spec import Spec
 
-MEDIA_TYPES = {
+# A render's media type, by output format (common.imaging has a stored original's).
+OUTPUT_MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
@@ -74,7 +75,9 @@ ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass(frozen=True)
-class Limits:
+class RenderLimits:
+    """What a render may decode and make: its source's frames and its result."""
+
     max_pixels: int  # of a source frame, and of a result (its frames together)
     max_frames: int
     max_output_dimension: int
@@ -93,7 +96,7 @@ class Rendered:
 def render(
     source: IO[bytes],
     spec: Spec,
-    limits: Limits,
+    limits: RenderLimits,
     images: Mapping[str, bytes] | None = None,
     steps: dict[str, float] | None = None,
 ) -> Rendered:
@@ -169,7 +172,7 @@ def _frames(
     spec: Spec,
     fmt: str,
     orientation: int,
-    limits: Limits,
+    limits: RenderLimits,
     images: Mapping[str, bytes],
     steps: dict[str, float] | None,
 ) -> tuple[list[Image.Image], list[int]]:
@@ -222,7 +225,7 @@ def _frames(
     return frames, durations
 
 
-def _stored(spec: Spec, images: Mapping[str, bytes], limits: Limits) -> Memo:
+def _stored(spec: Spec, images: Mapping[str, bytes], limits: RenderLimits) -> Memo:
     """A memo holding the other stored images spec's steps draw (a watermark): each one's
     first frame, upright, in RGBA, decoded under the limits an original is."""
     memo: Memo = {}
@@ -244,15 +247,17 @@ def _stored(spec: Spec, images: Mapping[str, bytes], limits: Limits) -> Memo:
     return memo
 
 
-def _frame_count(image: Image.Image, limits: Limits) -> int:
+def _frame_count(image: Image.Image, limits: RenderLimits) -> int:
     """How many frames an animated source has, read without decoding any."""
     count = int(getattr(image, "n_frames", 1))
     if count > limits.max_frames:
-        raise too_large(f"more than {limits.max_frames} frames")
+        raise image_too_large(f"more than {limits.max_frames} frames")
     return count
 
 
-def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) -> tuple[int, int]:
+def plan(
+    size: tuple[int, int], orientation: int, spec: Spec, limits: RenderLimits
+) -> tuple[int, int]:
     """The size each frame of a source this size comes out at, or OUTPUT_TOO_LARGE.
 
     Follows _transform's every step without touching a pixel, and judges each size a
@@ -270,7 +275,7 @@ def plan(size: tuple[int, int], orientation: int, spec: Spec, limits: Limits) ->
 
 
 def judge(
-    size: tuple[int, int], ops: Sequence[Step], limits: Limits, longest: int
+    size: tuple[int, int], ops: Sequence[Step], limits: RenderLimits, longest: int
 ) -> tuple[int, int]:
     """The size ops make of an image this size, every size they allocate judged: at most
     longest on a side (the limit, or the source's own side if longer) and the pixel
@@ -358,7 +363,7 @@ def _transform(
     spec: Spec,
     orientation: int,
     memo: Memo,
-    limits: Limits,
+    limits: RenderLimits,
     steps: dict[str, float] | None,
 ) -> Image.Image:
     """One frame through spec's operations (their sizes already judged by plan; after a
@@ -499,4 +504,4 @@ def _encode(
             out = _save(first, fmt, plain)
         except ENCODE_ERRORS as again:
             raise ServiceError(Reason.INTERNAL, f"could not encode {fmt}: {again}") from None
-    return Rendered(out.getvalue(), MEDIA_TYPES[fmt], first.width, first.height, len(frames))
+    return Rendered(out.getvalue(), OUTPUT_MEDIA_TYPES[fmt], first.width, first.height, len(frames))

@@ -88,7 +88,7 @@ class Resolver:
         cache: cache_grpc.CacheServiceAsyncStub,
         workers: Workers,
         stores: Stores,
-        render_limits: pipeline.Limits,
+        render_limits: pipeline.RenderLimits,
         hot_cache_bytes: int,
         originals_cache_bytes: int,
         metrics: ProcessorMetrics,
@@ -307,7 +307,7 @@ def timed_render(
     metrics: ProcessorMetrics,
     source: io.BytesIO,
     wanted: spec.Spec,
-    limits: pipeline.Limits,
+    limits: pipeline.RenderLimits,
     images: dict[str, bytes],
 ) -> pipeline.Rendered:
     """pipeline.render, its time and each operation's recorded (on the worker thread)."""

@@ -13,8 +13,9 @@ from imageservice.v1 import (
 )
 
 from common import jsonlog, metrics, tracing
-from common.grpcclient import message_limit, open_channel, target
+from common.grpcclient import open_channel, target
 from common.grpcserver import create_server, enable_reflection, listen, serve_until_signalled
+from common.imaging import configure_pillow
 from processor.config import Settings
 from processor.metrics import ProcessorMetrics
 from processor.service import ProcessorService
@@ -29,7 +30,7 @@ async def serve(settings: Settings) -> None:
     jsonlog.configure("processor", settings.log_level)
     tracing.configure("processor")  # before the server and channels, which it instruments
     series = ProcessorMetrics()
-    server, health = create_server(settings.chunk_bytes, metrics=series)
+    server, health = create_server(metrics=series)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN", settings.tls)
     exposed = None
     if settings.metrics_port is not None:
@@ -47,10 +48,10 @@ async def serve(settings: Settings) -> None:
         target(settings.cache_addresses),
         CACHE_SERVICE,
         idempotent=["GetImage", "StatImage", "GetVariant", "ListImages"],
-        max_message=message_limit(settings.chunk_bytes),
         tls=settings.tls,
     )
     service = ProcessorService(settings, cache_service_pb2_grpc.CacheServiceStub(channel), series)
+    configure_pillow(service.source_limits)  # before the first render starts a worker
     processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(service, server)
     enable_reflection(server, [SERVICE_NAME])
     # A deleted image's original goes from memory too, not only its variants.

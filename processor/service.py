@@ -15,8 +15,7 @@ from imageservice.v1 import processor_service_pb2_grpc as pb_grpc
 from common.errors import invalid_argument
 from common.grpcclient import call_metadata
 from common.ids import parse_image_id
-from common.imaging import SOURCE_FORMATS, inspect
-from common.imaging import Limits as SourceLimits
+from common.imaging import SOURCE_FORMATS, SourceLimits, inspect
 from common.streams import receive
 from processor import pipeline, spec
 from processor.config import Settings
@@ -48,10 +47,10 @@ class ProcessorService(pb_grpc.ProcessorServiceServicer):
     ) -> None:
         self.settings = settings
         self.cache = cache
-        self.spec_limits = spec.Limits(
+        self.spec_limits = spec.RequestLimits(
             settings.max_output_dimension, settings.max_blur_sigma, settings.auto_formats
         )
-        self.render_limits = pipeline.Limits(
+        self.render_limits = pipeline.RenderLimits(
             settings.max_pixels,
             settings.max_frames,
             settings.max_output_dimension,

@@ -18,9 +18,9 @@ from imageservice.v1 import processor_service_pb2 as pb
 from common.errors import invalid_argument
 from processor import output as outputs
 from processor.operations import OPERATIONS
-from processor.operations.base import Limits, Step
+from processor.operations.base import RequestLimits, Step
 
-__all__ = ["PIPELINE_VERSION", "Limits", "Spec", "parse"]
+__all__ = ["PIPELINE_VERSION", "RequestLimits", "Spec", "parse"]
 
 # Bump when the pipeline's output for the same request changes, so old variants miss.
 # 5: format=auto decides per source (an animation stays animated) and reads q-values;
@@ -62,7 +62,9 @@ class Spec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse(operations: Sequence[pb.Operation], output: pb.OutputOptions, limits: Limits) -> Spec:
+def parse(
+    operations: Sequence[pb.Operation], output: pb.OutputOptions, limits: RequestLimits
+) -> Spec:
     """Validate and canonicalise; raise ServiceError(INVALID_ARGUMENT) naming the field."""
     if len(operations) > len(OPERATIONS):
         raise invalid_argument("operations", f"at most {len(OPERATIONS)} operations")

@@ -9,8 +9,22 @@ import pytest
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
+from common import settings
+from common.env import Env
+from common.imaging import SOURCE_FORMATS, SourceLimits, configure_pillow
 from tests.engines import S3Server, postgres_database, redis_prefix, s3_server
 from tests.support import ServiceProcess, channel
+
+# Tests that decode in this process do it as the services do, under their default limits.
+DEFAULTS = Env({})
+configure_pillow(
+    SourceLimits(
+        frozenset(SOURCE_FORMATS),
+        settings.max_pixels(DEFAULTS),
+        settings.max_frames(DEFAULTS),
+        settings.max_total_pixels(DEFAULTS),
+    )
+)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from gateway.problems import HTTPProblem
 
 SETTINGS = Settings.from_env()
 PARAMETERS = params.Parameters(
-    params.Limits(SETTINGS.max_output_dimension, SETTINGS.max_blur_sigma)
+    params.RequestLimits(SETTINGS.max_output_dimension, SETTINGS.max_blur_sigma)
 )
 
 

@@ -30,7 +30,7 @@ from imagesvc import (
 )
 from imagesvc.urls import image_path, query
 from processor import parameters
-from processor.operations.base import Limits
+from processor.operations.base import RequestLimits
 from tests.support import ROOT, ServiceProcess, free_port, png_bytes
 
 OWNER_KEY = "client-key-0123456789ab"
@@ -61,7 +61,7 @@ def size_and_format(data: bytes) -> tuple[tuple[int, int], str | None]:
 
 
 def test_parameters_are_the_processors_declarations() -> None:
-    declared = parameters.table(Limits(max_output_dimension=8192, max_blur_sigma=50.0))
+    declared = parameters.table(RequestLimits(max_output_dimension=8192, max_blur_sigma=50.0))
     assert list(PARAMETERS) == [param.name for param in declared]
     assert query({"w": 300, "grayscale": True, "flip": False, "crop": (0, 0, 10, 10)}) == [
         ("w", "300"),

@@ -21,7 +21,6 @@ from common.hotcache import HotCache
 from gateway.config import Settings as GatewaySettings
 from processor.config import Settings as ProcessorSettings
 
-CHUNK = 256 * 1024
 CACHE_SERVICE = pb.DESCRIPTOR.services_by_name["CacheService"].full_name
 AGE = 0.5  # seconds: short, so a test sees several connections age out
 
@@ -78,11 +77,11 @@ class _Peers:
 async def _serving(
     grace: float | None, test: Callable[[grpc.aio.Channel, grpc.aio.Server], Awaitable[None]]
 ) -> None:
-    server, _ = create_server(CHUNK, AGE, grace)
+    server, _ = create_server(AGE, grace)
     server.add_generic_rpc_handlers((_Peers().handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = open_channel(target([f"127.0.0.1:{port}"]), "test.Peers", ["Peer"], 4 << 20, None)
+    channel = open_channel(target([f"127.0.0.1:{port}"]), "test.Peers", ["Peer"], None)
     try:
         await test(channel, server)
     finally:
@@ -159,11 +158,11 @@ async def _watching(grace: float | None) -> tuple[int, list[float], list[str]]:
     5 AGEs: how often it was emptied, how long each reconnection of the watch took, and
     the ids the watch passed on of one deleted at the end."""
     deletions = _Deletions()
-    server, _ = create_server(CHUNK, AGE, grace)
+    server, _ = create_server(AGE, grace)
     server.add_generic_rpc_handlers((deletions.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = open_channel(target([f"127.0.0.1:{port}"]), "x", [], 4 << 20, None)
+    channel = open_channel(target([f"127.0.0.1:{port}"]), "x", [], None)
     hot: HotCache[bytes] = HotCache(1 << 20, len, 1 << 20)
     forgotten: list[str] = []
     watch = asyncio.create_task(hot.watch(pb_grpc.CacheServiceStub(channel), forgotten.append))

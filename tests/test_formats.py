@@ -14,9 +14,8 @@ from PIL import Image, ImageChops
 
 from common.env import Env
 from common.errors import Reason, ServiceError
-from common.imaging import SOURCE_FORMATS, Limits, inspect, jxl_size
-from gateway.params import Limits as ParamLimits
-from gateway.params import Parameters
+from common.imaging import SOURCE_FORMATS, SourceLimits, inspect, jxl_size
+from gateway.params import Parameters, RequestLimits
 from gateway.problems import HTTPProblem
 from processor import output as outputs
 from processor import pipeline, spec
@@ -29,7 +28,7 @@ Op = ppb.Operation
 IPHONE = CORPUS / "metadata-extractor-images" / "apple-iphone-11-pro_display-p3.heic"
 HOPPER_HEIC = CORPUS / "pillow" / "avif" / "hopper.heif"
 HOPPER_AVIF = CORPUS / "pillow" / "avif" / "hopper.avif"
-INSPECT_LIMITS = Limits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 500_000_000)
+INSPECT_LIMITS = SourceLimits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 500_000_000)
 
 
 def transparent(size: tuple[int, int] = (120, 80)) -> Image.Image:
@@ -101,12 +100,12 @@ def test_a_jxl_bomb_is_refused_from_its_header_before_the_plugin_decodes(
 
     monkeypatch.setattr(JpegXLImagePlugin.JXLImageFile, "_open", never)
     data = jxl(Image.new("RGB", (400, 300)), effort=1)
-    small = Limits(frozenset(SOURCE_FORMATS), 100_000, 1000, 500_000_000)
+    small = SourceLimits(frozenset(SOURCE_FORMATS), 100_000, 1000, 500_000_000)
     with pytest.raises(ServiceError) as caught:
         inspect(io.BytesIO(data), small)
     assert caught.value.reason == Reason.IMAGE_TOO_LARGE
     assert "400x300" in str(caught.value)
-    only_png = Limits(frozenset({"PNG"}), 50_000_000, 1000, 500_000_000)
+    only_png = SourceLimits(frozenset({"PNG"}), 50_000_000, 1000, 500_000_000)
     with pytest.raises(ServiceError) as refused:
         inspect(io.BytesIO(data), only_png)
     assert refused.value.reason == Reason.UNSUPPORTED_MEDIA_TYPE
@@ -132,7 +131,7 @@ def test_heic_sources_are_read_with_their_media_type_and_upright_size() -> None:
 
 
 def test_a_heic_bomb_is_refused_from_its_header() -> None:
-    small = Limits(frozenset(SOURCE_FORMATS), 1_000_000, 1000, 500_000_000)
+    small = SourceLimits(frozenset(SOURCE_FORMATS), 1_000_000, 1000, 500_000_000)
     with pytest.raises(ServiceError) as caught:
         inspect(io.BytesIO(IPHONE.read_bytes()), small)
     assert caught.value.reason == Reason.IMAGE_TOO_LARGE
@@ -261,7 +260,7 @@ def test_auto_picks_jxl_only_where_the_settings_list_it() -> None:
     assert outputs.negotiate(accept, outputs.DEFAULT_AUTO_FORMATS) == ("webp", "webp")
     assert outputs.negotiate(accept, ("jxl", "avif", "webp")) == ("jxl", "webp")
     assert outputs.negotiate(["image/jxl;q=0", "image/webp"], ("jxl", "webp")) == ("webp", "webp")
-    limits = spec.Limits(8192, 50, auto_formats=("jxl", "webp"))
+    limits = spec.RequestLimits(8192, 50, auto_formats=("jxl", "webp"))
     output = ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_AUTO, accept=accept, lossless=True)
     chosen = spec.parse([], output, limits).output
     assert (chosen.format, chosen.lossless) == ("jxl", True)
@@ -275,7 +274,7 @@ def test_auto_formats_may_name_jxl_and_default_to_avif_and_webp() -> None:
     assert chosen.auto_formats == ("jxl", "avif", "webp")
 
 
-PARAMS = Parameters(ParamLimits(max_output_dimension=8192, max_blur_sigma=50))
+PARAMS = Parameters(RequestLimits(max_output_dimension=8192, max_blur_sigma=50))
 
 
 def problem(query: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import select
 import socket
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
+from starlette.types import Receive, Scope, Send
 
+from gateway.observability import Metrics, Observability
 from tests.support import (
     CORPUS,
     ServiceProcess,
@@ -386,3 +389,25 @@ def test_info_has_its_own_validator(http: httpx.Client) -> None:
     assert info.headers["cache-control"] == "private, no-cache"
     again = http.get(f"/images/{image['id']}/info", headers={"If-None-Match": info.headers["etag"]})
     assert again.status_code == 304
+
+
+def test_an_unhandled_error_is_a_500_problem_with_the_request_id() -> None:
+    # A handler that raises cannot be provoked through the real routes: this app stands in.
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("a bug")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=Observability(broken, Metrics()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.get("/images/x", headers={"X-Request-ID": "r-1"})
+
+    response = asyncio.run(call())
+    body = is_problem(response, 500)
+    assert body == {
+        "type": "about:blank",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "the gateway failed; see its log",
+        "instance": "/images/x",
+    }
+    assert response.headers["X-Request-ID"] == "r-1"

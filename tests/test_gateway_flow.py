@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import httpx
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, png_bytes, sha256
+from tests.support import CORPUS, ServiceProcess, png_bytes, sha256, start_all
 
 JPEG = (CORPUS / "exif-orientation" / "Landscape_3.jpg").read_bytes()
 
@@ -161,9 +162,9 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         "/docs",
     }
     documented = {p["name"] for p in doc["paths"]["/images/{image_id}"]["get"]["parameters"]}
-    from gateway.params import Limits, Parameters
+    from gateway.params import Parameters, RequestLimits
 
-    assert {p.name for p in Parameters(Limits(8192, 50)).table} | {"image_id"} == documented
+    assert {p.name for p in Parameters(RequestLimits(8192, 50)).table} | {"image_id"} == documented
 
 
 def processed(server: ServiceProcess) -> int:
@@ -243,3 +244,29 @@ def test_an_animated_gif_stays_animated_for_a_browser(http: httpx.Client) -> Non
     assert getattr(opened(answer.content), "n_frames", 1) == 5
     no_avif = http.get(f"/images/{image_id}?w=32", headers={"Accept": "image/avif;q=0,*/*"})
     assert no_avif.headers["content-type"] == "image/gif"
+
+
+def test_services_need_not_agree_on_chunk_bytes(tmp_path: Path) -> None:
+    # Each service chooses the size of the chunks it sends; every one takes the largest.
+    # A cache sending 3 MiB chunks, a processor 1 KiB ones, a gateway on the default:
+    # an original over 3 MiB and a variant of it go every way between them.
+    cache, processor, gateway = start_all(
+        tmp_path,
+        {"IMAGESVC_CHUNK_BYTES": "3MiB"},
+        processor_env={"IMAGESVC_CHUNK_BYTES": "1KiB"},
+    )
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            png = png_bytes(1100, 1000, noise=True)
+            assert len(png) > 3 * 1024 * 1024
+            image_id = client.post(
+                "/images", content=png, headers={"Content-Type": "image/png"}
+            ).json()["id"]
+            assert client.get(f"/images/{image_id}").content == png
+            path = f"/images/{image_id}?w=1100&format=png"
+            made = client.get(path)
+            assert made.status_code == 200 and opened(made.content).size == (1100, 1000)
+            assert client.get(path).content == made.content
+    finally:
+        for server in (gateway, processor, cache):
+            server.kill()

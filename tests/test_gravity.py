@@ -16,7 +16,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 from PIL import Image, ImageDraw
 
 from common.errors import ServiceError
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from gateway.problems import HTTPProblem
 from processor import faces, parameters, pipeline, smartcrop, spec, windows
 from processor.operations.resize import FOCAL_POINT, Resize
@@ -25,9 +25,9 @@ from tests.test_faces import ASTRONAUT, STILL_LIFE, inside
 from tests.test_processor_ops import corner, encode, marked
 
 Op = ppb.Operation
-LIMITS = pipeline.Limits(50_000_000, 1000, 8192, max_total_pixels=500_000_000)
-SPEC_LIMITS = spec.Limits(max_output_dimension=8192, max_blur_sigma=50)
-PARAMETERS = Parameters(Limits(max_output_dimension=8192, max_blur_sigma=50))
+LIMITS = pipeline.RenderLimits(50_000_000, 1000, 8192, max_total_pixels=500_000_000)
+SPEC_LIMITS = spec.RequestLimits(max_output_dimension=8192, max_blur_sigma=50)
+PARAMETERS = Parameters(RequestLimits(max_output_dimension=8192, max_blur_sigma=50))
 
 
 def cover(width: int, height: int, gravity: int, **focal: float) -> ppb.Operation:
@@ -191,11 +191,12 @@ from PIL import Image
 from processor import pipeline, spec
 def run(gravity):
     op = ppb.Operation(resize=ppb.Resize(width=50, height=50, fit=ppb.FIT_COVER, gravity=gravity))
-    request = spec.parse([op], ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_PNG), spec.Limits(99, 1))
+    limits = spec.RequestLimits(99, 1)
+    request = spec.parse([op], ppb.OutputOptions(format=ppb.OUTPUT_FORMAT_PNG), limits)
     source = io.BytesIO()
     Image.new("RGB", (90, 60)).save(source, "PNG")
     source.seek(0)
-    pipeline.render(source, request, pipeline.Limits(10**7, 10, 99, 10**8))
+    pipeline.render(source, request, pipeline.RenderLimits(10**7, 10, 99, 10**8))
     return "cv2" in sys.modules
 print(run(ppb.GRAVITY_SMART), run(ppb.GRAVITY_FACE))
 """

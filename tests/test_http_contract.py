@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from tests.support import ROOT, ServiceProcess, is_problem, png_bytes, start_all
 
-PARAMETERS = Parameters(Limits(max_output_dimension=8192, max_blur_sigma=50))
+PARAMETERS = Parameters(RequestLimits(max_output_dimension=8192, max_blur_sigma=50))
 
 
 @pytest.fixture(scope="module")

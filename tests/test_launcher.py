@@ -22,6 +22,7 @@ import pytest
 
 from common import ports
 from launcher.plan import PORT_STRIDE, plan
+from launcher.reload import CodeWatcher
 from tests.support import ROOT, free_port, png_bytes
 
 
@@ -526,3 +527,31 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     assert "imageservice stopped" in log.read_text()
+
+
+def test_reload_tells_which_services_code_changed(tmp_path: Path) -> None:
+    for folder in ("cache", "processor", "gateway", "common"):
+        (tmp_path / folder).mkdir()
+    watcher = CodeWatcher(tmp_path, ("cache", "processor", "gateway"))
+
+    def changed_after(path: Path) -> set[str]:
+        # The watch starts in its thread: write until it reports something.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            path.write_text(f"x = {time.monotonic()}\n")
+            time.sleep(0.2)
+            changed = watcher.changed()
+            while changed and time.monotonic() < deadline:
+                time.sleep(2)  # changes to this path still in flight join the set
+                more = watcher.changed()
+                if not more:
+                    return changed
+                changed |= more
+        raise AssertionError(f"no change reported for {path}")
+
+    try:
+        assert changed_after(tmp_path / "processor" / "spec.py") == {"processor"}
+        assert changed_after(tmp_path / "gateway" / "app.py") == {"gateway"}
+        assert changed_after(tmp_path / "common" / "env.py") == {"cache", "processor", "gateway"}
+    finally:
+        watcher.close()

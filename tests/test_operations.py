@@ -15,7 +15,7 @@ from gateway.problems import QUERY_NAMES
 from processor import parameters
 from processor.config import Settings
 from processor.operations import OPERATIONS
-from processor.operations.base import Limits
+from processor.operations.base import RequestLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fields only a gRPC caller can get wrong: the gateway's parser never sends such values.
@@ -35,13 +35,13 @@ def test_every_operation_in_the_contract_is_declared_once() -> None:
 
 
 def test_parameter_names_are_unique() -> None:
-    names = [p.name for p in parameters.table(Limits(100, 1.0))]
+    names = [p.name for p in parameters.table(RequestLimits(100, 1.0))]
     assert len(names) == len(set(names))
 
 
 def test_the_docs_table_is_made_from_the_declarations() -> None:
     settings = Settings.from_env(Env({}))
-    limits = Limits(settings.max_output_dimension, settings.max_blur_sigma)
+    limits = RequestLimits(settings.max_output_dimension, settings.max_blur_sigma)
     page = (ROOT / "docs" / "http.md").read_text()
     assert parameters.docs_section(limits) in page, "run `make docs`"
 

@@ -18,12 +18,14 @@ from tests.test_processor_ops import encode, marked
 Op = ppb.Operation
 
 
-def limits_of(max_pixels: int, max_output_dimension: int) -> pipeline.Limits:
-    return pipeline.Limits(max_pixels, 1000, max_output_dimension, max_total_pixels=500_000_000)
+def limits_of(max_pixels: int, max_output_dimension: int) -> pipeline.RenderLimits:
+    return pipeline.RenderLimits(
+        max_pixels, 1000, max_output_dimension, max_total_pixels=500_000_000
+    )
 
 
 LIMITS = limits_of(50_000_000, 8192)
-SPEC_LIMITS = spec.Limits(max_output_dimension=8192, max_blur_sigma=50)
+SPEC_LIMITS = spec.RequestLimits(max_output_dimension=8192, max_blur_sigma=50)
 
 
 def wanted(*ops: ppb.Operation, **output: object) -> spec.Spec:
@@ -119,7 +121,7 @@ def test_frames_first_and_all_or_first() -> None:
     roomy = limits_of(1_000_000, 8192)
     assert pipeline.render(io.BytesIO(source), fallback, roomy).frames == 10
     # A source too costly to decode whole (stored under a laxer total) falls back too.
-    costly = pipeline.Limits(1_000_000, 1000, 8192, max_total_pixels=300_000)
+    costly = pipeline.RenderLimits(1_000_000, 1000, 8192, max_total_pixels=300_000)
     assert pipeline.render(io.BytesIO(source), fallback, costly).frames == 1
     with pytest.raises(ServiceError) as refused:
         pipeline.render(io.BytesIO(source), wanted(format=gif), costly)

@@ -18,13 +18,13 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from PIL import Image
 
 from cache.placeholders import THUMBHASH_BOX, placeholders, upright_thumbnail
-from common.imaging import SOURCE_FORMATS, Limits, inspect
+from common.imaging import SOURCE_FORMATS, SourceLimits, inspect
 from tests.support import CORPUS, ServiceProcess, channel, download, upload
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 ORIENTATION = 0x0112
-LIMITS = Limits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 200_000_000)
+LIMITS = SourceLimits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 200_000_000)
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -13,11 +13,11 @@ import pytest
 
 from common.env import ConfigError, Env
 from gateway.config import Settings
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from gateway.presets import load_presets
 from tests.support import ROOT, ServiceProcess, is_problem, open_image, png_bytes
 
-PARAMETERS = Parameters(Limits(max_output_dimension=8192, max_blur_sigma=50))
+PARAMETERS = Parameters(RequestLimits(max_output_dimension=8192, max_blur_sigma=50))
 PRESETS = """\
 # What a site would name: one table per preset, values as the query parameters take them.
 [thumb]

@@ -108,7 +108,9 @@ def test_variant_keys_stay_the_same_across_releases() -> None:
         quality=70,
     )
     wanted = spec.parse(
-        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+        request.transformation.operations,
+        request.transformation.output,
+        spec.RequestLimits(8192, 100),
     )
     assert spec.PIPELINE_VERSION == "5"  # bumped on purpose: update the key below too
     key = "8288e54dd2edfb8f8fca58103a0ab6df00dfee02e3f1b4ef20a29fa6e86b9131"
@@ -143,7 +145,9 @@ def test_a_render_lease_whose_holder_died_costs_half_the_callers_time_not_the_ca
     if bound == "render_timeout":
         request.render_timeout.FromTimedelta(timedelta(seconds=4))
     key = spec.parse(
-        request.transformation.operations, request.transformation.output, spec.Limits(8192, 100)
+        request.transformation.operations,
+        request.transformation.output,
+        spec.RequestLimits(8192, 100),
     ).key(image_id)
     # Another processor claims the render, then dies: its lease outlives the call.
     (held,) = stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key, claim=True))
@@ -770,7 +774,7 @@ def test_a_render_whose_caller_left_during_the_fetch_is_logged(
     assert server.terminate() == 0  # renders still running finish and are stored first
     keys = [
         spec.parse(
-            r.transformation.operations, r.transformation.output, spec.Limits(8192, 100)
+            r.transformation.operations, r.transformation.output, spec.RequestLimits(8192, 100)
         ).key(big_id)
         for r in requests
     ]

@@ -9,10 +9,12 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from starlette.routing import Route
 
+from common.env import Env
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.params import Limits, Parameters
+from gateway.params import Parameters, RequestLimits
 from tests.support import ROOT, ServiceProcess, open_image, png_bytes
 from tests.test_compose import variables_read_by_the_code
 
@@ -41,16 +43,35 @@ def test_every_transformation_parameter_is_documented() -> None:
     documented: set[str] = set()
     for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cell))
-    assert {p.name for p in Parameters(Limits(8192, 50)).table} <= documented
+    assert {p.name for p in Parameters(RequestLimits(8192, 50)).table} <= documented
+
+
+def methods_of(route: Route) -> set[str]:
+    """What the route's endpoint answers besides HEAD (which goes to its get)."""
+    return {
+        m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if hasattr(route.endpoint, m.lower())
+    }
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    signing = {"IMAGESVC_URL_SIGNING_KEYS": "k1:" + "s" * 32}  # every route there is
+    app = create_app(Settings.from_env(Env(signing)))
+    routes = [route for route in app.routes if isinstance(route, Route)]  # not the files
+    paths = app.state.openapi["paths"]
+    assert {route.path for route in routes} == set(paths)
+    for route in routes:
+        documented = {method.upper() for method in paths[route.path]} - {"HEAD"}
+        assert documented == methods_of(route), route.path
 
 
 def test_every_route_is_in_the_api_table() -> None:
     table = section(HTTP, "## Routes")
     app = create_app(Settings.from_env())
     for route in app.routes:
-        path = getattr(route, "path", "")
-        methods: set[str] = set(getattr(route, "methods", set())) - {"HEAD"}
-        for method in methods:
+        if not isinstance(route, Route):
+            continue  # the page's files
+        path = route.path
+        for method in methods_of(route):
             documented = path.replace("{image_id}", "{id}")
             assert f"`{method} {documented}`" in table, (method, path)
 

@@ -18,9 +18,8 @@ import pytest
 
 from common.caller import ANONYMOUS, OWN_SCOPES, READ, Caller
 from common.env import ConfigError, Env
-from gateway import openapi
+from gateway.app import create_app
 from gateway.config import Settings
-from gateway.params import Limits, Parameters
 from gateway.problems import HTTPProblem
 from gateway.signing import (
     URL_HOLDER,
@@ -194,8 +193,9 @@ def test_required_mode_exempts_writers_presets_and_originals() -> None:
 
 
 def test_openapi_describes_signing_where_it_is_on() -> None:
-    table = Parameters(Limits(8192, 50)).table
-    on, off = openapi.document(table, signing=True), openapi.document(table, signing=False)
+    keys = {"IMAGESVC_URL_SIGNING_KEYS": f"k1:{SECRET}"}
+    on = create_app(Settings.from_env(Env(keys))).state.openapi
+    off = create_app(Settings.from_env(Env({}))).state.openapi
     for doc, signing in ((on, True), (off, False)):
         for path in ("/images/{image_id}", "/blurred-images/{image_id}"):
             names = {p["name"] for p in doc["paths"][path]["get"]["parameters"]}

@@ -21,7 +21,7 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image, ImageDraw, ImageSequence
 
 from common.errors import Reason, ServiceError
-from common.imaging import Limits, inspect
+from common.imaging import SourceLimits, inspect
 from tests.support import (
     CORPUS,
     ServiceProcess,
@@ -98,6 +98,25 @@ def test_a_png_bomb_is_refused_quoting_our_pixel_limit(
     assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.IMAGE_TOO_LARGE)
     assert f"{DEFAULT_MAX_PIXELS} pixels" in error.message
     assert str(2 * DEFAULT_MAX_PIXELS) not in error.message
+
+
+def test_pillows_warnings_stay_out_of_the_log(
+    stub: pb_grpc.CacheServiceStub,
+    pstub: ppb_grpc.ProcessorServiceStub,
+    cache_server: ServiceProcess,
+    processor_server: ServiceProcess,
+) -> None:
+    # Over our limit but under twice it, Pillow opens the image with a warning and we
+    # refuse it; the warning is silenced once per process (configure_pillow), not
+    # printed to stderr, which the log would carry.
+    data = png_claiming(8000, 8000)
+    assert DEFAULT_MAX_PIXELS < 8000 * 8000 < 2 * DEFAULT_MAX_PIXELS
+    assert failure(stub.PutImage, upload_requests(data)).reason == Reason.IMAGE_TOO_LARGE
+    error = failure(pstub.ProcessBytes, bytes_requests(data, format=ppb.OUTPUT_FORMAT_PNG))
+    assert error.reason == Reason.IMAGE_TOO_LARGE
+    for server in (cache_server, processor_server):
+        server.log_entries()  # waits until the calls above are logged
+        assert "Warning" not in server.log_path.read_text(errors="replace")
 
 
 def test_a_gif_cost_bomb_is_refused_once_its_frames_pass_the_total(
@@ -229,7 +248,7 @@ def test_gif_validation_accepts_what_pillow_reads_cut_anywhere() -> None:
     out = io.BytesIO()
     frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], disposal=2, loop=0)
     data = out.getvalue()
-    limits = Limits(frozenset({"GIF"}), DEFAULT_MAX_PIXELS, 1000, DEFAULT_MAX_TOTAL_PIXELS)
+    limits = SourceLimits(frozenset({"GIF"}), DEFAULT_MAX_PIXELS, 1000, DEFAULT_MAX_TOTAL_PIXELS)
     for end in range(len(data) + 1):
         try:
             accepted = inspect(io.BytesIO(data[:end]), limits).frames > 0

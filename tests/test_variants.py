@@ -86,19 +86,6 @@ def test_disk_lru_evicts_within_budget_and_survives_reload(tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
-def test_disk_lru_removes_the_old_file_per_variant_layout(tmp_path: Path) -> None:
-    old = tmp_path / "Ab" / ("Ab" + "c" * 20) / "somekey"
-    old.parent.mkdir(parents=True)
-    old.write_bytes(b"a variant file of an earlier version")
-    (tmp_path / "tmp").mkdir()
-    (tmp_path / "tmp" / "x.partial").write_bytes(b"torn")
-    (tmp_path / "unrelated-folder").mkdir()
-    disk = DiskLRU(tmp_path, budget=10_000)
-    disk.load()
-    disk.close()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["unrelated-folder"]
-
-
 def test_disk_lru_treats_damaged_bytes_as_a_miss(tmp_path: Path) -> None:
     async def scenario() -> None:
         disk = DiskLRU(tmp_path, budget=10_000)

@@ -7,8 +7,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
-import shutil
 import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,8 +57,6 @@ CREATE TABLE IF NOT EXISTS variants (
 # Bytes a row costs beyond its data, roughly: the record's JSON and SQLite's own keeping.
 _ROW_OVERHEAD = 256
 _QUEUED_PRUNE = 64
-# The file-per-variant layout before the SQLite file: root/<2 id chars>/<id>/<key>.
-_OLD_SHARD = re.compile(r"[A-Za-z0-9_-]{2}")
 
 
 class DiskLRU:
@@ -97,7 +93,6 @@ class DiskLRU:
     def load(self) -> None:
         """Open the file and rebuild the index from it (blocking: call before serving)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_file_layout()
         self._db = self._writer.submit(self._connect).result()
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         rows = self._reader.execute(
@@ -108,13 +103,6 @@ class DiskLRU:
             if not self._lru.put(image_id, key, size + _ROW_OVERHEAD):
                 self._evicted(image_id, key)  # larger than the whole budget
         self._writer.submit(lambda: None).result()  # evictions a smaller budget made
-
-    def _remove_file_layout(self) -> None:
-        """Drop what earlier versions kept here (tmp/ and a folder per id prefix, a file
-        per variant): never read any more, it would only hold the disk."""
-        for path in self.root.iterdir():
-            if path.is_dir() and (path.name == "tmp" or _OLD_SHARD.fullmatch(path.name)):
-                shutil.rmtree(path, ignore_errors=True)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

@@ -24,7 +24,7 @@ from processor.operations import (
     trim,
     watermark,
 )
-from processor.operations.base import Limits, Operation, Param, Step
+from processor.operations.base import Operation, Param, RequestLimits, Step
 
 OPERATIONS: tuple[Operation, ...] = (
     trim.OPERATION,
@@ -43,4 +43,4 @@ OPERATIONS: tuple[Operation, ...] = (
     watermark.OPERATION,
 )
 
-__all__ = ["OPERATIONS", "Limits", "Operation", "Param", "Step"]
+__all__ = ["OPERATIONS", "Operation", "Param", "RequestLimits", "Step"]

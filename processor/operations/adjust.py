@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
-from processor.operations.base import Limits, Memo, Number, Operation, Param, Size, Values, finite
+from processor.operations.base import (
+    Memo,
+    Number,
+    Operation,
+    Param,
+    RequestLimits,
+    Size,
+    Values,
+    finite,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,7 +51,7 @@ class Adjust:
         return base
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     factor = Number(0.01, MAX_FACTOR)
     return tuple(
         Param(name, factor, f"{name.capitalize()} factor; 1 is unchanged.", field="adjust")
@@ -55,7 +64,7 @@ def _request(values: Values) -> pb.Adjust | None:
     return pb.Adjust(**given) if given else None
 
 
-def _parse(message: pb.Adjust, limits: Limits) -> Adjust | None:
+def _parse(message: pb.Adjust, limits: RequestLimits) -> Adjust | None:
     factors = [finite(getattr(message, name), "adjust") or 1.0 for name in NAMES]
     if any(not 0.0 <= f <= MAX_FACTOR for f in factors):
         raise invalid_argument("adjust", "factors are between 0 and 10 (1 is unchanged)")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
+from common.ids import IMAGE_ID_PATTERN, parse_image_id
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,8 +42,9 @@ class Stored:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """The processor's limits on a request (its variables; the gateway reads the same)."""
+class RequestLimits:
+    """What a request's parameters may ask for (the processor's variables; the gateway
+    reads the same to refuse a bad parameter first)."""
 
     max_output_dimension: int
     max_blur_sigma: float
@@ -103,7 +105,7 @@ Refusal = tuple[str, str]
 Values = Mapping[str, Any]
 
 
-def _agrees(values: Values, limits: Limits) -> Refusal | None:
+def _agrees(values: Values, limits: RequestLimits) -> Refusal | None:
     return None
 
 
@@ -112,15 +114,15 @@ class Operation:
     """What an operation module declares (see the module docstring)."""
 
     field: str  # its field in the contract's Operation oneof, e.g. "blur"
-    params: Callable[[Limits], tuple[Param, ...]]
+    params: Callable[[RequestLimits], tuple[Param, ...]]
     # The request message of the checked query values (every parameter's, by name), or
     # None when the query does not ask for this operation.
     request: Callable[[Values], Any]
     # The canonical step of the request message, None when it changes nothing; raises
     # ServiceError(INVALID_ARGUMENT) naming the field.
-    parse: Callable[[Any, Limits], Step | None]
+    parse: Callable[[Any, RequestLimits], Step | None]
     # What is wrong with the query values together, for this operation's parameters.
-    conflict: Callable[[Values, Limits], Refusal | None] = _agrees
+    conflict: Callable[[Values, RequestLimits], Refusal | None] = _agrees
 
 
 # The values query parameters take.
@@ -231,13 +233,13 @@ def _color_message(raw: str) -> pb.Color:
 COLOR = Pattern(
     _COLOR, "`RRGGBB` or `RRGGBBAA`", "must be a hex colour: RRGGBB or RRGGBBAA", _color_message
 )
-# Another stored image's id (common/ids.py's shape): the gateway checks that the caller
-# may read every image a parameter of this value names (Parameters.images).
+# Another stored image's id: the gateway checks that the caller may read every image a
+# parameter of this value names (Parameters.images).
 IMAGE_ID = Pattern(
-    "^[A-Za-z0-9_-]{22}$",
+    IMAGE_ID_PATTERN,
     "an image id",
     "must be an image id (22 characters of A-Z, a-z, 0-9, - and _)",
-    str,
+    parse_image_id,
 )
 
 

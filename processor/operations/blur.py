@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
-from processor.operations.base import Limits, Memo, Number, Operation, Param, Size, Values, finite
+from processor.operations.base import (
+    Memo,
+    Number,
+    Operation,
+    Param,
+    RequestLimits,
+    Size,
+    Values,
+    finite,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -27,7 +36,7 @@ class Blur:
         return image.filter(ImageFilter.GaussianBlur(self.sigma))
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     sigma = Number(0, limits.max_blur_sigma)
     return (
         Param(
@@ -44,7 +53,7 @@ def _request(values: Values) -> pb.Blur | None:
     return pb.Blur(sigma=values["blur"]) if "blur" in values else None
 
 
-def _parse(message: pb.Blur, limits: Limits) -> Blur | None:
+def _parse(message: pb.Blur, limits: RequestLimits) -> Blur | None:
     sigma = round(finite(message.sigma, "blur.sigma"), 2)
     if not 0 <= sigma <= limits.max_blur_sigma:
         raise invalid_argument("blur.sigma", f"must be between 0 and {limits.max_blur_sigma:g}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import Reason, ServiceError, invalid_argument
-from processor.operations.base import Limits, Memo, Operation, Param, Pattern, Size, Values
+from processor.operations.base import Memo, Operation, Param, Pattern, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,7 +49,7 @@ def _message(raw: str) -> pb.Crop:
     return pb.Crop(left=left, top=top, width=width, height=height)
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     shape = Pattern(
         SHAPE,
         "`left,top,width,height`",
@@ -71,7 +71,7 @@ def _request(values: Values) -> pb.Crop | None:
     return values.get("crop")
 
 
-def _parse(message: pb.Crop, limits: Limits) -> Crop:
+def _parse(message: pb.Crop, limits: RequestLimits) -> Crop:
     c = message
     if c.left < 0 or c.top < 0 or c.width <= 0 or c.height <= 0:
         raise invalid_argument("crop", "left and top >= 0, width and height > 0")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from imageservice.v1 import processor_service_pb2 as pb
 
-from processor.operations.base import Flag, Limits, Memo, Operation, Param, Size, Values
+from processor.operations.base import Flag, Memo, Operation, Param, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,7 +24,7 @@ class Flip:
         return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     return (Param("flip", Flag(), "Mirror top to bottom."),)
 
 
@@ -32,7 +32,7 @@ def _request(values: Values) -> pb.Flip | None:
     return pb.Flip() if values.get("flip") else None
 
 
-def _parse(message: pb.Flip, limits: Limits) -> Flip:
+def _parse(message: pb.Flip, limits: RequestLimits) -> Flip:
     return Flip()
 
 

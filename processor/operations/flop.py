@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from imageservice.v1 import processor_service_pb2 as pb
 
-from processor.operations.base import Flag, Limits, Memo, Operation, Param, Size, Values
+from processor.operations.base import Flag, Memo, Operation, Param, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,7 +24,7 @@ class Flop:
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     return (Param("flop", Flag(), "Mirror left to right."),)
 
 
@@ -32,7 +32,7 @@ def _request(values: Values) -> pb.Flop | None:
     return pb.Flop() if values.get("flop") else None
 
 
-def _parse(message: pb.Flop, limits: Limits) -> Flop:
+def _parse(message: pb.Flop, limits: RequestLimits) -> Flop:
     return Flop()
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from imageservice.v1 import processor_service_pb2 as pb
 
-from processor.operations.base import Flag, Limits, Memo, Operation, Param, Size, Values
+from processor.operations.base import Flag, Memo, Operation, Param, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -22,7 +22,7 @@ class Grayscale:
         return image.convert("LA" if "A" in image.mode else "L")
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     return (Param("grayscale", Flag(), "Convert to shades of grey (alpha is kept)."),)
 
 
@@ -30,7 +30,7 @@ def _request(values: Values) -> pb.Grayscale | None:
     return pb.Grayscale() if values.get("grayscale") else None
 
 
-def _parse(message: pb.Grayscale, limits: Limits) -> Grayscale:
+def _parse(message: pb.Grayscale, limits: RequestLimits) -> Grayscale:
     return Grayscale()
 
 

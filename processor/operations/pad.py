@@ -15,11 +15,11 @@ from common.errors import invalid_argument
 from processor.operations.base import (
     RGBA,
     WHITE,
-    Limits,
     Memo,
     Operation,
     Param,
     Pattern,
+    RequestLimits,
     Size,
     Values,
     color,
@@ -94,7 +94,7 @@ def _message(raw: str) -> pb.Pad:
     return pb.Pad(top=top, right=right, bottom=bottom, left=left)
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     hi = limits.max_output_dimension
     number = numbers_up_to(hi)
     shape = Pattern(
@@ -126,7 +126,7 @@ def _request(values: Values) -> pb.Pad | None:
     return pad
 
 
-def _parse(message: pb.Pad, limits: Limits) -> Pad | None:
+def _parse(message: pb.Pad, limits: RequestLimits) -> Pad | None:
     sides = tuple(getattr(message, side) for side in SIDES)
     if not all(0 <= side <= limits.max_output_dimension for side in sides):
         raise invalid_argument("pad", f"each side 0 to {limits.max_output_dimension} pixels")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
-from processor.operations.base import Integer, Limits, Memo, Operation, Param, Size, Values
+from processor.operations.base import Integer, Memo, Operation, Param, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,7 +32,7 @@ class Pixelate:
         )
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     block = Integer(1, MAX_SIZE)
     return (Param("pixelate", block, "Block size in pixels.", field="pixelate.size"),)
 
@@ -41,7 +41,7 @@ def _request(values: Values) -> pb.Pixelate | None:
     return pb.Pixelate(size=values["pixelate"]) if "pixelate" in values else None
 
 
-def _parse(message: pb.Pixelate, limits: Limits) -> Pixelate | None:
+def _parse(message: pb.Pixelate, limits: RequestLimits) -> Pixelate | None:
     if not 0 <= message.size <= MAX_SIZE:
         raise invalid_argument("pixelate.size", f"must be between 0 and {MAX_SIZE}")
     return Pixelate(message.size) if message.size > 1 else None

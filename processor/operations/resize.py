@@ -27,12 +27,12 @@ from processor.operations.base import (
     Choice,
     Flag,
     Integer,
-    Limits,
     Memo,
     Number,
     Operation,
     Param,
     Refusal,
+    RequestLimits,
     Size,
     Values,
     color,
@@ -280,7 +280,7 @@ _COMPASS = {
 }
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     side = Integer(1, limits.max_output_dimension)
     return (
         Param(
@@ -349,7 +349,7 @@ def _request(values: Values) -> pb.Resize | None:
     return resize
 
 
-def _conflict(values: Values, limits: Limits) -> Refusal | None:
+def _conflict(values: Values, limits: RequestLimits) -> Refusal | None:
     sizing = [name for name in SIZING if name in values]
     if sizing and "w" not in values and "h" not in values:
         return sizing[0], "needs w or h"
@@ -368,7 +368,7 @@ def _conflict(values: Values, limits: Limits) -> Refusal | None:
     return None
 
 
-def _parse(message: pb.Resize, limits: Limits) -> Resize:
+def _parse(message: pb.Resize, limits: RequestLimits) -> Resize:
     dpr = finite(message.dpr, "resize.dpr") or 1.0
     if not 1.0 <= dpr <= 4.0:
         raise invalid_argument("resize.dpr", "must be between 1 and 4")

@@ -12,11 +12,11 @@ from imageservice.v1 import processor_service_pb2 as pb
 from processor.operations.base import (
     RGBA,
     WHITE,
-    Limits,
     Memo,
     Number,
     Operation,
     Param,
+    RequestLimits,
     Size,
     Values,
     color,
@@ -89,7 +89,7 @@ def rotated_size(size: Size, angle: float) -> Size:
     )
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     return (
         Param(
             "rotate",
@@ -110,7 +110,7 @@ def _request(values: Values) -> pb.Rotate | None:
     return rotate
 
 
-def _parse(message: pb.Rotate, limits: Limits) -> Rotate | None:
+def _parse(message: pb.Rotate, limits: RequestLimits) -> Rotate | None:
     angle = round(finite(message.angle, "rotate.angle") % 360.0, 2) % 360.0
     if angle == 0:
         return None

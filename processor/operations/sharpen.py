@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
-from processor.operations.base import Limits, Memo, Number, Operation, Param, Size, Values, finite
+from processor.operations.base import (
+    Memo,
+    Number,
+    Operation,
+    Param,
+    RequestLimits,
+    Size,
+    Values,
+    finite,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,7 +38,7 @@ class Sharpen:
         return image.filter(ImageFilter.UnsharpMask(radius=self.sigma, percent=150, threshold=2))
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     sigma = Number(0, MAX_SIGMA)
     return (Param("sharpen", sigma, "Unsharp-mask sigma in pixels.", field="sharpen.sigma"),)
 
@@ -38,7 +47,7 @@ def _request(values: Values) -> pb.Sharpen | None:
     return pb.Sharpen(sigma=values["sharpen"]) if "sharpen" in values else None
 
 
-def _parse(message: pb.Sharpen, limits: Limits) -> Sharpen | None:
+def _parse(message: pb.Sharpen, limits: RequestLimits) -> Sharpen | None:
     sigma = round(finite(message.sigma, "sharpen.sigma"), 2)
     if not 0 <= sigma <= MAX_SIGMA:
         raise invalid_argument("sharpen.sigma", f"must be between 0 and {MAX_SIGMA:g}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from imageservice.v1 import processor_service_pb2 as pb
 
 from common.errors import invalid_argument
-from processor.operations.base import Limits, Memo, Operation, Param, Pattern, Size, Values
+from processor.operations.base import Memo, Operation, Param, Pattern, RequestLimits, Size, Values
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,7 +71,7 @@ def _threshold(raw: str) -> pb.Trim | None:
     return pb.Trim(threshold=DEFAULT_THRESHOLD if raw in ("", "true") else int(raw))
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     value = Pattern(
         SHAPE,
         "flag, or 1 to 255",
@@ -95,7 +95,7 @@ def _request(values: Values) -> pb.Trim | None:
     return values.get("trim")
 
 
-def _parse(message: pb.Trim, limits: Limits) -> Trim:
+def _parse(message: pb.Trim, limits: RequestLimits) -> Trim:
     if not 0 <= message.threshold <= MAX_THRESHOLD:
         raise invalid_argument("trim.threshold", f"must be between 1 and {MAX_THRESHOLD}")
     return Trim(message.threshold or DEFAULT_THRESHOLD)

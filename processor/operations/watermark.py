@@ -25,12 +25,12 @@ from processor.operations.base import (
     IMAGE_ID,
     Choice,
     Integer,
-    Limits,
     Memo,
     Number,
     Operation,
     Param,
     Refusal,
+    RequestLimits,
     Size,
     Stored,
     Values,
@@ -120,7 +120,7 @@ class Watermark:
         return mark.crop((x0 - left, y0 - top, x1 - left, y1 - top)), (x0, y0)
 
 
-def _params(limits: Limits) -> tuple[Param, ...]:
+def _params(limits: RequestLimits) -> tuple[Param, ...]:
     offset = Integer(0, limits.max_output_dimension)
     fraction = Number(LEAST, 1)
     return (
@@ -183,7 +183,7 @@ def _request(values: Values) -> pb.Watermark | None:
     )
 
 
-def _conflict(values: Values, limits: Limits) -> Refusal | None:
+def _conflict(values: Values, limits: RequestLimits) -> Refusal | None:
     shaping = [name for name in SHAPING if name in values]
     if shaping and "wm" not in values:
         return shaping[0], "needs wm"
@@ -199,7 +199,7 @@ def _fraction(value: float, name: str) -> float:
     return value
 
 
-def _parse(message: pb.Watermark, limits: Limits) -> Watermark:
+def _parse(message: pb.Watermark, limits: RequestLimits) -> Watermark:
     try:
         image_id = parse_image_id(message.image_id)
     except ValueError:

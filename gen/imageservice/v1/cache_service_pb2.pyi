@@ -24,25 +24,21 @@ class PutImageHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORIGINAL_FILENAME_FIELD_NUMBER: _builtins.int
-    CLAIMED_MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     original_filename: _builtins.str
-    claimed_media_type: _builtins.str
-    """What the client claims; recorded nowhere, the service decides by decoding."""
     owner: _builtins.str
     visibility: _image_pb2.Visibility.ValueType
     def __init__(
         self,
         *,
         original_filename: _builtins.str = ...,
-        claimed_media_type: _builtins.str = ...,
         owner: _builtins.str = ...,
         visibility: _image_pb2.Visibility.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_media_type", b"claimed_media_type", "original_filename", b"original_filename", "owner", b"owner", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_filename", b"original_filename", "owner", b"owner", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
