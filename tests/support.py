@@ -138,8 +138,7 @@ class ServiceProcess:
     def log_entries(self) -> list[dict[str, object]]:
         """The log's JSON entries, including the lines of every call answered so far."""
         self._wait_for_call_lines()
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return json_entries(self.log_path.read_text(errors="replace"))
 
     def _wait_for_call_lines(self, timeout: float = 10.0) -> None:
         # A gRPC service logs a call after answering it, so a caller may read the log
@@ -202,6 +201,11 @@ def start_all(
 
 def channel(address: str, tls: Tls | None = None) -> grpc.Channel:
     return blocking_channel(address, tls)
+
+
+def json_entries(text: str) -> list[dict[str, object]]:
+    """The JSON lines of a log (other lines, such as a launcher's own, are skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def upload_requests(

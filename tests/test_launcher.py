@@ -23,7 +23,7 @@ import pytest
 from common import ports
 from launcher.plan import PORT_STRIDE, plan
 from launcher.reload import CodeWatcher
-from tests.support import ROOT, free_port, png_bytes
+from tests.support import ROOT, free_port, json_entries, png_bytes
 
 
 def launcher_env(data: Path) -> dict[str, str]:
@@ -198,7 +198,8 @@ def test_launcher_starts_everything_quietly_and_stops_cleanly(tmp_path: Path) ->
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     text = log.read_text()
-    assert text.count('"msg": "stopped"') == 2  # both gRPC services, gracefully
+    stopped = [e for e in json_entries(text) if e["msg"] == "stopped"]
+    assert len(stopped) == 2  # both gRPC services, gracefully
     assert "imageservice stopped" in text
     assert not (tmp_path / "data" / "launcher.pid").exists()
     with httpx.Client() as http, pytest.raises(httpx.TransportError):  # nothing answers
@@ -356,7 +357,8 @@ def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
     assert (
         f"processor-1 (pid {pids['processor-1']}) was killed by SIGKILL; restarting it in" in said
     )
-    assert said.count('"msg": "stopped"') == 3  # the cache and both processors, gracefully
+    stopped = [e for e in json_entries(said) if e["msg"] == "stopped"]
+    assert len(stopped) == 3  # the cache and both processors, gracefully
     assert "imageservice stopped" in said
 
 
