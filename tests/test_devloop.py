@@ -163,7 +163,7 @@ def engines_with(tmp_path: Path, commands: list[str]) -> tuple[int, str]:
     return result.returncode, record.read_text() if record.exists() else ""
 
 
-NEEDED = ["pg_isready", "psql", "redis-cli", "grep", "node", "npm"]
+NEEDED = ["pg_isready", "psql", "redis-cli", "grep", "node", "npm", "promtool"]
 
 
 def test_engines_that_answer_are_used_without_their_servers_installed(tmp_path: Path) -> None:
