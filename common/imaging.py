@@ -134,6 +134,10 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
         except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
             # Pillow reports damaged data through all of these; the text helps the caller.
             raise corrupt(f"the image data is corrupt: {exc}") from None
+        except KeyError as exc:
+            # A tag the data needs and lacks (a TIFF palette frame with no ColorMap, found
+            # by `make fuzz`): Pillow looks it up without asking first.
+            raise corrupt(f"the image data is corrupt: it lacks {exc}") from None
         except MemoryError:
             raise too_large("the image needs too much memory to decode") from None
         except RuntimeError as exc:

@@ -1,0 +1,38 @@
+"""What fuzzing found (`make fuzz`, tests/test_properties.py with HYPOTHESIS_PROFILE=fuzz),
+each made again here from the smallest input that shows it, in process."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from common.errors import Reason, ServiceError
+from common.imaging import SOURCE_FORMATS, Limits, inspect
+
+INSPECT_LIMITS = Limits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 500_000_000)
+
+
+def tiff(*frames: Image.Image) -> bytes:
+    out = io.BytesIO()
+    frames[0].save(out, "TIFF", save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
+# A TIFF directory entry of the ColorMap tag (320), little-endian, of SHORTs.
+COLORMAP_ENTRY = b"\x40\x01\x03\x00"
+
+
+def test_a_tiff_palette_frame_without_its_colour_map_is_corrupt() -> None:
+    """Pillow raised KeyError, an upload's 500, for a later frame in palette mode whose
+    ColorMap tag is missing. (A first frame so damaged was unidentified already; the
+    renderer reads a TIFF's first frame only.)"""
+    data = tiff(Image.new("RGB", (8, 8)), Image.new("P", (8, 8), 1))
+    assert data.count(COLORMAP_ENTRY) == 1
+    assert inspect(io.BytesIO(data), INSPECT_LIMITS).frames == 2  # whole, it is valid
+    damaged = data.replace(COLORMAP_ENTRY, b"\x41\x01\x03\x00")  # now tag 321, unknown
+    with pytest.raises(ServiceError) as refused:
+        inspect(io.BytesIO(damaged), INSPECT_LIMITS)
+    assert refused.value.reason == Reason.CORRUPT_IMAGE
+    assert "320" in refused.value.message
