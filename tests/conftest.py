@@ -1,16 +1,32 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
 from tests.engines import S3Server, postgres_database, redis_prefix, s3_server
 from tests.support import ServiceProcess, channel
+
+# Property tests (tests/test_properties.py): `ci`, the default, runs the same few hundred
+# examples on every run and keeps no database, so a run fails the same way each time it
+# fails; `fuzz` (HYPOTHESIS_PROFILE=fuzz, docs/testing.md) searches for minutes.
+settings.register_profile(
+    "ci", max_examples=150, derandomize=True, database=None, deadline=None, print_blob=True
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=5_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
