@@ -10,6 +10,9 @@ from PIL import Image
 
 from common.errors import Reason, ServiceError
 from common.imaging import SOURCE_FORMATS, Limits, inspect
+from gateway.params import Parameters
+from gateway.problems import HTTPProblem
+from processor import spec
 
 INSPECT_LIMITS = Limits(frozenset(SOURCE_FORMATS), 50_000_000, 1000, 500_000_000)
 
@@ -36,3 +39,13 @@ def test_a_tiff_palette_frame_without_its_colour_map_is_corrupt() -> None:
         inspect(io.BytesIO(damaged), INSPECT_LIMITS)
     assert refused.value.reason == Reason.CORRUPT_IMAGE
     assert "320" in refused.value.message
+
+
+def test_a_dpr_that_rounds_past_the_limit_in_float32_is_refused_by_the_gateway() -> None:
+    """2050 x 3.9963414634146344 is 8192.5 in double precision, which rounds to 8192 and
+    passed; the contract carries dpr as a float32, 8192.500007 there, which the
+    processor refused: a 400 from upstream for a query the gateway took."""
+    limits = spec.Limits(max_output_dimension=8192, max_blur_sigma=50.0)
+    with pytest.raises(HTTPProblem) as refused:
+        Parameters(limits).parse([("w", "2050"), ("dpr", "3.9963414634146344")], "")
+    assert refused.value.extensions["parameter"] == "w"

@@ -19,6 +19,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
+from imageservice.v1 import processor_service_pb2 as ppb
 
 from common.errors import ServiceError
 from gateway.params import Parameters
@@ -457,3 +458,23 @@ def test_a_spelling_the_properties_rely_on() -> None:
     assert key([("rotate", "-90")]) == key([("rotate", "270.00")])
     assert key([("w", "300")]) != key([("w", "301")])
     assert key([("blur", "2")]) != key([("blur", "2.01")])
+
+
+@given(st.integers(1, LIMITS.max_output_dimension), st.floats(-0.01, 0.01), st.booleans())
+def test_the_gateway_and_the_processor_agree_on_sides_times_dpr_at_the_limit(
+    side: int, off: float, width: bool
+) -> None:
+    """A dpr that puts w x dpr within a hair of the limit (half a pixel over it rounds
+    up): both refuse it or both take it."""
+    dpr = (LIMITS.max_output_dimension + 0.5 + off) / side
+    assume(1 <= dpr <= 4)
+    query = [("w" if width else "h", str(side)), ("dpr", repr(dpr))]
+    try:
+        wanted = PARAMETERS.parse(query, ACCEPT)
+    except HTTPProblem:
+        with pytest.raises(ServiceError):
+            asked = ppb.Resize(width=side if width else 0, height=0 if width else side, dpr=dpr)
+            spec.parse([ppb.Operation(resize=asked)], ppb.OutputOptions(), LIMITS)
+        return
+    assert wanted is not None
+    spec.parse(wanted.operations, wanted.output, LIMITS)
