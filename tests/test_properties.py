@@ -381,6 +381,8 @@ def test_the_canonical_form_parses_back_to_itself(parts: list[Part], chosen: st.
     again = written(wanted)
     note(f"{again=}")
     assert parsed(again) == wanted
+    # Equal Specs could still differ as text (1 and 1.0 are equal, and not as JSON).
+    assert parsed(again).canonical() == wanted.canonical()
 
 
 # Whatever the query, a 400 or a transformation the processor takes.
@@ -478,3 +480,33 @@ def test_the_gateway_and_the_processor_agree_on_sides_times_dpr_at_the_limit(
         return
     assert wanted is not None
     spec.parse(wanted.operations, wanted.output, LIMITS)
+
+
+@st.composite
+def accepts(draw: st.DrawFn) -> tuple[frozenset[str], str]:
+    """An Accept header naming some image formats with q above 0 and others with q=0 (or
+    with a wildcard, which names none), in any order, case and spacing."""
+    kinds = ["avif", "webp", "jxl", "png", "jpeg", "gif"]
+    wanted = frozenset(draw(st.lists(st.sampled_from(kinds), unique=True)))
+    others = [kind for kind in kinds if kind not in wanted]
+    refused = draw(st.lists(st.sampled_from(others), unique=True)) if others else []
+    items = [
+        f"image/{kind}" + draw(st.sampled_from(["", ";q=1", "; q=0.5", ";Q=1.0"]))
+        for kind in wanted
+    ]
+    items += [f"image/{kind};q=" + draw(st.sampled_from(["0", "0.0", "0.000"])) for kind in refused]
+    items += draw(st.lists(st.sampled_from(["*/*", "image/*", "text/html", "*/*;q=0.8"])))
+    items = [item.upper() if draw(st.booleans()) else item for item in items]
+    draw(st.randoms(use_true_random=False)).shuffle(items)
+    return wanted, draw(st.sampled_from([",", ", ", " ,  "])).join(items)
+
+
+@given(accepts(), st.sampled_from([[], [("w", "300")], [("frames", "first")]]))
+def test_every_spelling_of_an_accept_header_is_one_variant(
+    accept: tuple[frozenset[str], str], query: Query
+) -> None:
+    """format=auto: what Accept names, not how, picks the variant."""
+    named, spelled = accept
+    plain = ",".join(f"image/{kind}" for kind in sorted(named))
+    auto = [*query, ("format", "auto")]
+    assert key(auto, spelled) == key(auto, plain)
