@@ -14,11 +14,11 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from tests.engines import S3Server, postgres_database, redis_prefix, s3_server
 from tests.support import ServiceProcess, channel
 
-# Property tests (tests/test_properties.py): `ci`, the default, runs the same few hundred
+# Property tests (tests/test_properties.py): `ci`, the default, runs the same hundred
 # examples on every run and keeps no database, so a run fails the same way each time it
 # fails; `fuzz` (HYPOTHESIS_PROFILE=fuzz, docs/testing.md) searches for minutes.
 settings.register_profile(
-    "ci", max_examples=150, derandomize=True, database=None, deadline=None, print_blob=True
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None, print_blob=True
 )
 settings.register_profile(
     "fuzz",

@@ -13,8 +13,11 @@ on every run; HYPOTHESIS_PROFILE=fuzz runs thousands (docs/testing.md).
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, note
@@ -23,6 +26,7 @@ from imageservice.v1 import processor_service_pb2 as ppb
 
 from common.errors import ServiceError
 from gateway.params import Parameters
+from gateway.presets import load_presets
 from gateway.problems import HTTPProblem
 from processor import spec
 from processor.operations import (
@@ -510,3 +514,34 @@ def test_every_spelling_of_an_accept_header_is_one_variant(
     plain = ",".join(f"image/{kind}" for kind in sorted(named))
     auto = [*query, ("format", "auto")]
     assert key(auto, spelled) == key(auto, plain)
+
+
+def toml(name: str, raw: str) -> str:
+    """A query value as a presets file writes it: typed as OpenAPI types the parameter."""
+    kind = PARAMETERS._by_name[name].schema["type"]
+    if kind == "integer":
+        return str(int(raw))
+    if kind == "number":
+        return repr(float(raw))
+    if kind == "boolean":
+        return "true" if raw in ("", "true") else "false"
+    return json.dumps(raw)
+
+
+@given(transformations(), st.data())
+def test_a_preset_is_the_variant_of_its_parameters(
+    parts: list[Part], chosen: st.DataObject
+) -> None:
+    """?preset=NAME is the very request it stands for: its values, typed in TOML and
+    turned back into query text (gateway/presets.py), spell the same transformation."""
+    query = spelling(parts, chosen)
+    lines = ["[chosen]", *(f"{name} = {toml(name, raw)}" for name, raw in query)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "presets.toml"
+        path.write_text("\n".join(lines) + "\n")
+        presets = load_presets(str(path), PARAMETERS)
+    note("\n".join(lines))
+    wanted = presets.parse([("preset", "chosen")], PARAMETERS, ACCEPT)
+    assert wanted is not None
+    made = spec.parse(wanted.operations, wanted.output, LIMITS)
+    assert made.key(IMAGE_ID) == key(query)
