@@ -140,6 +140,13 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
             raise corrupt(f"the image data is corrupt: it lacks {exc}") from None
         except MemoryError:
             raise too_large("the image needs too much memory to decode") from None
+        except NotImplementedError as exc:
+            # A plugin meeting a variant of its format it cannot read (a DDS pixel format
+            # Pillow lacks, found by `make fuzz`), asked before the format is known to be
+            # one we take. Before RuntimeError, its base class.
+            raise ServiceError(
+                Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
+            ) from None
         except RuntimeError as exc:
             # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
             # labelled HEIC) this build does not carry. Anything else is our bug.

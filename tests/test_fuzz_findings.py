@@ -4,6 +4,7 @@ each made again here from the smallest input that shows it, in process."""
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from PIL import Image
@@ -39,6 +40,19 @@ def test_a_tiff_palette_frame_without_its_colour_map_is_corrupt() -> None:
         inspect(io.BytesIO(damaged), INSPECT_LIMITS)
     assert refused.value.reason == Reason.CORRUPT_IMAGE
     assert "320" in refused.value.message
+
+
+def test_a_dds_of_a_pixel_format_pillow_lacks_is_unsupported() -> None:
+    """Pillow's DDS plugin, asked about every upload that starts "DDS ", raised
+    NotImplementedError (a 500) for pixel format flags it does not know; the bytes are
+    an image of a kind we do not take."""
+    header = struct.pack("<I", 124) + bytes(120)  # flags, sizes and pixel format all 0
+    data = b"DDS " + header
+    for damaged in (data, data + bytes(64)):
+        with pytest.raises(ServiceError) as refused:
+            inspect(io.BytesIO(damaged), INSPECT_LIMITS)
+        assert refused.value.reason == Reason.UNSUPPORTED_MEDIA_TYPE
+        assert "pixel format" in refused.value.message
 
 
 def test_a_dpr_that_rounds_past_the_limit_in_float32_is_refused_by_the_gateway() -> None:
