@@ -3,7 +3,8 @@ parser and the processor's canonical form are plain functions).
 
 - Every spelling of one transformation is one variant key: parameter order, defaults
   given or left out, aliases (jpg, inside, fp:0.5,0.5), number formats (2, 2.0, 20e-1,
-  leading zeros), colour case, angles a turn apart, dpr folded into w and h.
+  leading zeros), colour case, angles a turn apart, dpr folded into w and h; a preset
+  of the same values; an Accept header naming the same formats.
 - The canonical form parses back to itself: a Spec written out as a query is that Spec.
 - The gateway accepts nothing the processor refuses, and refuses with a 400 only.
 
@@ -49,6 +50,7 @@ from processor.operations.base import WHITE, Choice, Flag, Pattern
 # The processor's defaults (processor/config.py), which the gateway reads too.
 LIMITS = spec.Limits(max_output_dimension=8192, max_blur_sigma=50.0)
 PARAMETERS = Parameters(LIMITS)
+BY_NAME = {param.name: param for param in PARAMETERS.table}
 IMAGE_ID = "k3W0UWh5Q3q2-7wF0bYb0x"
 ACCEPT = "image/avif,image/webp,*/*"
 
@@ -397,7 +399,7 @@ VALUES = st.text(st.sampled_from("0123456789.,-+eE:#abcfptruAF "), max_size=14) 
 
 
 def raw_values(param_name: str) -> st.SearchStrategy[str]:
-    value = PARAMETERS._by_name[param_name].value
+    value = BY_NAME[param_name].value
     if isinstance(value, Choice):
         return st.sampled_from(list(value.options)) | VALUES
     if isinstance(value, Pattern):
@@ -518,7 +520,7 @@ def test_every_spelling_of_an_accept_header_is_one_variant(
 
 def toml(name: str, raw: str) -> str:
     """A query value as a presets file writes it: typed as OpenAPI types the parameter."""
-    kind = PARAMETERS._by_name[name].schema["type"]
+    kind = BY_NAME[name].schema["type"]
     if kind == "integer":
         return str(int(raw))
     if kind == "number":
