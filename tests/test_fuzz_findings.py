@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common.errors import Reason, ServiceError
-from common.imaging import SOURCE_FORMATS, Limits, inspect
+from common.imaging import JXL_CONTAINER, SOURCE_FORMATS, Limits, inspect
 from gateway.params import Parameters
 from gateway.problems import HTTPProblem
 from processor import spec
@@ -53,6 +53,17 @@ def test_a_dds_of_a_pixel_format_pillow_lacks_is_unsupported() -> None:
             inspect(io.BytesIO(damaged), INSPECT_LIMITS)
         assert refused.value.reason == Reason.UNSUPPORTED_MEDIA_TYPE
         assert "pixel format" in refused.value.message
+
+
+def test_a_jpeg_xl_container_signature_off_by_a_byte_is_corrupt() -> None:
+    """The JPEG XL plugin takes any file with "JXL" at offset 4; libjxl then raised
+    RuntimeError for a signature not quite one (a 500), which was not recognised as the
+    plugin's."""
+    signature = bytearray(JXL_CONTAINER)
+    signature[10] = 0x3A  # \x87 in the real one
+    with pytest.raises(ServiceError) as refused:
+        inspect(io.BytesIO(bytes(signature) + bytes(64)), INSPECT_LIMITS)
+    assert refused.value.reason == Reason.CORRUPT_IMAGE
 
 
 def test_a_dpr_that_rounds_past_the_limit_in_float32_is_refused_by_the_gateway() -> None:
