@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed-dev
 # The locks both come from (`make lock`): every machine installs the same versions.
 RUNTIME_LOCK := requirements/runtime.txt
 DEV_LOCK := requirements/dev.txt
+FUZZ_STAMP := $(VENV)/.installed-fuzz
+FUZZ_SECONDS ?= 60
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock hooks engines examples protos check-protos docs lint fmt test bench run dev stop clean
+.PHONY: help install lock hooks engines examples protos check-protos docs lint fmt test fuzz bench run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,6 +77,14 @@ examples: engines  ## install the examples' own dependencies (examples/node: npm
 test: $(STAMP) engines examples  ## the whole test suite (against real PostgreSQL, Redis and a moto S3)
 	$(BIN)/pytest
 
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,fuzz]'
+	touch $@
+
+fuzz: $(FUZZ_STAMP)  ## atheris on upload validation, then on the query parser, FUZZ_SECONDS (60) each; not in CI (docs/testing.md)
+	$(BIN)/python -m fuzz uploads -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=3072
+	$(BIN)/python -m fuzz queries -max_total_time=$(FUZZ_SECONDS)
+
 bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run, charted into docs/bench (storage and volume need the engines)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(BIN)/python -m bench --charts docs/bench
@@ -89,4 +99,4 @@ stop:  ## stop what `make run` started (from another terminal; the same IMAGESVC
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m launcher stop; else echo "not running"; fi
 
 clean: stop  ## stop, then remove the venv, data and caches
-	rm -rf $(VENV) data examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-*
+	rm -rf $(VENV) data examples/node/node_modules .mypy_cache .ruff_cache .pytest_cache build *.egg-info .bench-* .fuzz .hypothesis

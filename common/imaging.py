@@ -122,7 +122,10 @@ def _from_plugin(fp: IO[bytes]) -> bool:
     """Whether fp holds HEIF or JPEG XL, whose plugins report bad data as RuntimeError."""
     fp.seek(0)
     head = fp.read(12)
-    return (head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS) or _is_jxl(head)
+    # The JPEG XL plugin also takes any file with "JXL" where a container's first box
+    # type goes (found by `make fuzz`): libjxl then refuses what is not a signature.
+    jxl = _is_jxl(head) or head[4:7] == b"JXL"
+    return (head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS) or jxl
 
 
 @contextmanager
@@ -152,8 +155,19 @@ def decoding_errors(fp: IO[bytes], max_pixels: int) -> Iterator[None]:
     except (OSError, SyntaxError, TypeError, IndexError, EOFError, struct.error) as exc:
         # Pillow reports damaged data through all of these; the text helps the caller.
         raise corrupt(f"the image data is corrupt: {exc}") from None
+    except KeyError as exc:
+        # A tag the data needs and lacks (a TIFF palette frame with no ColorMap, found
+        # by `make fuzz`): Pillow looks it up without asking first.
+        raise corrupt(f"the image data is corrupt: it lacks {exc}") from None
     except MemoryError:
         raise image_too_large("the image needs too much memory to decode") from None
+    except NotImplementedError as exc:
+        # A plugin meeting a variant of its format it cannot read (a DDS pixel format
+        # Pillow lacks, found by `make fuzz`), asked before the format is known to be
+        # one we take. Before RuntimeError, its base class.
+        raise ServiceError(
+            Reason.UNSUPPORTED_MEDIA_TYPE, f"this image's coding is not supported: {exc}"
+        ) from None
     except RuntimeError as exc:
         # libheif and libjxl: data they cannot decode, or a coding (AV1 in a file
         # labelled HEIC) this build does not carry. Anything else is our bug.

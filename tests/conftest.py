@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 
@@ -25,6 +28,20 @@ configure_pillow(
         settings.max_total_pixels(DEFAULTS),
     )
 )
+
+# Property tests (tests/test_properties.py): `ci`, the default, runs the same hundred
+# examples on every run and keeps no database, so a run fails the same way each time it
+# fails; `fuzz` (HYPOTHESIS_PROFILE=fuzz, docs/testing.md) searches for minutes.
+hypothesis_settings.register_profile(
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None, print_blob=True
+)
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=5_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

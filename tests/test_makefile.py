@@ -51,3 +51,15 @@ def test_the_developer_targets_add_the_dev_tools(target: str, tmp_path: Path) ->
     said = position(commands, "installing the development tools")
     dev = position(commands, DEV_LOCK)
     assert runtime < project < said < dev
+
+
+def test_make_fuzz_adds_atheris_and_the_suite_does_not(tmp_path: Path) -> None:
+    """atheris is the `fuzz` extra: `make fuzz` installs it, `make test` never needs it."""
+    fuzzing = planned("fuzz", tmp_path / "venv")
+    dev = position(fuzzing, DEV_LOCK)
+    extra = position(fuzzing, "pip install --quiet -e '.[dev,fuzz]'")
+    runs = position(fuzzing, "-m fuzz uploads -max_total_time=60")
+    assert dev < extra < runs
+    assert position(fuzzing, "-m fuzz queries -max_total_time=60") > runs
+    testing = planned("test", tmp_path / "venv")
+    assert not any(",fuzz]" in command or "-m fuzz" in command for command in testing)
