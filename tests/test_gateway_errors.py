@@ -19,13 +19,13 @@ from gateway.observability import Metrics, Observability
 from tests.support import (
     CORPUS,
     ServiceProcess,
+    animation,
     free_port,
     is_problem,
     open_image,
     png_bytes,
     start_all,
 )
-from tests.test_pipeline import animation
 
 KEY_ALICE = "alice-key-0123456789"
 KEY_BOB = "bob-key-0123456789ab"

@@ -13,29 +13,9 @@ from common.errors import Reason, ServiceError
 from processor import pipeline, spec
 from processor.operations import resize
 from processor.output import negotiate
-from tests.test_processor_ops import encode, marked
+from tests.support import LIMITS, SPEC_LIMITS, animation, encode, limits_of, marked, wanted
 
 Op = ppb.Operation
-
-
-def limits_of(max_pixels: int, max_output_dimension: int) -> pipeline.RenderLimits:
-    return pipeline.RenderLimits(
-        max_pixels, 1000, max_output_dimension, max_total_pixels=500_000_000
-    )
-
-
-LIMITS = limits_of(50_000_000, 8192)
-SPEC_LIMITS = spec.RequestLimits(max_output_dimension=8192, max_blur_sigma=50)
-
-
-def wanted(*ops: ppb.Operation, **output: object) -> spec.Spec:
-    return spec.parse(list(ops), ppb.OutputOptions(**output), SPEC_LIMITS)  # type: ignore[arg-type]
-
-
-def animation(size: tuple[int, int], frames: int) -> bytes:
-    """A GIF whose frames differ (each a different grey), so none is merged away."""
-    images = [Image.new("L", size, 20 * n % 256) for n in range(frames)]
-    return encode(images[0], "GIF", save_all=True, append_images=images[1:], duration=40)
 
 
 SIZES = [(300, 200), (200, 300), (97, 61), (1, 40)]

@@ -29,12 +29,12 @@ from tests.support import (
     channel,
     collect,
     failure,
+    get_variant,
     open_image,
     png_bytes,
     process_request,
     upload,
 )
-from tests.test_variants import get_variant
 
 Op = ppb.Operation
 
