@@ -373,6 +373,18 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
+def wait_for(
+    condition: Callable[[], object], what: str, timeout: float = 10.0, every: float = 0.02
+) -> None:
+    """Return once condition() holds; fail naming what if it does not within timeout
+    seconds. Waiting on the thing itself, not for a fixed while, keeps a test right on
+    a machine whose cores are busy: it only takes longer."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(every)
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (for a service that must come back on it)."""
     with socket.socket() as s:

@@ -34,6 +34,7 @@ from tests.support import (
     png_bytes,
     process_request,
     upload,
+    wait_for,
 )
 
 Op = ppb.Operation
@@ -118,11 +119,14 @@ def test_variant_keys_stay_the_same_across_releases() -> None:
 
 
 def test_a_hit_does_no_processing(
-    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
+    pstub: ppb_grpc.ProcessorServiceStub,
+    stub: pb_grpc.CacheServiceStub,
+    processor_server: ServiceProcess,
+    big_id: str,
 ) -> None:
     request = process_request(big_id, Op(resize=ppb.Resize(width=77)))
     meta, data = collect(pstub.Process(request))
-    time.sleep(0.2)  # the variant is stored just after the first answer
+    stored(stub, big_id, meta.key)  # just after the first answer
     before = len(processed_keys(processor_server))
     for _ in range(5):
         assert collect(pstub.Process(request)) == (meta, data)
@@ -186,8 +190,10 @@ def test_delete_purges_the_processors_variants(
 ) -> None:
     image_id = upload(stub, big_jpeg(1)).id
     for width in (50, 60, 70):
-        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width)))))
-    time.sleep(0.3)
+        meta, _ = collect(
+            pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width))))
+        )
+        stored(stub, image_id, meta.key)  # so the delete below has all three to purge
     lookups = len(variant_reads(cache_server))
     collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
     # Held in the processor's memory: the cache service was not even asked.
@@ -225,10 +231,11 @@ def test_every_call_is_logged_once_after_it_ends(
         failure(pstub.Process, bad, metadata=(("x-request-id", "log-bad"),))
         hang_up_mid_answer(pstub, big_png(big_id, 1700), "log-gone")
         # The hung-up call's line comes once the server has seen it go.
-        deadline = time.monotonic() + 5
-        while not any(e.get("request_id") == "log-gone" for e in rpc_lines(server)):
-            assert time.monotonic() < deadline, "the hung-up call was never logged"
-            time.sleep(0.02)
+        wait_for(
+            lambda: any(e.get("request_id") == "log-gone" for e in rpc_lines(server)),
+            "line for the hung-up call",
+            timeout=5,
+        )
     lines = {str(e["request_id"]): e for e in rpc_lines(server)}
     ends = [(lines[r]["code"], lines[r]["reason"]) for r in ("log-ok", "log-bad", "log-gone")]
     assert ends == [("OK", ""), ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), ("CANCELLED", "")]
@@ -457,7 +464,20 @@ def test_a_deleted_images_original_leaves_the_processors_memory(
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
         stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
-        time.sleep(0.3)  # the deletion reaches the processor through WatchDeletions
+        # The deletion reaches the processor through WatchDeletions, which drops the
+        # variant held in memory (with a hot cache) and the original with it; until then
+        # the variant is served from memory. Asked of the cache, it is gone: no render.
+        held = process_request(image_id, Op(resize=ppb.Resize(width=30)))
+
+        def gone() -> bool:
+            try:
+                collect(pstub.Process(held))
+            except grpc.RpcError as exc:
+                assert remote_error(exc).reason == Reason.IMAGE_NOT_FOUND
+                return True
+            return False
+
+        wait_for(gone, "deletion heard by the processor")
         request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
         assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
     assert len(processed_keys(server)) == 1

@@ -367,6 +367,7 @@ def test_the_set_is_fetched_again_after_its_lifespan(issuer: JwksServer) -> None
     tokens = Tokens(RemoteKeys(issuer.url, lifespan=0.2, cooldown=60))
     assert check(tokens, old.sign(claims())).owner == "alice"
     issuer.body = jwks(new)
+    # scenario: the cached set outlives its 0.2 s lifespan
     time.sleep(0.3)
     # Withdrawn at the issuer: refused once the cached set has expired, cooldown or not.
     assert refused(tokens, old.sign(claims())) == "the token names no key of the JWKS (kid)"

@@ -160,6 +160,7 @@ def test_leases_stay_within_their_limit_dropping_expired_then_oldest() -> None:
         assert leases.claim(IMAGE, "a", 60)
         assert leases.claim(IMAGE, "short", 0.01)
         assert leases.claim(IMAGE, "b", 60)
+        # scenario: the short lease runs out
         await asyncio.sleep(0.02)
         assert leases.claim(IMAGE, "c", 60)  # room made by the expired one, not the oldest
         assert len(leases) == 3 and not leases.claim(IMAGE, "a", 60)
