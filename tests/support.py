@@ -116,6 +116,9 @@ class ServiceProcess:
             "IMAGESVC_CACHE_LISTEN": "127.0.0.1:0",
             "IMAGESVC_PROCESSOR_LISTEN": "127.0.0.1:0",
             "IMAGESVC_GATEWAY_PORT": "0",
+            # Metrics on a port of their own, so tests can count with `metric`.
+            "IMAGESVC_CACHE_METRICS_PORT": "0",
+            "IMAGESVC_PROCESSOR_METRICS_PORT": "0",
             **self.env,
         }
         log = self.log_path.open("ab")
@@ -408,6 +411,20 @@ def scrape(server: ServiceProcess) -> Samples:
 def sample(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 when it is not exposed (a series not yet touched)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def metric(server: ServiceProcess, name: str, **labels: str) -> float:
+    """The sum of name's samples on server whose labels include labels (all codes of a
+    method, say), every call answered so far counted."""
+    # A call is counted as it ends, just before its line is logged: once the log holds
+    # a call made now, every call answered before it is counted too.
+    server._wait_for_call_lines()
+    wanted = labels.items()
+    return sum(
+        value
+        for (sample_name, sample_labels), value in scrape(server).items()
+        if sample_name == name and wanted <= dict(sample_labels).items()
+    )
 
 
 def is_problem(response: httpx.Response, status: int) -> dict[str, object]:

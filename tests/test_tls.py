@@ -25,6 +25,7 @@ from tests.support import (
     ROOT,
     ServiceProcess,
     launched,
+    metric,
     open_image,
     png_bytes,
     refused,
@@ -123,8 +124,9 @@ def test_the_http_flow_works_through_the_gateway(services: Services) -> None:
             assert variant.status_code == 200, variant.text
             assert open_image(variant.content).size == (width, width * 3 // 4)
     for processor in (services.processor, services.processor_2):
-        methods = {entry.get("method") for entry in processor.log_entries()}
-        assert "/imageservice.v1.ProcessorService/Process" in methods
+        calls = "imagesvc_grpc_server_handled_total"
+        process = {"service": "imageservice.v1.ProcessorService", "method": "Process"}
+        assert metric(processor, calls, **process, code="OK")
 
 
 def test_the_name_checked_can_be_another_than_the_address(services: Services, pki: Pki) -> None:
