@@ -170,10 +170,12 @@ class ServiceProcess:
                 metadata=((REQUEST_ID_KEY, marker.decode()),),
                 timeout=timeout,
             )
-        deadline = time.monotonic() + timeout
-        while marker not in self.log_path.read_bytes():
-            assert time.monotonic() < deadline, f"{self.module} never logged its health check"
-            time.sleep(0.01)
+        wait_for(
+            lambda: marker in self.log_path.read_bytes(),
+            f"health check in the {self.module} log",
+            timeout,
+            every=0.01,
+        )
 
     @property
     def pid(self) -> int:
