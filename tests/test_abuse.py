@@ -21,9 +21,15 @@ from common.env import ConfigError, Env
 from gateway import ratelimit
 from gateway.config import Settings
 from tests.engines import REDIS_URL, Cutoff
-from tests.support import ROOT, ServiceProcess, png_bytes
-from tests.test_compose import compose, merged
-from tests.test_launcher import launcher_env, refused
+from tests.support import (
+    ROOT,
+    ServiceProcess,
+    compose,
+    launcher_env,
+    merged,
+    png_bytes,
+    refused,
+)
 
 Stack = Callable[..., ServiceProcess]
 # Owners of this module's own: the session's cache is shared, and other tests count the

@@ -20,16 +20,19 @@ from imageservice.v1 import image_pb2
 from common.caller import OWN_SCOPES, SCOPES, Caller
 from common.env import ConfigError, Env
 from gateway.config import ApiKey, Settings
-from tests.support import ROOT, ServiceProcess, failure, is_problem, png_bytes, upload
-
-ALICE = "alice-key-0123456789"
-BOB = "bob-key-0123456789ab"
-OPS = "ops-key-0123456789abc"
-KEYS = f"alice:{ALICE},bob:{BOB},ops:{OPS}:admin"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.support import (
+    ALICE,
+    BOB,
+    KEYS,
+    OPS,
+    ROOT,
+    ServiceProcess,
+    bearer,
+    failure,
+    is_problem,
+    png_bytes,
+    upload,
+)
 
 
 def test_a_key_given_to_two_owners_stops_the_gateway(tmp_path: Path) -> None:

@@ -29,8 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.support import ServiceProcess, is_problem, png_bytes
-from tests.test_tokens import b64, forged
+from tests.support import ServiceProcess, b64, forged, is_problem, png_bytes
 
 KEY_A = "matrix-alice-key-0123456789"
 KEY_B = "matrix-bob-key-0123456789ab"

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import yaml
 
-from tests.support import ROOT, SHARED
+from tests.support import (
+    ROOT,
+    SHARED,
+    _plain,
+    compose,
+    merged,
+    overlay,
+    variables_read_by_the_code,
+)
 
 SPEC = SHARED / "compose-spec.json"
-SCALE = ROOT / "docker-compose.scale.yml"
 ENGINES = {"minio", "postgres", "redis"}
 # What the cache's engines read besides our own variables: the standard AWS ones (the
 # S3 endpoint and credentials) and libpq's password.
@@ -33,104 +37,6 @@ ENGINE_VARIABLES = {
     "AWS_REGION",
     "PGPASSWORD",
 }
-
-
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    return data
-
-
-@dataclass(frozen=True)
-class Override:
-    """A value tagged !override: it replaces the base file's instead of merging."""
-
-    value: Any
-
-
-@dataclass(frozen=True)
-class Reset:
-    """A value tagged !reset: the base file's is removed."""
-
-
-class _OverlayLoader(yaml.SafeLoader):
-    """YAML with Compose's merge tags."""
-
-
-_OverlayLoader.add_constructor(
-    "!override",
-    lambda loader, node: Override(
-        loader.construct_sequence(node, deep=True)
-        if isinstance(node, yaml.SequenceNode)
-        else loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    ),
-)
-_OverlayLoader.add_constructor("!reset", lambda loader, node: Reset())
-
-
-def _plain(value: Any) -> Any:
-    """value with its merge tags dropped, as the schema reads it."""
-    if isinstance(value, Override):
-        return _plain(value.value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not isinstance(v, Reset)}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def overlay() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.load(SCALE.read_text(), Loader=_OverlayLoader)
-    return data
-
-
-def _mount_target(volume: Any) -> Any:
-    if isinstance(volume, dict):
-        return volume["target"]
-    parts = str(volume).split(":")
-    return parts[1] if len(parts) > 1 else parts[0]
-
-
-def _merge(base: Any, over: Any, path: tuple[str, ...]) -> Any:
-    """Compose's merge of one file onto another (its specification's rules, for what
-    these files use): mappings merge, most sequences append, command, entrypoint and a
-    healthcheck's test are replaced, volumes are unique by target, and tags win."""
-    if isinstance(over, Override):
-        return _plain(over.value)
-    if isinstance(base, dict) and isinstance(over, dict):
-        merged = dict(base)
-        for key, value in over.items():
-            if isinstance(value, Reset):
-                merged.pop(key, None)
-            elif key in base:
-                merged[key] = _merge(base[key], value, (*path, key))
-            else:
-                merged[key] = _plain(value)
-        return merged
-    if isinstance(base, list) and isinstance(over, list):
-        if path[-1] in ("command", "entrypoint") or path[-2:] == ("healthcheck", "test"):
-            return _plain(over)
-        if len(path) == 3 and path[0] == "services" and path[2] == "volumes":
-            replaced = {_mount_target(v) for v in over}
-            return [v for v in base if _mount_target(v) not in replaced] + _plain(over)
-        return base + _plain(over)
-    return _plain(over)
-
-
-def merged() -> dict[str, Any]:
-    """What `docker compose -f docker-compose.yml -f docker-compose.scale.yml` runs."""
-    result: dict[str, Any] = _merge(compose(), overlay(), ())
-    return result
-
-
-def variables_read_by_the_code() -> set[str]:
-    names: set[str] = set()
-    # env.text("NAME", ...) and the like, grpcclient's addresses(env, "NAME", ...) and
-    # metrics' metrics_port(env, "NAME").
-    pattern = re.compile(r'(?:env\.\w+\(|(?:addresses|metrics_port)\(env,)\s*"([A-Z_]+)"')
-    # Each service's config.py, and the readers they share in common/ (TLS).
-    for config in [*ROOT.glob("*/config.py"), *ROOT.glob("common/*.py")]:
-        names |= {f"IMAGESVC_{m}" for m in pattern.findall(config.read_text())}
-    return names
 
 
 def test_compose_file_is_valid_against_the_specification() -> None:

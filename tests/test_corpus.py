@@ -11,14 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
-from cache.config import DEFAULT_FORMATS
-from common.errors import Reason
 from tests.support import (
     CORPUS,
     CorpusFile,
     ServiceProcess,
     corpus,
     download,
+    expected_reasons,
     failure,
     native_messages,
     png_bytes,
@@ -34,20 +33,6 @@ REFUSED = [f for f in FILES if f.expected != "valid"]
 
 def stored_files(data_dir: Path) -> set[Path]:
     return {p for p in (data_dir / "blobs").rglob("*") if p.is_file()}
-
-
-def expected_reasons(f: CorpusFile) -> set[str]:
-    """What a refusal may say, from the manifest; the service itself decides by decoding."""
-    if f.format not in ("-", *DEFAULT_FORMATS):
-        return {Reason.UNSUPPORTED_MEDIA_TYPE}
-    reasons = {
-        "corrupt": {Reason.CORRUPT_IMAGE},
-        "bomb": {Reason.IMAGE_TOO_LARGE},
-        "unsupported": {Reason.UNSUPPORTED_MEDIA_TYPE},
-    }[f.expected]
-    if "DISAGREES" in f.note:
-        reasons = reasons | {Reason.CORRUPT_IMAGE}
-    return {str(r) for r in reasons}
 
 
 @pytest.mark.parametrize("f", VALID, ids=lambda f: f.name)

@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,15 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
 from cache.service import STALE_SECONDS
-from tests.support import ServiceProcess, channel, download, png_bytes, sha256, upload_requests
+from tests.support import (
+    ServiceProcess,
+    channel,
+    download,
+    png_bytes,
+    sha256,
+    upload_requests,
+    wait_for,
+)
 
 
 def all_images(stub: pb_grpc.CacheServiceStub) -> list[str]:
@@ -33,13 +41,6 @@ def age_leftovers(data_dir: Path, seconds: float = STALE_SECONDS + 60) -> None:
     for staged in (data_dir / "blobs" / "tmp").iterdir():
         stat = staged.stat()
         os.utime(staged, (stat.st_atime - seconds, stat.st_mtime - seconds))
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
@@ -66,9 +67,7 @@ def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
     threads = [threading.Thread(target=uploader) for _ in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len(acknowledged) < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: len(acknowledged) >= 12, "12 acknowledged uploads", timeout=30, every=0.01)
     assert server.proc is not None
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
@@ -92,8 +91,11 @@ def test_sigkill_mid_upload_loses_no_acknowledged_image(tmp_path: Path) -> None:
                 assert sha256(data) == meta.sha256 and meta.sha256 in sent_shas
         # Recovery runs in the background: whatever the crash left goes soon after.
         blobs_dir = server.data_dir / "blobs"
-        eventually(lambda: not list((blobs_dir / "tmp").iterdir()))
-        eventually(lambda: {p.name for p in blobs_dir.glob("??/??/*")} == set(listed))
+        wait_for(lambda: not list((blobs_dir / "tmp").iterdir()), "an empty staging folder")
+        wait_for(
+            lambda: {p.name for p in blobs_dir.glob("??/??/*")} == set(listed),
+            "exactly the listed blobs",
+        )
     finally:
         server.terminate()
 
@@ -142,7 +144,10 @@ def test_recovery_finishes_only_unfinished_intents(tmp_path: Path) -> None:
 
     server.start()
     try:
-        eventually(lambda: not paths[crashed_put].exists() and not old_staged.exists())
+        wait_for(
+            lambda: not paths[crashed_put].exists() and not old_staged.exists(),
+            "the crashed put's files swept",
+        )
         assert not paths[crashed_delete].exists()
         assert paths[fresh_put].exists() and new_staged.exists()
         with contextlib.closing(sqlite3.connect(variants_db)) as db:

@@ -17,7 +17,7 @@ from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
 from tests.engines import REDIS_URL, Cutoff, S3Server, postgres_database, redis_prefix
-from tests.support import ServiceProcess, channel, is_problem, png_bytes, start_all
+from tests.support import ServiceProcess, channel, is_problem, png_bytes, start_all, wait_for
 
 
 @dataclass
@@ -68,11 +68,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[St
                 cutoff.close()
 
 
-def eventually(check: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "did not recover in time"
-        time.sleep(0.1)
+def eventually(check: Callable[[], object], what: str = "recovery") -> None:
+    wait_for(check, what, timeout=15, every=0.1)
 
 
 def unavailable(response: httpx.Response) -> None:
@@ -131,7 +128,7 @@ def test_redis_down_is_only_misses(stack: Stack) -> None:
     image_id = stack.upload(20).json()["id"]
     doomed = stack.upload(21).json()["id"]
     assert stack.http.get(f"/images/{doomed}?w=5").status_code == 200
-    eventually(lambda: stored_variants(stack.prefix, doomed) == 1)
+    eventually(lambda: stored_variants(stack.prefix, doomed) == 1, "its variant in Redis")
     stack.redis.cut()
     try:
         for width in (11, 12, 11):
@@ -142,20 +139,21 @@ def test_redis_down_is_only_misses(stack: Stack) -> None:
         assert stack.http.get(f"/images/{doomed}?w=5").status_code == 404
     finally:
         stack.redis.restore()
-    # Its variant is still in Redis until recovery comes round: never served.
+    # Its variant is still in Redis until recovery comes round: never served, while the
+    # cache skips Redis (for 1 s after a failure) nor once it uses Redis again.
     assert stored_variants(stack.prefix, doomed) == 1
-    time.sleep(1.5)  # Redis is used again (the cache skips it for 1 s after a failure)
-    assert stack.http.get(f"/images/{doomed}?w=5").status_code == 404
     before = len(variant_keys(stack.prefix))
     widths = iter(range(13, 1000))
 
     def stored_again() -> bool:
-        # A new variant each time: Redis is used again once it is seen to answer.
+        assert stack.http.get(f"/images/{doomed}?w=5").status_code == 404
+        # A new variant each time: Redis is used again once it is seen to answer (the
+        # processor stores what it made after answering, so a poll sees the one before).
         assert stack.http.get(f"/images/{image_id}?w={next(widths)}").status_code == 200
-        time.sleep(0.2)  # the processor stores what it made after answering
         return len(variant_keys(stack.prefix)) > before
 
-    eventually(stored_again)
+    wait_for(stored_again, "a variant stored in Redis again", timeout=15, every=0.2)
+    assert stack.http.get(f"/images/{doomed}?w=5").status_code == 404
 
 
 def test_deletions_are_followed_again_after_postgresql_comes_back(
@@ -195,7 +193,7 @@ def test_deletions_are_followed_again_after_postgresql_comes_back(
     try:
         eventually(deleted_elsewhere_is_gone_here)  # the gateway watches (after the tests above)
         stack.postgres.cut()
-        time.sleep(0.5)
+        time.sleep(0.5)  # scenario: an outage of half a second
         stack.postgres.restore()
         eventually(lambda: stack.upload(next(seeds)).status_code == 201)
         eventually(deleted_elsewhere_is_gone_here)

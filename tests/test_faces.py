@@ -11,11 +11,8 @@ import pytest
 from PIL import Image
 
 from processor import faces, windows
-from tests.support import CORPUS
+from tests.support import ASTRONAUT, STILL_LIFE, inside
 
-ASTRONAUT = CORPUS / "faces" / "astronaut.png"
-# A still life (a mirror, leaves, berries on stone): a real photograph with no one in it.
-STILL_LIFE = CORPUS / "pillow" / "xmp_test.jpg"
 # Where Eileen Collins' face is in the 512x512 portrait, judged by eye: between the hair
 # line and the chin, left of the picture's middle.
 FACE_CENTRE = (224, 115)
@@ -25,16 +22,6 @@ FACE_CENTRE = (224, 115)
 def astronaut() -> Image.Image:
     with Image.open(ASTRONAUT) as image:
         return image.convert("RGB")
-
-
-def inside(face: faces.Box, corner: tuple[int, int], box: tuple[int, int]) -> bool:
-    x, y, w, h = face
-    return (
-        corner[0] <= x
-        and corner[1] <= y
-        and x + w <= corner[0] + box[0]
-        and y + h <= corner[1] + box[1]
-    )
 
 
 def test_find_faces_finds_the_astronauts_face(astronaut: Image.Image) -> None:

@@ -20,9 +20,16 @@ from gateway.problems import HTTPProblem
 from processor import output as outputs
 from processor import pipeline, spec
 from processor.config import Settings as ProcessorSettings
-from tests.support import CORPUS, ServiceProcess, is_problem
-from tests.test_pipeline import LIMITS, wanted
-from tests.test_processor_ops import corner, encode, marked
+from tests.support import (
+    CORPUS,
+    LIMITS,
+    ServiceProcess,
+    corner,
+    encode,
+    is_problem,
+    marked,
+    wanted,
+)
 
 Op = ppb.Operation
 IPHONE = CORPUS / "metadata-extractor-images" / "apple-iphone-11-pro_display-p3.heic"

@@ -19,13 +19,14 @@ from gateway.observability import Metrics, Observability
 from tests.support import (
     CORPUS,
     ServiceProcess,
+    animation,
     free_port,
     is_problem,
     open_image,
     png_bytes,
     start_all,
+    wait_for,
 )
-from tests.test_pipeline import animation
 
 KEY_ALICE = "alice-key-0123456789"
 KEY_BOB = "bob-key-0123456789ab"
@@ -267,10 +268,12 @@ def test_503_while_a_service_is_down_then_recovery(
         assert client.get("/readyz").status_code == 503
         assert client.get(f"/images/{image_id}").status_code == 200  # originals still served
         processor.start()
-        deadline = time.monotonic() + 15
-        while client.get(f"/images/{image_id}?w=22").status_code != 200:
-            assert time.monotonic() < deadline, "the gateway did not recover"
-            time.sleep(0.2)
+        wait_for(
+            lambda: client.get(f"/images/{image_id}?w=22").status_code == 200,
+            "recovery of the gateway",
+            timeout=15,
+            every=0.2,
+        )
         assert client.get("/readyz").status_code == 200
     processor.kill()
 
@@ -286,11 +289,13 @@ def test_cache_service_down_then_back(stack: Callable[..., ServiceProcess], tmp_
             assert client.get(f"/images/{image_id}").status_code == 200
             assert client.get(f"/images/{image_id}").status_code == 200  # now held in memory
             cache.kill()
-            deadline = time.monotonic() + 5
             # With the deletion watch broken, nothing held may be served: 503, not stale bytes.
-            while client.get(f"/images/{image_id}").status_code != 503:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for(
+                lambda: client.get(f"/images/{image_id}").status_code == 503,
+                "503 for what the gateway held",
+                timeout=5,
+                every=0.05,
+            )
             down = client.get(f"/images/{image_id}")
             assert is_problem(down, 503) and "retry-after" in down.headers
             is_problem(
@@ -300,10 +305,12 @@ def test_cache_service_down_then_back(stack: Callable[..., ServiceProcess], tmp_
                 503,
             )
             cache.start()
-            deadline = time.monotonic() + 15
-            while client.get(f"/images/{image_id}").status_code != 200:
-                assert time.monotonic() < deadline, "the gateway did not recover"
-                time.sleep(0.2)
+            wait_for(
+                lambda: client.get(f"/images/{image_id}").status_code == 200,
+                "recovery of the gateway",
+                timeout=15,
+                every=0.2,
+            )
     finally:
         for server in (gateway, processor, cache):
             server.kill()
@@ -328,18 +335,23 @@ def test_services_started_before_their_cache_wait_for_it_quietly(tmp_path: Path)
             assert client.get("/readyz").json()["services"]["cache"] == "UNAVAILABLE"
             is_problem(client.get(f"/images/{'A' * 22}?w=5"), 503)
             cache.start()
-            deadline = time.monotonic() + 60
-            while client.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "the gateway never found its cache"
-                time.sleep(0.1)
+            wait_for(
+                lambda: client.get("/readyz").status_code == 200,
+                "cache found by the gateway",
+                timeout=60,
+                every=0.1,
+            )
             image_id = client.post(
                 "/images", content=png_bytes(20, 20), headers={"Content-Type": "image/png"}
             ).json()["id"]
             # The gateway has found its cache; the processor behind it may still be
             # waiting to try again (at most 2 s): 503s until then.
-            while client.get(f"/images/{image_id}?w=5").status_code != 200:
-                assert time.monotonic() < deadline, "the processor never found its cache"
-                time.sleep(0.1)
+            wait_for(
+                lambda: client.get(f"/images/{image_id}?w=5").status_code == 200,
+                "cache found by the processor",
+                timeout=60,
+                every=0.1,
+            )
     finally:
         for server in (gateway, processor, cache):
             if server.running:

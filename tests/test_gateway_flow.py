@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
-from tests.support import CORPUS, ServiceProcess, png_bytes, sha256, start_all
+from tests.support import CORPUS, ServiceProcess, png_bytes, sha256, start_all, wait_for
 
 JPEG = (CORPUS / "exif-orientation" / "Landscape_3.jpg").read_bytes()
 
@@ -205,10 +204,12 @@ def test_a_delete_elsewhere_reaches_the_gateway(http: httpx.Client, stub: object
     assert http.get(path).headers["x-cache"] == "HIT"
     assert http.get(f"/images/{image_id}").status_code == 200
     stub.DeleteImage(pb.DeleteImageRequest(id=image_id))  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 2
-    while http.get(path).status_code != 404:
-        assert time.monotonic() < deadline, "the gateway kept serving a deleted image"
-        time.sleep(0.01)
+    wait_for(
+        lambda: http.get(path).status_code == 404,
+        "404 for a deleted image's variant",
+        timeout=2,
+        every=0.01,
+    )
     assert http.get(f"/images/{image_id}").status_code == 404
 
 

@@ -20,9 +20,17 @@ from gateway.params import Parameters, RequestLimits
 from gateway.problems import HTTPProblem
 from processor import faces, parameters, pipeline, smartcrop, spec, windows
 from processor.operations.resize import FOCAL_POINT, Resize
-from tests.support import ROOT, ServiceProcess, is_problem
-from tests.test_faces import ASTRONAUT, STILL_LIFE, inside
-from tests.test_processor_ops import corner, encode, marked
+from tests.support import (
+    ASTRONAUT,
+    ROOT,
+    STILL_LIFE,
+    ServiceProcess,
+    corner,
+    encode,
+    inside,
+    is_problem,
+    marked,
+)
 
 Op = ppb.Operation
 LIMITS = pipeline.RenderLimits(50_000_000, 1000, 8192, max_total_pixels=500_000_000)

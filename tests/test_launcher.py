@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,92 +23,18 @@ import pytest
 from common import ports
 from launcher.plan import PORT_STRIDE, plan
 from launcher.reload import CodeWatcher
-from tests.support import ROOT, free_port, json_entries, png_bytes
-
-
-def launcher_env(data: Path) -> dict[str, str]:
-    """The environment of a launcher on free loopback ports, keeping its data in data."""
-    gateway, cache, processor = free_port(), free_port(), free_port()
-    return {
-        **os.environ,
-        "IMAGESVC_DATA_DIR": str(data),
-        "IMAGESVC_GATEWAY_PORT": str(gateway),
-        "IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{cache}",
-        "IMAGESVC_CACHE_ADDRESS": f"127.0.0.1:{cache}",
-        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
-        "IMAGESVC_PROCESSOR_ADDRESSES": f"127.0.0.1:{processor}",
-    }
-
-
-def free_replica_port(replicas: int) -> int:
-    """A port free on loopback, as are those of its replicas' (PORT_STRIDE apart)."""
-    while True:
-        port = free_port()
-        try:
-            for i in range(1, replicas):
-                ports.bind("127.0.0.1", port + PORT_STRIDE * i).close()
-        except OSError:
-            continue
-        return port
-
-
-def replicas_env(data: Path, replicas: int) -> dict[str, str]:
-    """The environment of a launcher whose services have up to `replicas` replicas each,
-    on free loopback ports, keeping its data in data; the services find each other."""
-    gateway, cache, processor = (free_replica_port(replicas) for _ in range(3))
-    return {
-        **os.environ,
-        "IMAGESVC_DATA_DIR": str(data),
-        "IMAGESVC_GATEWAY_PORT": str(gateway),
-        "IMAGESVC_CACHE_LISTEN": f"127.0.0.1:{cache}",
-        "IMAGESVC_PROCESSOR_LISTEN": f"127.0.0.1:{processor}",
-    }
-
-
-@contextmanager
-def launched(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m launcher` with env (and args), its output (and its services') in log;
-    stopped at the end if still running (a failed test leaves no services behind)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", *args], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in children_of(proc.pid).values():
-                    os.kill(pid, signal.SIGKILL)
-                proc.kill()
-                proc.wait()
-
-
-def refused(env: dict[str, str], *args: str) -> tuple[int, list[str]]:
-    """Run `python -m launcher *args` to its end (one that refuses to start): its exit
-    code, and the lines it printed on stdout and stderr."""
-    result = subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    return result.returncode, (result.stdout + result.stderr).decode().strip().splitlines()
-
-
-def wait_for(
-    condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path
-) -> None:
-    """Poll condition while the launcher runs; fail if it exits or 120 s pass first."""
-    deadline = time.monotonic() + 120
-    while not condition():
-        assert proc.poll() is None, f"the launcher exited before {what}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"no {what} after 120 s:\n{log.read_text()}"
-        time.sleep(0.1)
+from tests.support import (
+    ROOT,
+    children_of,
+    free_replica_port,
+    json_entries,
+    launched,
+    launcher_env,
+    png_bytes,
+    refused,
+    replicas_env,
+    wait_for_launcher,
+)
 
 
 def started(log: Path) -> dict[str, int]:
@@ -132,20 +58,6 @@ def environ_of(pid: int) -> dict[str, str]:
 def rpc_pids(log: Path, method: str) -> set[object]:
     """The pids of the processes that served calls to gRPC methods containing method."""
     return {e["pid"] for e in entries(log) if e["msg"] == "rpc" and method in str(e.get("method"))}
-
-
-def children_of(pid: int) -> dict[str, int]:
-    """The live `python -m SERVICE` children of process pid, by service (from /proc)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == pid and b"-m" in argv[:-1]:
-            found[argv[argv.index(b"-m") + 1].decode()] = int(stat.parent.name)
-    return found
 
 
 class _Healthy(BaseHTTPRequestHandler):
@@ -180,7 +92,7 @@ def test_launcher_starts_everything_quietly_and_stops_cleanly(tmp_path: Path) ->
     log = tmp_path / "run.log"
     url = f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}"
     with launched(env, log) as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         assert f"imageservice is up: {url}".encode() in log.read_bytes()
         assert (tmp_path / "data" / "launcher.pid").read_text() == str(proc.pid)
         with httpx.Client(base_url=url) as http:
@@ -227,7 +139,7 @@ def test_a_crashed_service_is_restarted_while_the_others_keep_serving(tmp_path: 
     env = launcher_env(tmp_path / "data")
     log = tmp_path / "run.log"
     with launched(env, log) as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         url = f"http://127.0.0.1:{env['IMAGESVC_GATEWAY_PORT']}"
         with httpx.Client(base_url=url, timeout=30) as http:
             png = png_bytes(16, 16, seed=12)
@@ -240,7 +152,7 @@ def test_a_crashed_service_is_restarted_while_the_others_keep_serving(tmp_path: 
             os.kill(before["processor"], signal.SIGKILL)
             # Originals need no processor: the gateway and the cache keep serving them.
             assert http.get(f"/images/{image_id}").content == png
-            wait_for(
+            wait_for_launcher(
                 lambda: (
                     children_of(proc.pid).get("processor", before["processor"])
                     != before["processor"]
@@ -250,7 +162,7 @@ def test_a_crashed_service_is_restarted_while_the_others_keep_serving(tmp_path: 
                 log,
             )
             # A variant never asked for, so the new processor makes it.
-            wait_for(
+            wait_for_launcher(
                 lambda: http.get(f"/images/{image_id}?w=5").status_code == 200,
                 "a variant from the new processor",
                 proc,
@@ -284,7 +196,7 @@ def test_make_stop_finds_what_make_run_started_with_the_same_settings(tmp_path: 
     env = launcher_env(data)
     log = tmp_path / "run.log"
     with launched(env, log) as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         stop = subprocess.run(
             ["make", "-s", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
         )
@@ -309,7 +221,7 @@ def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
     processor = int(env["IMAGESVC_PROCESSOR_LISTEN"].rpartition(":")[2])
     urls = [f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{gateway + PORT_STRIDE}"]
     with launched(env, log, "--processor", "2", "--gateway", "2") as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         assert f"imageservice is up: {urls[0]}, {urls[1]}  (Ctrl-C stops it)" in log.read_text()
         pids = started(log)
         assert list(pids) == ["cache", "processor-1", "processor-2", "gateway-1", "gateway-2"]
@@ -334,7 +246,7 @@ def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
             for width in range(10, 18):  # new variants, so each is rendered by a processor
                 assert (one if width % 2 else two).get(f"{location}?w={width}").status_code == 200
             processors = {pids["processor-1"], pids["processor-2"]}
-            wait_for(
+            wait_for_launcher(
                 lambda: rpc_pids(log, "ProcessorService/") == processors,
                 "renders on both processors",
                 proc,
@@ -345,7 +257,7 @@ def test_processor_and_gateway_replicas_share_the_work(tmp_path: Path) -> None:
             os.kill(pids["processor-1"], signal.SIGKILL)
             for width in range(20, 28):
                 assert (one if width % 2 else two).get(f"{location}?w={width}").status_code == 200
-            wait_for(
+            wait_for_launcher(
                 lambda: started(log)["processor-1"] != pids["processor-1"],
                 "a new processor-1",
                 proc,
@@ -470,7 +382,7 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
     gateway = int(env["IMAGESVC_GATEWAY_PORT"])
     urls = [f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{gateway + PORT_STRIDE}"]
     with launched(env, log, "--cache", "2", "--processor", "2", "--gateway", "2") as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         pids = started(log)
         assert set(pids) == {
             *(f"{service}-{i}" for service in ("cache", "processor", "gateway") for i in (1, 2))
@@ -496,7 +408,7 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
                 assert two.get(f"{location}?w=16").status_code == 200
                 assert one.get(f"{location}?w=16").status_code == 200
             caches = {pids["cache-1"], pids["cache-2"]}
-            wait_for(
+            wait_for_launcher(
                 lambda: (
                     rpc_pids(log, "CacheService/PutImage") | rpc_pids(log, "CacheService/GetImage")
                     == caches
@@ -509,7 +421,7 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
             # once: the other gateway's hot cache held it, and heard of the delete.
             deleted, *kept = images
             assert two.delete(deleted).status_code == 204
-            wait_for(
+            wait_for_launcher(
                 lambda: (
                     one.get(deleted).status_code == 404
                     and one.get(f"{deleted}?w=16").status_code == 404
@@ -525,7 +437,9 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
                 assert two.get(location).content == images[location]
                 assert one.get(f"{location}?w=12").status_code == 200
                 assert two.get(f"{location}?w=11").status_code == 200
-            wait_for(lambda: started(log)["cache-1"] != pids["cache-1"], "a new cache-1", proc, log)
+            wait_for_launcher(
+                lambda: started(log)["cache-1"] != pids["cache-1"], "a new cache-1", proc, log
+            )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     assert "imageservice stopped" in log.read_text()

@@ -276,6 +276,7 @@ def test_closing_the_store_ends_its_deletions(engine: Engine) -> None:
         store = await engine.open()
         deletions = store.deletions()
         waiting = asyncio.ensure_future(anext(deletions))
+        # scenario: a waiter (most often) already waiting as the store closes; either way it ends
         await asyncio.sleep(0.05)
         await store.close()
         with pytest.raises(StopAsyncIteration):
@@ -374,6 +375,7 @@ def test_a_lost_source_cuts_consumers_off_and_refuses_new_ones_until_it_is_back(
         fanout = DeletionFanout(live=True)
         before = fanout.subscribe()
         waiting = asyncio.ensure_future(anext(before))
+        # scenario: one turn of the loop, so the consumer is waiting as the source is lost
         await asyncio.sleep(0)
         fanout.lost()
         with pytest.raises(DeletionsMissed):

@@ -13,29 +13,19 @@ from common.errors import Reason, ServiceError
 from processor import pipeline, spec
 from processor.operations import resize
 from processor.output import negotiate
-from tests.test_processor_ops import encode, marked
+from tests.support import (
+    LIMITS,
+    SPEC_LIMITS,
+    animation,
+    corner,
+    encode,
+    limits_of,
+    marked,
+    open_image,
+    wanted,
+)
 
 Op = ppb.Operation
-
-
-def limits_of(max_pixels: int, max_output_dimension: int) -> pipeline.RenderLimits:
-    return pipeline.RenderLimits(
-        max_pixels, 1000, max_output_dimension, max_total_pixels=500_000_000
-    )
-
-
-LIMITS = limits_of(50_000_000, 8192)
-SPEC_LIMITS = spec.RequestLimits(max_output_dimension=8192, max_blur_sigma=50)
-
-
-def wanted(*ops: ppb.Operation, **output: object) -> spec.Spec:
-    return spec.parse(list(ops), ppb.OutputOptions(**output), SPEC_LIMITS)  # type: ignore[arg-type]
-
-
-def animation(size: tuple[int, int], frames: int) -> bytes:
-    """A GIF whose frames differ (each a different grey), so none is merged away."""
-    images = [Image.new("L", size, 20 * n % 256) for n in range(frames)]
-    return encode(images[0], "GIF", save_all=True, append_images=images[1:], duration=40)
 
 
 SIZES = [(300, 200), (200, 300), (97, 61), (1, 40)]
@@ -300,3 +290,58 @@ def test_only_a_letterbox_key_carries_a_background() -> None:
     ).key("I" * 22) == wanted(Op(resize=ppb.Resize(width=10, height=10, fit=ppb.FIT_PAD))).key(
         "I" * 22
     )
+
+
+def rendered(source: bytes, *ops: Op, **output: object) -> tuple[pipeline.Rendered, Image.Image]:
+    """source rendered in this process, and the result decoded."""
+    result = pipeline.render(io.BytesIO(source), wanted(*ops, **output), LIMITS)
+    return result, open_image(result.data)
+
+
+@pytest.mark.parametrize(
+    ("op", "where", "size"),
+    [
+        (Op(rotate=ppb.Rotate(angle=90)), "tr", (200, 300)),
+        (Op(rotate=ppb.Rotate(angle=180)), "br", (300, 200)),
+        (Op(rotate=ppb.Rotate(angle=-90)), "bl", (200, 300)),
+        (Op(flip=ppb.Flip()), "bl", (300, 200)),
+        (Op(flop=ppb.Flop()), "tr", (300, 200)),
+        (Op(resize=ppb.Resize(width=150)), "tl", (150, 100)),
+    ],
+)
+def test_a_render_in_memory_moves_the_mark(op: Op, where: str, size: tuple[int, int]) -> None:
+    result, image = rendered(encode(marked()), op, format=ppb.OUTPUT_FORMAT_PNG)
+    assert (result.width, result.height) == image.size == size
+    assert corner(image) == where
+
+
+def test_a_crop_takes_the_rectangle_asked_for() -> None:
+    # The red mark is the top-left 60x40 of the grey 300x200: a crop inside it is all red.
+    _, red = rendered(encode(marked()), Op(crop=ppb.Crop(left=5, top=5, width=40, height=30)))
+    assert red.size == (40, 30)
+    assert red.convert("RGB").getcolors() == [(40 * 30, (255, 0, 0))]
+    _, grey = rendered(encode(marked()), Op(crop=ppb.Crop(left=100, top=100, width=10, height=10)))
+    assert grey.convert("RGB").getcolors() == [(100, (128, 128, 128))]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pillow", "media_type"),
+    [
+        (ppb.OUTPUT_FORMAT_PNG, "PNG", "image/png"),
+        (ppb.OUTPUT_FORMAT_JPEG, "JPEG", "image/jpeg"),
+        (ppb.OUTPUT_FORMAT_WEBP, "WEBP", "image/webp"),
+        (ppb.OUTPUT_FORMAT_GIF, "GIF", "image/gif"),
+    ],
+)
+def test_a_render_is_encoded_in_the_format_asked_for(
+    fmt: int, pillow: str, media_type: str
+) -> None:
+    result, image = rendered(encode(marked()), Op(resize=ppb.Resize(width=30)), format=fmt)
+    assert (image.format, result.media_type) == (pillow, media_type)
+    assert image.size == (30, 20)
+
+
+def test_grayscale_leaves_no_colour() -> None:
+    _, image = rendered(encode(marked()), Op(grayscale=ppb.Grayscale()))
+    assert image.mode == "L"
+    assert len(image.getcolors() or []) == 2  # the mark and the grey, each a shade of grey

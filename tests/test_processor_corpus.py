@@ -17,15 +17,17 @@ from tests.support import (
     ServiceProcess,
     bytes_requests,
     collect,
+    corner,
     corpus,
+    encode,
+    expected_reasons,
     failure,
+    marked,
     native_messages,
     open_image,
     process_request,
     upload,
 )
-from tests.test_corpus import expected_reasons
-from tests.test_processor_ops import corner, encode, marked
 
 FILES = corpus()
 VALID = [f for f in FILES if f.expected == "valid"]

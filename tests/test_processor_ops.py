@@ -12,15 +12,18 @@ from imageservice.v1 import processor_service_pb2_grpc as ppb_grpc
 from PIL import Image, ImageCms, ImageDraw, ImageStat
 
 from common.errors import Reason
-from tests.support import collect, failure, open_image, process_request, upload
+from tests.support import (
+    collect,
+    corner,
+    encode,
+    failure,
+    marked,
+    open_image,
+    process_request,
+    upload,
+)
 
 Op = ppb.Operation
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
 
 
 def halves(size: tuple[int, int] = (400, 200)) -> Image.Image:
@@ -28,23 +31,6 @@ def halves(size: tuple[int, int] = (400, 200)) -> Image.Image:
     image = Image.new("RGB", size, (0, 0, 255))
     image.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
     return image
-
-
-def marked(size: tuple[int, int] = (300, 200)) -> Image.Image:
-    """Grey with a red block in the top-left corner."""
-    image = Image.new("RGB", size, (128, 128, 128))
-    image.paste((255, 0, 0), (0, 0, size[0] // 5, size[1] // 5))
-    return image
-
-
-def corner(image: Image.Image) -> str:
-    """Which corner holds the red mark: tl, tr, bl or br."""
-    rgb = image.convert("RGB")
-    w, h = rgb.size
-    points = {"tl": (2, 2), "tr": (w - 3, 2), "bl": (2, h - 3), "br": (w - 3, h - 3)}
-    reds = [name for name, xy in points.items() if rgb.getpixel(xy)[0] > 200]  # type: ignore[index]
-    assert len(reds) == 1, reds
-    return reds[0]
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,14 @@ from tests.support import (
     channel,
     collect,
     failure,
+    get_variant,
+    metric,
     open_image,
     png_bytes,
     process_request,
     upload,
+    wait_for,
 )
-from tests.test_variants import get_variant
 
 Op = ppb.Operation
 
@@ -62,6 +64,31 @@ def cache_calls(cache_server: ServiceProcess, method: str) -> list[dict[str, obj
 
 def variant_reads(cache_server: ServiceProcess) -> list[dict[str, object]]:
     return cache_calls(cache_server, "GetVariant")
+
+
+def gone(pstub: ppb_grpc.ProcessorServiceStub, request: ppb.ProcessRequest) -> bool:
+    """Whether the processor answers request IMAGE_NOT_FOUND (rather than the variant)."""
+    try:
+        collect(pstub.Process(request))
+    except grpc.RpcError as exc:
+        assert remote_error(exc).reason == Reason.IMAGE_NOT_FOUND
+        return True
+    return False
+
+
+def renders(server: ServiceProcess) -> float:
+    """How many renders the processor has made, of any format."""
+    return metric(server, "imagesvc_processor_render_seconds_count")
+
+
+def variant_lookups(cache_server: ServiceProcess) -> float:
+    """How many GetVariant calls the cache service has answered, however they ended."""
+    return metric(
+        cache_server,
+        "imagesvc_grpc_server_handled_total",
+        service="imageservice.v1.CacheService",
+        method="GetVariant",
+    )
 
 
 def test_permuted_spellings_share_one_variant(
@@ -118,15 +145,18 @@ def test_variant_keys_stay_the_same_across_releases() -> None:
 
 
 def test_a_hit_does_no_processing(
-    pstub: ppb_grpc.ProcessorServiceStub, processor_server: ServiceProcess, big_id: str
+    pstub: ppb_grpc.ProcessorServiceStub,
+    stub: pb_grpc.CacheServiceStub,
+    processor_server: ServiceProcess,
+    big_id: str,
 ) -> None:
     request = process_request(big_id, Op(resize=ppb.Resize(width=77)))
     meta, data = collect(pstub.Process(request))
-    time.sleep(0.2)  # the variant is stored just after the first answer
-    before = len(processed_keys(processor_server))
+    stored(stub, big_id, meta.key)  # just after the first answer
+    before = renders(processor_server)
     for _ in range(5):
         assert collect(pstub.Process(request)) == (meta, data)
-    assert len(processed_keys(processor_server)) == before
+    assert renders(processor_server) == before
 
 
 @pytest.mark.parametrize("bound", ["deadline", "render_timeout"])
@@ -186,22 +216,18 @@ def test_delete_purges_the_processors_variants(
 ) -> None:
     image_id = upload(stub, big_jpeg(1)).id
     for width in (50, 60, 70):
-        collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width)))))
-    time.sleep(0.3)
-    lookups = len(variant_reads(cache_server))
+        meta, _ = collect(
+            pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=width))))
+        )
+        stored(stub, image_id, meta.key)  # so the delete below has all three to purge
+    lookups = variant_lookups(cache_server)
     collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
     # Held in the processor's memory: the cache service was not even asked.
-    assert len(variant_reads(cache_server)) == lookups
+    assert variant_lookups(cache_server) == lookups
     assert stub.DeleteImage(pb.DeleteImageRequest(id=image_id)).purged_variants == 3
-    deadline = time.monotonic() + 2  # the processor hears of the delete through WatchDeletions
-    while True:
-        try:
-            collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=50)))))
-        except grpc.RpcError as exc:
-            assert remote_error(exc).reason == Reason.IMAGE_NOT_FOUND
-            break
-        assert time.monotonic() < deadline, "a deleted image's variant is still served"
-        time.sleep(0.01)
+    # The processor hears of the delete through WatchDeletions.
+    request = process_request(image_id, Op(resize=ppb.Resize(width=50)))
+    wait_for(lambda: gone(pstub, request), "refusal of a deleted image's variant", 2, 0.01)
 
 
 def test_request_id_reaches_the_cache_logs(
@@ -225,10 +251,11 @@ def test_every_call_is_logged_once_after_it_ends(
         failure(pstub.Process, bad, metadata=(("x-request-id", "log-bad"),))
         hang_up_mid_answer(pstub, big_png(big_id, 1700), "log-gone")
         # The hung-up call's line comes once the server has seen it go.
-        deadline = time.monotonic() + 5
-        while not any(e.get("request_id") == "log-gone" for e in rpc_lines(server)):
-            assert time.monotonic() < deadline, "the hung-up call was never logged"
-            time.sleep(0.02)
+        wait_for(
+            lambda: any(e.get("request_id") == "log-gone" for e in rpc_lines(server)),
+            "line for the hung-up call",
+            timeout=5,
+        )
     lines = {str(e["request_id"]): e for e in rpc_lines(server)}
     ends = [(lines[r]["code"], lines[r]["reason"]) for r in ("log-ok", "log-bad", "log-gone")]
     assert ends == [("OK", ""), ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), ("CANCELLED", "")]
@@ -392,8 +419,8 @@ def test_a_variant_another_processor_made_is_answered_from_the_cache(
         rid = (("x-request-id", "made-elsewhere"),)
         (answer,) = pstub.Process(request, metadata=rid)
     assert answer.cache_hit and (answer.variant, answer.chunk) == (made_meta, made_data)
+    assert renders(other) == 1  # width 58's alone
     assert other.terminate() == 0
-    assert processed_keys(other).count(made_meta.key) == 0
     lookups = cache_calls(cache_server, "GetVariant")
     assert [e.get("request_id") for e in lookups].count("made-elsewhere") == 1
 
@@ -457,10 +484,14 @@ def test_a_deleted_images_original_leaves_the_processors_memory(
         pstub = ppb_grpc.ProcessorServiceStub(ch)
         collect(pstub.Process(process_request(image_id, Op(resize=ppb.Resize(width=30)))))
         stub.DeleteImage(pb.DeleteImageRequest(id=image_id))
-        time.sleep(0.3)  # the deletion reaches the processor through WatchDeletions
+        # The deletion reaches the processor through WatchDeletions, which drops the
+        # variant held in memory (with a hot cache) and the original with it; until then
+        # the variant is served from memory. Asked of the cache, it is gone: no render.
+        held = process_request(image_id, Op(resize=ppb.Resize(width=30)))
+        wait_for(lambda: gone(pstub, held), "deletion heard by the processor")
         request = process_request(image_id, Op(resize=ppb.Resize(width=31)))
         assert failure(pstub.Process, request).reason == Reason.IMAGE_NOT_FOUND
-    assert len(processed_keys(server)) == 1
+    assert renders(server) == 1
 
 
 def test_concurrent_misses_are_all_stored(

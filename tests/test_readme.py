@@ -15,8 +15,7 @@ from common.env import Env
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.params import Parameters, RequestLimits
-from tests.support import ROOT, ServiceProcess, open_image, png_bytes
-from tests.test_compose import variables_read_by_the_code
+from tests.support import ROOT, ServiceProcess, open_image, png_bytes, variables_read_by_the_code
 
 HTTP = ROOT / "docs" / "http.md"
 GRPC = ROOT / "docs" / "grpc.md"

@@ -298,6 +298,7 @@ def test_an_expired_signature_is_refused_even_from_memory(grant_http: httpx.Clie
     url = f"{path}?{sign(path, [('w', '5')], NEW, soon)}"
     for _ in range(2):  # the second from the gateway's memory
         assert grant_http.get(url).status_code == 200
+    # scenario: the signature's expiry passes
     time.sleep(max(0.0, soon - time.time()) + 0.1)
     body = is_problem(grant_http.get(url), 403)
     assert (body["reason"], body["type"]) == ("SIGNATURE_EXPIRED", "/problems/signature-expired")

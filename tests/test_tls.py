@@ -21,8 +21,17 @@ from common.env import ConfigError, Env
 from common.grpcclient import addresses, blocking_channel
 from common.tls import Tls
 from tests.certs import Authority, Issued
-from tests.support import ROOT, ServiceProcess, open_image, png_bytes
-from tests.test_launcher import launched, refused, replicas_env, wait_for
+from tests.support import (
+    ROOT,
+    ServiceProcess,
+    launched,
+    metric,
+    open_image,
+    png_bytes,
+    refused,
+    replicas_env,
+    wait_for_launcher,
+)
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,9 @@ def test_the_http_flow_works_through_the_gateway(services: Services) -> None:
             assert variant.status_code == 200, variant.text
             assert open_image(variant.content).size == (width, width * 3 // 4)
     for processor in (services.processor, services.processor_2):
-        methods = {entry.get("method") for entry in processor.log_entries()}
-        assert "/imageservice.v1.ProcessorService/Process" in methods
+        calls = "imagesvc_grpc_server_handled_total"
+        process = {"service": "imageservice.v1.ProcessorService", "method": "Process"}
+        assert metric(processor, calls, **process, code="OK")
 
 
 def test_the_name_checked_can_be_another_than_the_address(services: Services, pki: Pki) -> None:
@@ -260,7 +270,7 @@ def test_the_launcher_runs_replicas_over_tls(pki: Pki, tmp_path: Path) -> None:
     # Up means every replica answered the launcher's health check, which needs the
     # certificate; the gateway reaches both processors, listed by IP.
     with launched(env, log, "--processor", "2") as proc:
-        wait_for(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
+        wait_for_launcher(lambda: b"imageservice is up" in log.read_bytes(), "a start", proc, log)
         with httpx.Client(base_url=url, timeout=30) as http:
             png = png_bytes(64, 48, seed=31)
             created = http.post("/images", content=png, headers={"Content-Type": "image/png"})

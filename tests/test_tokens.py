@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import threading
@@ -34,6 +31,7 @@ from gateway.tokens import (
     Tokens,
     parse_jwks,
 )
+from tests.support import b64, forged
 
 SECRET = "s" * 32
 ISSUER = "https://idp.example"
@@ -80,19 +78,6 @@ def jwks(*signers: Signer) -> str:
 def claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
     return {"sub": "alice", "exp": now + 300, "scope": "images:read", **extra}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forged(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
-    """A token made by hand, as an attacker would: HMAC-signed with key, or unsigned."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if key is None:
-        return signing_input + "."
-    mac = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(mac)}"
 
 
 def check(tokens: Tokens, token: str) -> Caller:
@@ -382,6 +367,7 @@ def test_the_set_is_fetched_again_after_its_lifespan(issuer: JwksServer) -> None
     tokens = Tokens(RemoteKeys(issuer.url, lifespan=0.2, cooldown=60))
     assert check(tokens, old.sign(claims())).owner == "alice"
     issuer.body = jwks(new)
+    # scenario: the cached set outlives its 0.2 s lifespan
     time.sleep(0.3)
     # Withdrawn at the issuer: refused once the cached set has expired, cooldown or not.
     assert refused(tokens, old.sign(claims())) == "the token names no key of the JWKS (kid)"

@@ -160,6 +160,7 @@ def test_a_lease_is_held_until_it_expires(engine: Engine) -> None:
         assert not await cache.claim(image, "k", 0.3)
         assert await cache.claim(image, "other", 0.3)  # leases are per key ...
         assert await cache.claim(new_id(), "k", 0.3)  # ... and per image
+        # scenario: the 0.3 s leases run out
         await asyncio.sleep(0.35)
         assert await cache.claim(image, "k", 30)
         assert not await cache.claim(image, "k", 30)
@@ -307,6 +308,7 @@ def test_a_redis_that_does_not_answer_costs_one_timeout_then_is_skipped() -> Non
             with pytest.raises(StorageUnavailable, match="Redis"):
                 await timed(cache.purge(image), 0.1)
             assert await timed(cache.get(image, "k"), 0.1) is None
+            # scenario: the second for which the cache skips Redis passes
             await asyncio.sleep(1.0)
             start = time.monotonic()  # then it is tried again
             with pytest.raises(StorageUnavailable, match="Redis"):
@@ -332,6 +334,7 @@ def test_a_redis_cache_recovers_by_itself_when_redis_returns(redis_key_prefix: s
             with pytest.raises(StorageUnavailable):
                 await cache.purge(image)
             relay.restore()
+            # scenario: the 0.2 s for which the cache skips Redis passes
             await asyncio.sleep(0.25)
             assert await cache.claim(image, "k", 30)
             assert not await cache.claim(image, "k", 30)  # a real lease again
@@ -339,8 +342,10 @@ def test_a_redis_cache_recovers_by_itself_when_redis_returns(redis_key_prefix: s
             assert await cache.get(image, "k") == stored
             relay.cut()  # and away again: its pooled connection is broken
             assert await timed(cache.get(image, "k"), 1.5) is None
+            # scenario: Redis stays away a while
             await asyncio.sleep(0.25)
             relay.restore()
+            # scenario: the 0.2 s for which the cache skips Redis passes
             await asyncio.sleep(0.25)
             assert await cache.get(image, "k") == stored
             assert await cache.purge(image) == 1

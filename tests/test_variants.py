@@ -17,7 +17,7 @@ from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 from cache.variants import Variant, VariantRecord
 from cache.variants.local import DiskLRU, Leases, MemoryLRU, TieredVariantCache
 from common.errors import Reason
-from tests.support import ServiceProcess, channel, failure, png_bytes, upload
+from tests.support import ServiceProcess, channel, failure, get_variant, png_bytes, upload
 
 IMAGE = "I" * 22
 
@@ -160,6 +160,7 @@ def test_leases_stay_within_their_limit_dropping_expired_then_oldest() -> None:
         assert leases.claim(IMAGE, "a", 60)
         assert leases.claim(IMAGE, "short", 0.01)
         assert leases.claim(IMAGE, "b", 60)
+        # scenario: the short lease runs out
         await asyncio.sleep(0.02)
         assert leases.claim(IMAGE, "c", 60)  # room made by the expired one, not the oldest
         assert len(leases) == 3 and not leases.claim(IMAGE, "a", 60)
@@ -184,24 +185,6 @@ def put_variant(
 
     response: pb.PutVariantResponse = stub.PutVariant(requests(), timeout=30)
     return response
-
-
-def get_variant(stub: pb_grpc.CacheServiceStub, image_id: str, key: str) -> bytes | None:
-    """The variant's bytes; None for a miss, or for an image that is gone."""
-    body = bytearray()
-    try:
-        for message in stub.GetVariant(pb.GetVariantRequest(image_id=image_id, key=key)):
-            kind = message.WhichOneof("payload")
-            if kind == "miss":
-                return None
-            if kind == "variant":
-                assert message.variant.key == key
-            else:
-                body += message.chunk
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.NOT_FOUND
-        return None
-    return bytes(body)
 
 
 @pytest.fixture

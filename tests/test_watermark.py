@@ -18,10 +18,22 @@ from PIL import Image, ImageSequence
 
 from common.errors import Reason, ServiceError
 from processor import pipeline
-from tests.support import ServiceProcess, collect, failure, is_problem, process_request, upload
-from tests.test_access import ALICE, BOB, KEYS, OPS, bearer
-from tests.test_pipeline import LIMITS, wanted
-from tests.test_processor_ops import encode
+from tests.support import (
+    ALICE,
+    BOB,
+    KEYS,
+    LIMITS,
+    OPS,
+    ServiceProcess,
+    bearer,
+    collect,
+    encode,
+    failure,
+    is_problem,
+    process_request,
+    upload,
+    wanted,
+)
 
 Op = ppb.Operation
 MARK = "M" * 22  # the mark's id in process: any id will do
