@@ -282,7 +282,7 @@ def document(
                             **image_json,
                             "headers": {"Location": {"schema": {"type": "string"}}},
                         },
-                        **_errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504),
+                        **_errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504, 507),
                     },
                 },
                 "get": {
