@@ -171,12 +171,15 @@ class ServiceProcess:
 
 
 def start_all(
-    root: Path, cache_env: dict[str, str] | None = None, gateway_env: dict[str, str] | None = None
+    root: Path,
+    cache_env: dict[str, str] | None = None,
+    gateway_env: dict[str, str] | None = None,
+    processor_env: dict[str, str] | None = None,
 ) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
     """A cache, a processor and a gateway of their own, their data under root."""
     cache = ServiceProcess("cache", root / "c", cache_env).start()
     processor = ServiceProcess(
-        "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address}
+        "processor", root / "p", {"IMAGESVC_CACHE_ADDRESS": cache.address, **(processor_env or {})}
     ).start()
     upstreams = {
         "IMAGESVC_CACHE_ADDRESS": cache.address,
