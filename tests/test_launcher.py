@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from common import ports
-from launcher.plan import PORT_STRIDE
+from launcher.allocator import ALLOCATORS, CHOSEN
+from launcher.plan import PORT_STRIDE, plan
 from tests.support import ROOT, free_port, png_bytes
 
 
@@ -506,3 +507,16 @@ def test_cache_replicas_on_postgresql_share_images_and_deletes(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     assert "imageservice stopped" in log.read_text()
+
+
+def test_every_service_runs_with_the_chosen_allocator_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    counts = {"cache": 1, "processor": 2, "gateway": 1}
+    environ = {"IMAGESVC_DATA_DIR": str(tmp_path)}
+    chosen = ALLOCATORS[CHOSEN]
+    assert chosen  # a setting, not glibc's defaults
+    for replica in plan(environ, counts):
+        assert chosen.items() <= replica.env.items(), replica.name
+    mine = {**environ, "MALLOC_ARENA_MAX": "8"}
+    assert {r.env.get("MALLOC_ARENA_MAX") for r in plan(mine, counts)} == {"8"}
