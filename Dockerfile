@@ -1,7 +1,9 @@
 # One image for all three services; docker-compose.yml picks the command.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 IMAGESVC_DATA_DIR=/data
+# Two malloc arenas per process: the least memory of the allocators `make soak` compared
+# (docs/performance.md); launcher/allocator.py gives `make run` the same.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 IMAGESVC_DATA_DIR=/data MALLOC_ARENA_MAX=2
 WORKDIR /app
 
 # The runtime dependencies first, at the locked versions (`make lock`), so code changes

@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 PROTO_FILES := $(wildcard protos/imageservice/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock hooks engines examples protos check-protos docs lint fmt test fuzz bench run dev stop clean
+.PHONY: help install lock hooks engines examples protos check-protos docs lint fmt test fuzz bench soak run dev stop clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,6 +88,9 @@ fuzz: $(FUZZ_STAMP)  ## atheris on upload validation, then on the query parser, 
 bench: $(STAMP) engines  ## benchmarks, printed as ratios to a baseline measured in the same run, charted into docs/bench (storage and volume need the engines)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || true
 	$(BIN)/python -m bench --charts docs/bench
+
+soak: $(STAMP)  ## 20k mixed requests at 32 at a time (SOAK_REQUESTS to change); fails on a 5xx or a service whose memory grows (not in CI; a few minutes)
+	$(BIN)/python -m bench.soak
 
 run: $(RUNTIME)  ## start cache, processor and gateway on embedded defaults (data in ./data); Ctrl-C stops all
 	$(BIN)/python -m launcher

@@ -31,7 +31,7 @@ from cache.metadata import (
 )
 from cache.metrics import CacheMetrics
 from cache.placeholders import Placeholders, placeholders
-from cache.storage import StorageUnavailable
+from cache.storage import StorageFull, StorageUnavailable, is_full
 from cache.variants import Variant, VariantCache, VariantRecord, valid_key
 from common.caller import caller_from, can_read
 from common.errors import Reason, ServiceError, invalid_argument
@@ -269,9 +269,16 @@ class CacheService(pb_grpc.CacheServiceServicer):
             # leave a blob without metadata or metadata without a blob.
             await asyncio.shield(self._store(temp, record, info))
             return pb.PutImageResponse(image=image_proto(record))
+        except OSError as exc:
+            if is_full(exc):  # staging the bytes found no room
+                raise StorageFull("staging", str(exc)) from exc
+            raise
         finally:
             if out is not None:
-                out.close()
+                # Closing flushes what is buffered, which fails again on a full disk;
+                # the file is closed all the same, and removed below.
+                with contextlib.suppress(OSError):
+                    out.close()
             if temp is not None:
                 temp.unlink(missing_ok=True)
 
@@ -291,9 +298,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
         """The intent, the blob, then the record: a crash anywhere leaves an intent that
         recovery finishes (see `recover`), never a record without its blob."""
         await self.metadata.intend(record.id, time.time_ns())
-        await self.blobs.put(record.id, staged)
         try:
+            await self.blobs.put(record.id, staged)
             await self.metadata.insert(record)
+        except StorageFull:
+            # No room for the blob or for its record: nothing of the upload may stay.
+            # Should even the intent's removal find no room, recovery removes the rest.
+            with contextlib.suppress(StorageFull, StorageUnavailable):
+                await self._forget(record.id)
+            raise
         except IntentLost:
             # Swept as stale while the blob was written: recovery may have run before
             # the blob was there, so it is ours to remove.

@@ -68,11 +68,16 @@ def addresses(env: Env, name: str, default: str) -> tuple[str, ...]:
 
 
 def service_config(service: str, idempotent: Sequence[str]) -> str:
-    """Round-robin over every address of the target, and retries on UNAVAILABLE for the
-    named (idempotent) methods only."""
+    """Round-robin over every address of the target that says it is SERVING, and retries
+    on UNAVAILABLE for the named (idempotent) methods only."""
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
+            # Each connection watches its server's health (grpc.health.v1 Watch): a replica
+            # that goes NOT_SERVING, as one does the moment it is told to stop, leaves the
+            # rotation while its calls in flight finish, and rejoins once SERVING again.
+            # A call that still meets it stopping fails UNAVAILABLE and is retried below.
+            "healthCheckConfig": {"serviceName": ""},
             "methodConfig": [
                 {
                     "name": [{"service": service, "method": m} for m in idempotent],

@@ -540,7 +540,7 @@ class Images(HTTPEndpoint):
                         **openapi.IMAGE_JSON,
                         "headers": {"Location": {"schema": {"type": "string"}}},
                     },
-                    **openapi.errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504),
+                    **openapi.errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504, 507),
                 },
             },
             "get": {

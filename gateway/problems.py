@@ -73,6 +73,8 @@ _BY_REASON: dict[str, tuple[int, str, str]] = {
     Reason.IMAGE_NOT_FOUND: (404, "Not found", "not-found"),
     Reason.PERMISSION_DENIED: (403, "Forbidden", "forbidden"),
     Reason.OVERLOADED: (503, "Service overloaded", "overloaded"),
+    # 507, not 503: no retry helps until an operator makes room.
+    Reason.INSUFFICIENT_STORAGE: (507, "Insufficient storage", "insufficient-storage"),
     Reason.UPSTREAM_UNAVAILABLE: (503, "Service unavailable", "unavailable"),
     Reason.DEADLINE_EXCEEDED: (504, "Processing timed out", "timeout"),
 }
@@ -93,6 +95,7 @@ _SERVER_DETAILS = {
     502: "a service answered in a way the gateway did not expect",
     503: "a service is unavailable or overloaded",
     504: "a service took longer than allowed",
+    507: "there is no room left to store it",
 }
 # The processor names request fields; callers of the gateway know query parameters.
 QUERY_NAMES = parameters.query_names() | {

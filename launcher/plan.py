@@ -13,6 +13,7 @@ from cache.config import data_dir
 from common import ports
 from common.env import ConfigError, Env
 from gateway.config import Settings as GatewaySettings
+from launcher import allocator
 from processor.config import Settings as ProcessorSettings
 
 SERVICES = ("cache", "processor", "gateway")  # start order; stop in reverse
@@ -123,7 +124,7 @@ def plan(environ: dict[str, str], counts: dict[str, int]) -> list[Replica]:
     base = data_dir(Env(environ))
     # Absolute, so the services (which run in the checkout) and `stop` (run from
     # anywhere) read the same folder.
-    common = {**environ, "IMAGESVC_DATA_DIR": str(base)}
+    common = {**allocator.defaults(environ), **environ, "IMAGESVC_DATA_DIR": str(base)}
     if counts["cache"] > 1:
         _check_cache_replicas(common, counts["cache"])
         # One machine: every replica's blobs in the one folder a single cache would use

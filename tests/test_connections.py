@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from imageservice.v1 import cache_service_pb2 as pb
 from imageservice.v1 import cache_service_pb2_grpc as pb_grpc
 
@@ -208,3 +209,47 @@ def test_a_watch_cut_by_a_finite_grace_reconnects_promptly() -> None:
     assert gaps and emptied >= len(gaps)
     assert max(gaps) < 1.0, gaps
     assert set(forgotten) == {"gone"}
+
+
+def test_calls_go_round_the_replicas_that_say_they_are_serving() -> None:
+    async def test() -> None:
+        servers = []
+        for _ in range(2):
+            server, health = create_server()
+            port = server.add_insecure_port("127.0.0.1:0")
+
+            async def answer(
+                request: bytes, context: grpc.aio.ServicerContext[Any, Any], port: int = port
+            ) -> bytes:
+                return str(port).encode()
+
+            method = grpc.unary_unary_rpc_method_handler(answer)
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler("test.Which", {"Port": method}),)
+            )
+            await server.start()
+            servers.append((server, health, port))
+        (_, draining, left), (_, serving, right) = servers
+        await draining.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await serving.set("", health_pb2.HealthCheckResponse.SERVING)
+        channel = open_channel(
+            target([f"127.0.0.1:{left}", f"127.0.0.1:{right}"]), "test.Which", [], None
+        )
+        which = channel.unary_unary("/test.Which/Port", None, None)
+        try:
+            # Up but draining (as a replica told to stop is, while its calls finish):
+            # left out of the rotation.
+            assert {await which(b"", timeout=5) for _ in range(20)} == {str(right).encode()}
+            # Serving again: back in it.
+            await draining.set("", health_pb2.HealthCheckResponse.SERVING)
+            answered: set[bytes] = set()
+            deadline = time.monotonic() + 5
+            while len(answered) < 2 and time.monotonic() < deadline:
+                answered.add(await which(b"", timeout=5))
+            assert answered == {str(left).encode(), str(right).encode()}
+        finally:
+            await channel.close(None)
+            for server, _, _ in servers:
+                await server.stop(None)
+
+    asyncio.run(test())

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from common import ports
+from launcher.allocator import ALLOCATORS, CHOSEN
 from launcher.plan import PORT_STRIDE, plan
 from launcher.reload import CodeWatcher
 from tests.support import (
@@ -471,3 +472,16 @@ def test_reload_tells_which_services_code_changed(tmp_path: Path) -> None:
         assert changed_after(tmp_path / "common" / "env.py") == {"cache", "processor", "gateway"}
     finally:
         watcher.close()
+
+
+def test_every_service_runs_with_the_chosen_allocator_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    counts = {"cache": 1, "processor": 2, "gateway": 1}
+    environ = {"IMAGESVC_DATA_DIR": str(tmp_path)}
+    chosen = ALLOCATORS[CHOSEN]
+    assert chosen  # a setting, not glibc's defaults
+    for replica in plan(environ, counts):
+        assert chosen.items() <= replica.env.items(), replica.name
+    mine = {**environ, "MALLOC_ARENA_MAX": "8"}
+    assert {r.env.get("MALLOC_ARENA_MAX") for r in plan(mine, counts)} == {"8"}

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cache.blobs import BlobNotFound
+from cache.storage import StorageFull, is_full
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,6 +69,15 @@ class FileBlobStore:
         await asyncio.to_thread(self._put, key, staged)
 
     def _put(self, key: str, staged: Path) -> None:
+        try:
+            self._commit(key, staged)
+        except OSError as exc:
+            if is_full(exc):
+                # A rename never half-happens: the blob is whole in place, or absent.
+                raise StorageFull("blob", str(exc)) from exc
+            raise
+
+    def _commit(self, key: str, staged: Path) -> None:
         with staged.open("rb+") as f:
             os.fsync(f.fileno())
         final = self._path(key)

@@ -25,7 +25,7 @@ from cache.metadata import (
 )
 from cache.metadata.fanout import DeletionFanout
 from cache.metadata.migrate import migrate
-from cache.storage import StorageUnavailable
+from cache.storage import StorageFull, StorageUnavailable
 from common.ids import parse_image_id
 
 log = logging.getLogger("metadata")
@@ -178,6 +178,9 @@ class PostgresMetadataStore:
         try:
             async with asyncio.timeout(CALL_TIMEOUT), self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.DiskFull as e:
+            # An OperationalError too, but no retry helps until someone makes room.
+            raise StorageFull(ENGINE, f"{self._where}: {_detail(e)}") from e
         except _ENGINE_DOWN as e:
             raise StorageUnavailable(ENGINE, f"{self._where}: {_detail(e)}") from e
 

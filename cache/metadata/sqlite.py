@@ -19,6 +19,7 @@ from cache.metadata import (
     page_query,
 )
 from cache.metadata.fanout import DeletionFanout
+from cache.storage import StorageFull
 
 T = TypeVar("T")
 
@@ -104,7 +105,13 @@ class SqliteMetadataStore:
         return db
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            # SQLite rolls back the statement (or transaction) that found no room.
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StorageFull("metadata", str(exc)) from exc
+            raise
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """fn's statements as one transaction, committed unless fn raises."""

@@ -37,6 +37,7 @@ class CacheServiceStub:
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+    INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     def __init__(self, channel):
@@ -99,6 +100,7 @@ class CacheServiceServicer:
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+    INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     def PutImage(self, request_iterator, context):
@@ -226,6 +228,7 @@ class CacheService:
     PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
     IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
     OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+    INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     @staticmethod

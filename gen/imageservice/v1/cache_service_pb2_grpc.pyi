@@ -38,6 +38,7 @@ class CacheServiceStub:
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+      INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     @_typing.overload
@@ -83,6 +84,7 @@ class CacheServiceAsyncStub(CacheServiceStub):
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+      INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -124,6 +126,7 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
       PAYLOAD_TOO_LARGE   more bytes than the configured limit              [OUT_OF_RANGE]
       IMAGE_NOT_FOUND     no image with that id                             [NOT_FOUND]
       OVERLOADED          too much work in flight                           [RESOURCE_EXHAUSTED]
+      INSUFFICIENT_STORAGE  no room left to store an upload (a full disk)   [RESOURCE_EXHAUSTED]
     """
 
     @_abc_1.abstractmethod
