@@ -8,8 +8,8 @@ from common.env import Env
 MiB = 1024 * 1024
 # Every service sends and takes gRPC messages up to MAX_MESSAGE_BYTES (grpcclient,
 # grpcserver), whatever anyone's IMAGESVC_CHUNK_BYTES: a chunk of the largest size it
-# allows fits with its envelope (a variant's metadata beside it, in the first message of Process). So
-# each sender chooses its chunk size alone, and services need not agree on it.
+# allows fits with its envelope (a variant's metadata beside it, in Process's first
+# message). So each sender chooses its chunk size alone, and services need not agree.
 MAX_CHUNK_BYTES = 3 * MiB
 MAX_MESSAGE_BYTES = 4 * MiB
 
