@@ -52,18 +52,13 @@ async def serve(settings: Settings) -> None:
     server, health = create_server(metrics=series)
     # The ports first: a cache that cannot serve must not recover someone else's data.
     port = await listen(server, settings.listen, "IMAGESVC_CACHE_LISTEN", settings.tls)
-    exposed = None
-    if settings.metrics_port is not None:
-        try:
-            exposed = metrics.serve(
-                series.registry,
-                settings.listen,
-                settings.metrics_port,
-                "IMAGESVC_CACHE_METRICS_PORT",
-            )
-        except Exception:
-            await server.stop(None)
-            raise
+    exposed = await metrics.serve_beside(
+        server,
+        series.registry,
+        settings.listen,
+        settings.metrics_port,
+        "IMAGESVC_CACHE_METRICS_PORT",
+    )
     blobs = open_blob_store(settings.blob_url, settings.data_dir / "staging")
     metadata = await open_metadata_store(settings.metadata_url)
     variants = await asyncio.to_thread(open_variant_cache, settings)

@@ -104,6 +104,24 @@ def serve(registry: CollectorRegistry, listen: str, port: int, variable: str) ->
     return server
 
 
+async def serve_beside(
+    grpc_server: grpc.aio.Server,
+    registry: CollectorRegistry,
+    listen: str,
+    port: int | None,
+    variable: str,
+) -> WSGIServer | None:
+    """serve() for a gRPC service already listening, when port is set (None: metrics off);
+    the gRPC server is stopped when they cannot be served, so the service exits whole."""
+    if port is None:
+        return None
+    try:
+        return serve(registry, listen, port, variable)
+    except Exception:
+        await grpc_server.stop(None)
+        raise
+
+
 def stop(server: WSGIServer | None) -> None:
     if server is not None:
         server.shutdown()

@@ -32,18 +32,13 @@ async def serve(settings: Settings) -> None:
     series = ProcessorMetrics()
     server, health = create_server(metrics=series)
     port = await listen(server, settings.listen, "IMAGESVC_PROCESSOR_LISTEN", settings.tls)
-    exposed = None
-    if settings.metrics_port is not None:
-        try:
-            exposed = metrics.serve(
-                series.registry,
-                settings.listen,
-                settings.metrics_port,
-                "IMAGESVC_PROCESSOR_METRICS_PORT",
-            )
-        except Exception:
-            await server.stop(None)
-            raise
+    exposed = await metrics.serve_beside(
+        server,
+        series.registry,
+        settings.listen,
+        settings.metrics_port,
+        "IMAGESVC_PROCESSOR_METRICS_PORT",
+    )
     channel = open_channel(
         target(settings.cache_addresses),
         CACHE_SERVICE,
