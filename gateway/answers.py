@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from starlette.responses import Response
 
@@ -23,6 +24,30 @@ class Entry:
     # (gateway/shared.py): it is public and draws no other image (a watermark's image
     # is checked on every request, as it may have gone since).
     shared: bool = False
+
+    def served_again(self) -> dict[str, str]:
+        """Its headers as served from memory."""
+        if "X-Cache" not in self.headers:
+            return dict(self.headers)
+        return {**self.headers, "X-Cache": "HIT"}
+
+    @cached_property
+    def encoded(self) -> list[tuple[bytes, bytes]]:
+        """The whole answer's headers as served from memory, encoded once: the most
+        frequent answer there is, and Response would encode them on every request."""
+        return Response(
+            self.body, headers=self.served_again(), media_type=self.media_type
+        ).raw_headers
+
+
+class HeldResponse(Response):
+    """A 200 whose headers were encoded when it was kept (see Entry.encoded)."""
+
+    def __init__(self, entry: Entry) -> None:
+        self.status_code = 200
+        self.body = entry.body
+        self.raw_headers = entry.encoded
+        self.background = None
 
 
 def answer_cache(budget: int) -> HotCache[Entry]:
@@ -50,12 +75,9 @@ def not_modified(if_none_match: str | None, etag: str) -> bool:
 
 def from_memory(entry: Entry, method: str, if_none_match: str | None) -> Response:
     """The held answer again: a 304, a HEAD answer, or the whole body."""
-    headers = dict(entry.headers)
-    if "X-Cache" in headers:
-        headers["X-Cache"] = "HIT"
-    if not_modified(if_none_match, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
+    if not_modified(if_none_match, entry.headers["ETag"]):
+        return Response(status_code=304, headers=entry.served_again())
     if method == "HEAD":
-        headers["Content-Length"] = str(len(entry.body))
+        headers = {**entry.served_again(), "Content-Length": str(len(entry.body))}
         return Response(headers=headers, media_type=entry.media_type)
-    return Response(entry.body, headers=headers, media_type=entry.media_type)
+    return HeldResponse(entry)

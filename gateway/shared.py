@@ -39,33 +39,33 @@ class SharedAnswers:
         self.hits = metrics.variants.labels("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = self._held(scope) if scope["type"] == "http" else None
-        if entry is None:
+        held = self._held(scope) if scope["type"] == "http" else None
+        if held is None:
             await self.app(scope, receive, send)
             return
+        entry, if_none_match = held
         scope["route"] = self.route
         if scope["query_string"]:  # a variant: the routes count these hits the same way
             self.hits.inc()
-        if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if_none_match = value.decode("latin-1")
-                break
         await from_memory(entry, scope["method"], if_none_match)(scope, receive, send)
 
-    def _held(self, scope: Scope) -> Entry | None:
+    def _held(self, scope: Scope) -> tuple[Entry, str | None] | None:
+        """The shared answer held for this request, and its If-None-Match; None when the
+        routes must answer it."""
         path: str = scope["path"]
         if scope["method"] not in ("GET", "HEAD") or not path.startswith(PREFIX):
             return None
         image_id = path[len(PREFIX) :]
         if not image_id or "/" in image_id:
             return None
-        accept = None
+        accept = if_none_match = None
         for name, value in scope["headers"]:
             if name in CREDENTIALS:
                 return None  # verified by the routes (a token, a key; or refused)
             if name == b"accept" and accept is None:
                 accept = value.decode("latin-1")
+            elif name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
         query_string: bytes = scope["query_string"]
         if (
             self.settings.signing.enabled
@@ -75,7 +75,9 @@ class SharedAnswers:
             return None  # the routes refuse it, saying why
         hot: HotCache[Entry] = scope["state"]["hot"]
         entry = hot.get(image_id, answer_key(query_string, accept or ""))
-        return entry if entry is not None and entry.shared else None
+        if entry is None or not entry.shared:
+            return None
+        return entry, if_none_match
 
     def _signing_allows(self, image_id: str, query_string: bytes) -> bool:
         """Whether the routes' signature check would let a caller without a credential
