@@ -66,7 +66,7 @@ if os.environ.get(MULTIPROCESS_VARIABLE):
     # Before any metric exists in this process (they are all made in Metrics below).
     # prometheus_client's own identifier, os.getpid, is a system call on every value
     # written: four or five per request. process.pid answers the same without one.
-    values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)
+    values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)  # type: ignore[no-untyped-call]
 
 
 class Metrics:
