@@ -103,6 +103,8 @@ def client_interceptors() -> list[Any] | None:
 
 def current_ids() -> tuple[str, str] | None:
     """The active span's trace and span ids in hex, as W3C writes them; None outside one."""
+    if _on is False:  # configured off: no span is ever started (asked on every log line)
+        return None
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from starlette.responses import Response
 
@@ -61,8 +61,14 @@ def answer_key(query_string: bytes, accept: str) -> str:
     is valid for good)."""
     if not query_string:
         return ""
-    query = query_string.decode("latin-1")
-    return f"{query}|{hashlib.sha256(accept.encode('latin-1')).hexdigest()}"
+    return f"{query_string.decode('latin-1')}|{_digest(accept)}"
+
+
+@lru_cache(maxsize=256)
+def _digest(accept: str) -> str:
+    """Accept, hashed: clients send few different ones (browsers one each), and the
+    hash costs as much as the rest of the key."""
+    return hashlib.sha256(accept.encode("latin-1")).hexdigest()
 
 
 def not_modified(if_none_match: str | None, etag: str) -> bool:

@@ -252,7 +252,8 @@ async def get_image(request: Request) -> Response:
     # the cache service like any miss, so it reads, and takes as long, as a missing id's.
     if entry is not None and can_read(entry.owner, entry.visibility, caller):
         if key:
-            metrics_of(request).variants.labels("gateway").inc()
+            metrics = metrics_of(request)
+            metrics.tally.inc(metrics.variants.labels("gateway"))
         return from_memory(entry, request.method, request.headers.get("if-none-match"))
     wanted = presets.parse(asked, params_of(request), request.headers.get("accept", ""))
     if wanted is None:

@@ -36,6 +36,7 @@ class SharedAnswers:
         self.app = app
         self.settings = settings
         self.route = route  # the route these answers stand for, in metrics and logs
+        self.tally = metrics.tally
         self.hits = metrics.variants.labels("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,7 +47,7 @@ class SharedAnswers:
         entry, if_none_match = held
         scope["route"] = self.route
         if scope["query_string"]:  # a variant: the routes count these hits the same way
-            self.hits.inc()
+            self.tally.inc(self.hits)
         await from_memory(entry, scope["method"], if_none_match)(scope, receive, send)
 
     def _held(self, scope: Scope) -> tuple[Entry, str | None] | None:
