@@ -212,7 +212,9 @@ def test_the_environment_decides_whether_to_trace() -> None:
     assert tracing.wanted(disabled) is None
 
 
-def test_a_log_line_within_a_span_carries_its_ids() -> None:
+def test_a_log_line_within_a_span_carries_its_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As configure() leaves it with tracing on (an earlier test may have turned it off).
+    monkeypatch.setattr(tracing, "_on", True)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -226,6 +228,10 @@ def test_a_log_line_within_a_span_carries_its_ids() -> None:
     (span,) = exporter.get_finished_spans()
     assert inside["trace_id"] == format(span.context.trace_id, "032x")
     assert inside["span_id"] == format(span.context.span_id, "016x")
+    # Configured off, no span is looked for (none is ever started then).
+    monkeypatch.setattr(tracing, "_on", False)
+    with provider.get_tracer("test").start_as_current_span("work"):
+        assert "trace_id" not in json.loads(formatter.format(record))
 
 
 def test_render_threads_run_in_their_callers_context() -> None:
